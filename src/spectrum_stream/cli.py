@@ -1,0 +1,146 @@
+"""The `spectrum-stream` command line: a thin layer over scan(), select() and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SpectrumError
+
+
+def _fail(message: str, code: int = 1):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _Cli(click.Group):
+    """Turns expected failures into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        from .scan import ScanInterrupted
+
+        try:
+            return super().invoke(ctx)
+        except ScanInterrupted as stop:
+            r = stop.report
+            kept = r.skipped + r.scanned
+            click.echo(
+                f"interrupted: {kept} of {r.planned} modules are kept in "
+                f"{os.path.relpath(r.paths['journal'])}; run the same command again to resume",
+                err=True)
+            sys.exit(130)
+        except SpectrumError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}")
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="spectrum-stream")
+def main():
+    """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
+
+
+_device = click.option("--device", default="auto", show_default=True,
+                       help="auto (the GPU when there is one), cpu, cuda or cuda:N.")
+_out_dir = click.option("--out-dir", type=click.Path(path_type=Path),
+                        default=Path("model_snr_results"), show_default=True,
+                        help="Where results, journal and lock go (axolotl looks in ./model_snr_results).")
+_quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
+
+
+@main.command()
+@click.argument("path")
+@_device
+@_out_dir
+@click.option("--name", help="Model name for the results file name (default: config.json's "
+              "_name_or_path, else the folder name).")
+@click.option("--include", metavar="REGEX", help="Scan only modules whose type or name matches.")
+@click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
+@click.option("--method", type=click.Choice(["exact"]), default="exact", show_default=True,
+              help="exact: torch.linalg.svdvals in float32.")
+@click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
+              metavar="MIB", help="Memory budget for batching same-shape matrices.")
+@click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
+@_quiet
+def scan(path, device, out_dir, name, include, exclude, method, batch_mem, fresh, quiet):
+    """Scan the checkpoint at PATH (a folder, an index or a .safetensors file)."""
+    import re
+
+    from .scan import ScanOptions
+    from .scan import scan as run_scan
+    from .summary import format_summary
+
+    for flag, rx in (("--include", include), ("--exclude", exclude)):
+        if rx:
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
+    opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include, exclude=exclude,
+                       method=method, fresh=fresh, batch_bytes=batch_mem * 1024**2,
+                       progress=not quiet)
+    report = run_scan(path, opts)
+    click.echo(format_summary(report))
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--top-percent", type=float, default=25.0, show_default=True,
+              help="Share of each type to unfreeze, highest SNR first.")
+@click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]),
+              default="per-expert", show_default=True,
+              help="per-expert: one type per expert index (the original tool); pooled: all "
+              "experts of a projection ranked together.")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True, help="yaml: axolotl's unfrozen_parameters; json: a plain list.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
+def select(results, top_percent, expert_grouping, fmt, output):
+    """Choose the modules to train from a RESULTS file written by `scan`."""
+    from .results import atomic_write
+    from .select import load_results, to_yaml, unfrozen_parameters
+
+    data = load_results(results)
+    if fmt == "yaml":
+        text = to_yaml(data, top_percent, expert_grouping)
+    else:
+        text = json.dumps(unfrozen_parameters(data, top_percent, expert_grouping), indent=2) + "\n"
+    if output:
+        atomic_write(output, text.encode())
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@_device
+@_out_dir
+@click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")
+@_quiet
+def demo(device, out_dir, keep, quiet):
+    """Scan a small built-in Llama checkpoint with planted signal; no network needed."""
+    from .demo import run_demo
+    from .summary import format_summary
+
+    click.echo("Writing a 4-layer Llama-layout checkpoint with planted signal, then scanning it.",
+               err=True)
+    report, verdicts = run_demo(out_dir, device=device, progress=not quiet, keep=keep)
+    click.echo(format_summary(report))
+    hits = sum(v.lstrip().startswith("ok") for v in verdicts)
+    click.echo(f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first")
+    click.echo("\n".join(verdicts))
+    if hits != len(verdicts):
+        sys.exit(1)

@@ -1,0 +1,16 @@
+"""The one exception type the tool raises on purpose.
+
+The CLI turns a SpectrumError into one line on stderr and a non-zero exit; anything else is a bug.
+"""
+
+
+class SpectrumError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class CheckpointError(SpectrumError):
+    """A checkpoint file or index that breaks the safetensors rules (DESIGN.md section 4)."""
+
+
+class ResumeError(SpectrumError):
+    """A journal that cannot be resumed with this checkpoint or these settings."""
