@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny checkpoints in real layouts, written by `transformers`, several shards each."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _save(model, folder: Path, shard: str = "40KB") -> Path:
+    model.save_pretrained(folder, max_shard_size=shard)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A 3-layer Llama (untied head) in bfloat16, several shards with an index."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    return _save(model, tmp_path_factory.mktemp("llama") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory) -> Path:
+    """A 2-layer Qwen2 with tied embeddings (so no lm_head on disk), float32, several shards."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(2)
+    cfg = Qwen2Config(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return _save(Qwen2ForCausalLM(cfg), tmp_path_factory.mktemp("qwen2") / "tiny-qwen2")
