@@ -1,0 +1,127 @@
+"""Scanning real-layout checkpoints written by transformers, end to end through the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from reference import reference_snr
+from spectrum_stream import SpectrumError, scan
+from spectrum_stream import spectrum as spectrum_mod
+from spectrum_stream.naming import module_type
+from spectrum_stream.scan import ScanOptions
+
+
+def all_matrices(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor with 2+ dimensions, read with safetensors itself (independent of our reader)."""
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as s:
+            for name in s.keys():
+                t = s.get_tensor(name)
+                if t.dim() >= 2:
+                    out[name.removesuffix(".weight")] = t.float()
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_dir"])
+def test_every_module_matches_float64_reference(fixture, request, tmp_path):
+    folder = request.getfixturevalue(fixture)
+    assert len(list(folder.glob("*.safetensors"))) > 1, "fixture should be sharded"
+    report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
+    expected = all_matrices(folder)
+    results = json.loads(report.paths["results"].read_text())  # python's own json, as axolotl
+    assert set(results) == set(expected)
+    for key, w in expected.items():
+        assert results[key]["type"] == module_type(key)
+        ref = reference_snr(w.numpy())
+        assert abs(results[key]["snr"] - ref) <= 1e-4 * abs(ref), key
+
+
+def test_results_format_and_sorted_file(llama_dir, tmp_path):
+    report = scan(llama_dir, out_dir=tmp_path, progress=False)
+    assert report.paths["results"] == tmp_path / "snr_results_tiny-llama.json"
+    flat = json.loads(report.paths["results"].read_text())
+    for info in flat.values():
+        assert set(info) == {"snr", "type"} and isinstance(info["snr"], float)
+    assert flat["model.layers.2.mlp.down_proj"]["type"] == "mlp.down_proj"
+    assert flat["lm_head"]["type"] == "lm_head"
+    assert flat["model.embed_tokens"]["type"] == "model.embed_tokens"
+    ordered = json.loads(report.paths["sorted"].read_text())
+    assert set(ordered) == {info["type"] for info in flat.values()}
+    for mods in ordered.values():
+        values = list(mods.values())
+        assert values == sorted(values, reverse=True)
+    assert sum(len(m) for m in ordered.values()) == len(flat) == 3 * 7 + 2
+
+
+def test_tied_model_has_no_lm_head(qwen2_dir, tmp_path):
+    report = scan(qwen2_dir, out_dir=tmp_path, progress=False)
+    assert "lm_head" not in report.results and "model.embed_tokens" in report.results
+
+
+def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
+    from safetensors.torch import save_file
+
+    w = torch.randn(30, 50)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": w, "norm.weight": torch.ones(5)},
+              str(folder / "model.safetensors"))
+    by_folder = scan(folder, out_dir=tmp_path / "a", progress=False).results
+    by_file = scan(folder / "model.safetensors", out_dir=tmp_path / "b", progress=False, name="x")
+    assert set(by_folder) == {"model.layers.0.mlp.up_proj"}
+    assert by_folder == by_file.results
+    assert by_file.paths["results"].name == "snr_results_x.json"
+
+
+def test_include_and_exclude_filter_on_type_or_name(llama_dir, tmp_path):
+    only_mlp = scan(llama_dir, out_dir=tmp_path / "i", progress=False, include=r"^mlp\.").results
+    assert only_mlp and all(v["type"].startswith("mlp.") for v in only_mlp.values())
+    no_head = scan(llama_dir, out_dir=tmp_path / "e", progress=False,
+                   exclude=r"lm_head|embed|layers\.0\.").results
+    assert "lm_head" not in no_head and not any(k.startswith("model.layers.0.") for k in no_head)
+    assert len(no_head) == 2 * 7
+    with pytest.raises(SpectrumError, match="no weight matrices"):
+        scan(llama_dir, out_dir=tmp_path / "n", progress=False, include="no-such-module")
+
+
+def test_same_shape_matrices_are_batched_within_budget(llama_dir, tmp_path, monkeypatch):
+    sizes = []
+    real = spectrum_mod.singular_values
+
+    def counting(batch):
+        sizes.append(batch.shape[0])
+        return real(batch)
+
+    monkeypatch.setattr(spectrum_mod, "singular_values", counting)
+    report = scan(llama_dir, out_dir=tmp_path / "big", progress=False)
+    assert sum(sizes) == len(report.results)
+    assert max(sizes) > 1, "consecutive same-shape matrices should share one svdvals call"
+    sizes.clear()
+    tiny_budget = ScanOptions(out_dir=tmp_path / "small", progress=False, batch_bytes=1)
+    assert scan(llama_dir, tiny_budget).results.keys() == report.results.keys()
+    assert set(sizes) == {1}, "a budget smaller than one matrix means one matrix per call"
+
+
+def test_name_comes_from_config_or_folder(tmp_path, llama_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(llama_dir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["_name_or_path"] = "meta-llama/Tiny_Llama"
+    (copy / "config.json").write_text(json.dumps(cfg))
+    report = scan(copy, out_dir=tmp_path / "out", progress=False)
+    assert report.paths["results"].name == "snr_results_meta-llama-Tiny-Llama.json"
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(llama_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SpectrumError, match="CUDA is not available"):
+        scan(llama_dir, out_dir=tmp_path, progress=False, device="cuda:0")
