@@ -1,18 +1,24 @@
 """The results files other tools read: axolotl's flat JSON and the per-type sorted JSON.
 
-Both are written atomically (temp file, fsync, rename) and hold finite numbers only.
+Both are written atomically (temp file, fsync, rename) and hold finite numbers only. They are a
+view of the journal: `rebuild_results(journal_path)` writes them again from it at any time.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import orjson
 
+from .errors import SpectrumError
+from .journal import fsync_dir, read_journal
 from .naming import slug
+
+JOURNAL_SUFFIX = ".journal.jsonl"
 
 
 def results_paths(out_dir: Path, model_name: str) -> dict[str, Path]:
@@ -21,24 +27,37 @@ def results_paths(out_dir: Path, model_name: str) -> dict[str, Path]:
     return {
         "results": out_dir / f"{base}.json",
         "sorted": out_dir / f"{base}_sorted.json",
-        "journal": out_dir / f"{base}.journal.jsonl",
+        "journal": out_dir / f"{base}{JOURNAL_SUFFIX}",
         "lock": out_dir / f"{base}.lock",
     }
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace `path` with `data` so that readers see the old file or the new one, never half.
+
+    Raises SpectrumError naming `path` when it cannot be written (no space, no permission).
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode follows the umask
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            what = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else exc.strerror or str(exc))
+            raise SpectrumError(f"{path}: cannot write ({what})") from None
         raise
+    fsync_dir(path.parent)
 
 
 def compat_results(records) -> dict[str, dict]:
@@ -46,7 +65,8 @@ def compat_results(records) -> dict[str, dict]:
     out = {}
     for rec in records:
         snr = rec.get("snr")
-        if rec.get("status") == "ok" and isinstance(snr, float | int) and math.isfinite(snr):
+        if (rec.get("status") == "ok" and isinstance(rec.get("type"), str)
+                and isinstance(snr, float | int) and not isinstance(snr, bool) and math.isfinite(snr)):
             out[rec["key"]] = {"snr": float(snr), "type": rec["type"]}
     return out
 
@@ -65,3 +85,36 @@ def write_results(records, paths: dict[str, Path]) -> dict[str, dict]:
     atomic_write(paths["results"], orjson.dumps(results, option=orjson.OPT_INDENT_2))
     atomic_write(paths["sorted"], orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2))
     return results
+
+
+def paths_for_journal(journal_path: Path) -> dict[str, Path]:
+    """The results paths that belong to a journal (they sit beside it, named after it)."""
+    journal_path = Path(journal_path)
+    if not journal_path.name.endswith(JOURNAL_SUFFIX):
+        raise SpectrumError(f"{journal_path}: not a journal file (expected a name ending in "
+                            f"{JOURNAL_SUFFIX})")
+    base = journal_path.name[: -len(JOURNAL_SUFFIX)]
+    folder = journal_path.parent
+    return {
+        "results": folder / f"{base}.json",
+        "sorted": folder / f"{base}_sorted.json",
+        "journal": journal_path,
+        "lock": folder / f"{base}.lock",
+    }
+
+
+def rebuild_results(journal_path: str | os.PathLike) -> tuple[dict[str, Path], dict[str, dict],
+                                                               list[tuple[str, str]]]:
+    """Write both results files again from a journal, e.g. while a scan runs or after a crash.
+
+    Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
+    Safe to run beside a live scan: it reads whole lines only, and the files are replaced atomically.
+    """
+    paths = paths_for_journal(Path(journal_path))
+    if not paths["journal"].is_file():
+        raise SpectrumError(f"{paths['journal']}: no such journal")
+    header, records, _ = read_journal(paths["journal"])
+    if header is None:
+        raise SpectrumError(f"{paths['journal']}: the journal is empty")
+    failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
+    return paths, write_results(records.values(), paths), failed
