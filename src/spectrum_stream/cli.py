@@ -126,6 +126,17 @@ def select(results, top_percent, expert_grouping, fmt, output):
 
 
 @main.command()
+@click.argument("journal", type=click.Path(path_type=Path))
+def rebuild(journal):
+    """Write the results files again from a scan's JOURNAL (*.journal.jsonl), e.g. mid-scan."""
+    from .results import rebuild_results
+
+    paths, results, failed = rebuild_results(journal)
+    click.echo(f"wrote {os.path.relpath(paths['results'])} and "
+               f"{os.path.relpath(paths['sorted'])}: {len(results)} modules, {len(failed)} failed")
+
+
+@main.command()
 @_device
 @_out_dir
 @click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")

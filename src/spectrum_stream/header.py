@@ -78,6 +78,10 @@ def parse_header(raw: bytes, data_size: int, data_start: int, where: str) -> tup
 
     entries: dict[str, TensorEntry] = {}
     for name, info in doc.items():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(f"tensor name {name!r} is not valid Unicode") from None
         if not isinstance(info, dict):
             raise fail(f"tensor {name!r}: entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -106,6 +110,11 @@ def parse_header(raw: bytes, data_size: int, data_start: int, where: str) -> tup
 
     cursor = data_start
     for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+        if entry.end > data_start + data_size:
+            raise fail(
+                f"tensor {entry.name!r}: its data ends {entry.end - data_start - data_size} bytes "
+                "past the end of the file (truncated file)"
+            )
         if entry.start < cursor:
             raise fail(f"tensor {entry.name!r}: data overlaps the tensor before it")
         if entry.start > cursor:

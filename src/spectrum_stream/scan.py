@@ -166,7 +166,7 @@ class _Runner:
         self.pending_bytes += nbytes
 
     def run(self, jobs: list[TensorJob], bar) -> None:
-        done = self.journal.records
+        done = self.journal.finished()  # failed modules are tried again
         users: dict[str, int] = {}
         for job in jobs:
             for shard in job.shards:
@@ -221,7 +221,7 @@ def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions,
     started = time.perf_counter()
     with ScanLock(paths["lock"]):
         journal = Journal.open(paths["journal"], header, fresh=opts.fresh)
-        done = journal.records
+        done = journal.finished()
         report.skipped = sum(1 for j in jobs for s in j.matrices if s.key in done)
         initial = sum(j.nbytes for j in jobs if all(s.key in done for s in j.matrices))
         bar = tqdm(total=sum(j.nbytes for j in jobs), initial=initial, unit="B", unit_scale=True,
@@ -235,7 +235,12 @@ def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions,
             bar.close()
             journal.close()
             report.seconds = time.perf_counter() - started
-            report.results = write_results(journal.records.values(), paths)
+            pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
+            try:
+                report.results = write_results(journal.records.values(), paths)
+            except SpectrumError:
+                if pending is None:
+                    raise
     if report.interrupted:
         raise ScanInterrupted(report)
     return report
