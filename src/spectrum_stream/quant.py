@@ -1,0 +1,89 @@
+"""Dequantizing stored weights to float32 before their SVD (DESIGN.md section 4).
+
+Two formats:
+- FP8 with block scales (DeepSeek-V3): an F8_E4M3 weight `W` [.., M, N] and its sibling
+  `W_scale_inv` [.., ceil(M/128), ceil(N/128)]; W[i, j] = float(Wq[i, j]) * scale_inv[i//128, j//128].
+- MXFP4 (gpt-oss): `X_blocks` U8 [.., R, G, 16] and `X_scales` U8 [.., R, G]. Each byte holds two FP4
+  (e2m1) codes, low nibble first; a group of 32 values shares one scale byte s meaning 2^(s - 127).
+  Decoded shape [.., R, G * 32].
+
+Both are exact in float32: every product of an FP8/FP4 value and its scale is representable (or
+overflows to inf, which the scan reports as a failed matrix).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import SpectrumError
+
+FP8_BLOCK = 128
+
+# FP4 e2m1 code -> value (codes 8..15 are the negatives of 0..7)
+FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                   -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+MXFP4_GROUP = 32  # values per scale byte (16 bytes of two codes each)
+MXFP4_BIAS = 127
+
+
+def fp8_scale_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The `_scale_inv` shape a block-quantized FP8 tensor of this shape needs."""
+    return (*shape[:-2], math.ceil(shape[-2] / FP8_BLOCK), math.ceil(shape[-1] / FP8_BLOCK))
+
+
+def dequant_fp8_block(weight: torch.Tensor, scale_inv: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+    """float32 W from an FP8 weight [.., M, N] and its 128x128 block scales (on weight's device)."""
+    if weight.dim() < 2 or tuple(scale_inv.shape) != fp8_scale_shape(tuple(weight.shape)):
+        raise SpectrumError(
+            f"{name}: FP8 weight of shape {list(weight.shape)} needs a _scale_inv of shape "
+            f"{list(fp8_scale_shape(tuple(weight.shape))) if weight.dim() >= 2 else '?'}, "
+            f"got {list(scale_inv.shape)}"
+        )
+    w = weight.to(torch.float32, copy=True)  # never scale the caller's (mapped) tensor in place
+    s = scale_inv.to(device=w.device, dtype=torch.float32)
+    m, n = w.shape[-2:]
+    mb, nb = s.shape[-2:]
+    if m % FP8_BLOCK == 0 and n % FP8_BLOCK == 0:
+        # whole blocks: broadcast each scale over its block without materialising a full-size copy
+        blocks = w.view(*w.shape[:-2], mb, FP8_BLOCK, nb, FP8_BLOCK)
+        blocks.mul_(s[..., :, None, :, None])
+        return w
+    full = s.repeat_interleave(FP8_BLOCK, dim=-2)[..., :m, :]
+    full = full.repeat_interleave(FP8_BLOCK, dim=-1)[..., :n]
+    return w.mul_(full)
+
+
+def _pow2_table(device: torch.device) -> torch.Tensor:
+    """2^(s - 127) for every scale byte s, exact in float32 (s = 255 overflows to inf)."""
+    return torch.tensor([2.0 ** (s - MXFP4_BIAS) for s in range(256)],
+                        dtype=torch.float64).to(device=device, dtype=torch.float32)
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A uint8 view of a U8 or F8_E8M0 tensor (the same bytes either way)."""
+    return t if t.dtype == torch.uint8 else t.view(torch.uint8)
+
+
+def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+    """float32 [.., R, G * 32] from MXFP4 `_blocks` [.., R, G, 16] and `_scales` [.., R, G]."""
+    if blocks.element_size() != 1 or scales.element_size() != 1:
+        raise SpectrumError(f"{name}: MXFP4 blocks and scales must be bytes, got "
+                            f"{blocks.dtype} and {scales.dtype}")
+    blocks, scales = _as_bytes(blocks), _as_bytes(scales)
+    if blocks.dim() < 3 or blocks.shape[-1] != MXFP4_GROUP // 2 or scales.shape != blocks.shape[:-1]:
+        raise SpectrumError(
+            f"{name}: MXFP4 _blocks {list(blocks.shape)} need shape [.., R, G, 16] and _scales "
+            f"[.., R, G]; got _scales {list(scales.shape)}"
+        )
+    device = blocks.device
+    lut = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=device)
+    low = (blocks & 0x0F).to(torch.int64)
+    high = (blocks >> 4).to(torch.int64)
+    codes = torch.stack((low, high), dim=-1)  # [.., R, G, 16, 2]: low nibble first
+    del low, high
+    values = lut[codes].view(*blocks.shape[:-1], MXFP4_GROUP)  # [.., R, G, 32]
+    del codes
+    values.mul_(_pow2_table(device)[scales.to(device=device, dtype=torch.int64)][..., None])
+    return values.view(*blocks.shape[:-2], blocks.shape[-2] * MXFP4_GROUP)
