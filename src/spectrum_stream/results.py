@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from .errors import SpectrumError
-from .journal import fsync_dir, read_journal
+from .journal import _write_all, fsync_dir, read_journal
 from .naming import slug
 
 JOURNAL_SUFFIX = ".journal.jsonl"
@@ -43,9 +43,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode follows the umask
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
