@@ -159,24 +159,31 @@ def _spec(key: str, shape: tuple[int, int], index: tuple) -> MatrixSpec:
     return MatrixSpec(key, module_type(key), shape, index)
 
 
-def _gate_up_split(name: str, shape: tuple[int, ...], config: dict, mxfp4: bool) -> int:
-    """Which dim of a fused gate_up [E, A, B] holds the 2 * intermediate size (1 or 2)."""
+def _gate_up_split(name: str, shape: tuple[int, ...], ckpt: Checkpoint, mxfp4: bool) -> int:
+    """Which dim of a fused gate_up [E, A, B] holds the 2 * intermediate size (1 or 2).
+
+    [E, 2I, H] (transformers' fused format, gpt-oss MXFP4 decoded) splits dim 1; [E, H, 2I] (Llama 4,
+    gpt-oss unquantized) splits dim 2. Told apart by the sibling down_proj ([E, H, I] or [E, I, H]),
+    else by config.json's hidden size, else by the model type.
+    """
     _, a, b = shape
-    hidden = _config_int(config, "hidden_size") or _config_int(config, "d_model")
+    down = ckpt.tensors.get(_GATE_UP.sub("down_proj", name, count=1))
+    down_shape = down[1].shape if down is not None else ()
+    hidden = _config_int(ckpt.config, "hidden_size") or _config_int(ckpt.config, "d_model")
     if mxfp4:
-        dim = 1  # gpt-oss blocks decode to [E, 2I, H]
-    elif hidden is not None and a == hidden and b != hidden:
-        dim = 2  # [E, H, 2I]: Llama 4, gpt-oss saved unquantized
-    elif hidden is not None and b == hidden and a != hidden:
-        dim = 1  # [E, 2I, H]: transformers' fused format
-    else:  # no config, or 2I == H: go by the model type
-        dim = 2 if _model_types(config) & {"llama4", "llama4_text", "gpt_oss"} else 1
+        dim = 1
+    elif len(down_shape) == 3 and (b == down_shape[1]) != (a == down_shape[2]):
+        dim = 1 if b == down_shape[1] else 2
+    elif hidden is not None and (a == hidden) != (b == hidden):
+        dim = 2 if a == hidden else 1
+    else:
+        dim = 2 if _model_types(ckpt.config) & {"llama4", "llama4_text", "gpt_oss"} else 1
     if shape[dim] % 2:
         raise _fail(name, shape, f"gate_up_proj needs an even size on dim {dim} to split gate and up")
     return dim
 
 
-def _fused_3d(name: str, param: str, shape: tuple[int, ...], config: dict,
+def _fused_3d(name: str, param: str, shape: tuple[int, ...], ckpt: Checkpoint,
               mxfp4: bool = False) -> _Fused:
     """[E, A, B] -> one [A, B] matrix per expert (gate and up apart for a gate_up_proj)."""
     experts, a, b = shape
@@ -185,9 +192,9 @@ def _fused_3d(name: str, param: str, shape: tuple[int, ...], config: dict,
             return [_spec(f"{param}$[{e}]", (a, b), (local,))]
         return _Fused(experts, 1, a * b * 4, whole)
 
-    dim = _gate_up_split(name, shape, config, mxfp4)
+    dim = _gate_up_split(name, shape, ckpt, mxfp4)
     half = shape[dim] // 2
-    if mxfp4 or "gpt_oss" in _model_types(config):  # gpt-oss interleaves gate (even), up (odd)
+    if mxfp4 or "gpt_oss" in _model_types(ckpt.config):  # gpt-oss interleaves gate (even), up (odd)
         parts = {"gate": slice(0, None, 2), "up": slice(1, None, 2)}
     else:  # gate is the first half, up the second
         parts = {"gate": slice(0, half), "up": slice(half, 2 * half)}
@@ -269,7 +276,7 @@ def _mxfp4_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
         return [TensorJob(blocks, (_spec(key, decoded, ()),), "mxfp4", (scales,))]
     if len(decoded) != 3:
         raise _fail(name, shape, "MXFP4 blocks must be [E, R, G, 16] or [R, G, 16]")
-    fused = _fused_3d(name, param, decoded, ckpt.config, mxfp4=True)
+    fused = _fused_3d(name, param, decoded, ckpt, mxfp4=True)
     return _fused_jobs(blocks, (scales,), "mxfp4", fused, chunkable=True)
 
 
@@ -309,7 +316,7 @@ def tensor_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
         aligned = scale is None or fused.rows % FP8_BLOCK == 0
         return _fused_jobs(main, aux, decode, fused, chunkable=aligned)
     if len(shape) == 3 and _EXPERTS_PART.search(name):
-        return _fused_jobs(main, aux, decode, _fused_3d(name, name, shape, ckpt.config), True)
+        return _fused_jobs(main, aux, decode, _fused_3d(name, name, shape, ckpt), True)
 
     job = plain_job(ckpt, name)
     return [replace(job, decode=decode, aux=aux)]
