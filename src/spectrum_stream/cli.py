@@ -75,9 +75,18 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
               metavar="MIB", help="Memory budget for batching same-shape matrices.")
 @click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
+@click.option("--revision", help="Hub: branch, tag or commit to scan (default: main).")
+@click.option("--token", help="Hub: access token for gated or private repos (default: HF_TOKEN "
+              "or your saved login).")
+@click.option("--delete-shards", is_flag=True, help="Hub: delete each shard from the Hugging Face "
+              "cache once all its modules are journaled.")
+@click.option("--max-disk", metavar="SIZE", help="Hub: most bytes of shards on disk at once, e.g. "
+              "40GB or 500MiB (implies --delete-shards).")
 @_quiet
-def scan(path, device, out_dir, name, include, exclude, method, batch_mem, fresh, quiet):
-    """Scan the checkpoint at PATH (a folder, an index or a .safetensors file)."""
+def scan(path, device, out_dir, name, include, exclude, method, batch_mem, fresh, revision, token,
+         delete_shards, max_disk, quiet):
+    """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
+    repo ORG/NAME, shard by shard. An existing local path wins over a repo id."""
     import re
 
     from .scan import ScanOptions
@@ -93,7 +102,18 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, fresh
     opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include, exclude=exclude,
                        method=method, fresh=fresh, batch_bytes=batch_mem * 1024**2,
                        progress=not quiet)
-    report = run_scan(path, opts)
+    from .hub import is_hub_id, parse_size, scan_hub
+
+    if is_hub_id(path):
+        report = scan_hub(path, opts, revision=revision, token=token, delete_shards=delete_shards,
+                          max_disk=parse_size(max_disk) if max_disk is not None else None)
+    else:
+        hub_only = [flag for flag, value in (("--revision", revision), ("--token", token),
+                    ("--delete-shards", delete_shards), ("--max-disk", max_disk)) if value]
+        if hub_only:
+            raise SpectrumError(f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
+                                "(ORG/NAME that is not a local path)")
+        report = run_scan(path, opts)
     click.echo(format_summary(report))
 
 
@@ -105,19 +125,23 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, fresh
               default="per-expert", show_default=True,
               help="per-expert: one type per expert index (the original tool); pooled: all "
               "experts of a projection ranked together.")
+@click.option("--fused-experts", is_flag=True,
+              help="Name per-expert modules (experts.N.w1, experts.N.gate_proj ...) as the fused "
+              "parameters transformers >= 5 loads them into (experts.gate_up_proj$[N]).")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True, help="yaml: axolotl's unfrozen_parameters; json: a plain list.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
-def select(results, top_percent, expert_grouping, fmt, output):
+def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from .results import atomic_write
     from .select import load_results, to_yaml, unfrozen_parameters
 
     data = load_results(results)
     if fmt == "yaml":
-        text = to_yaml(data, top_percent, expert_grouping)
+        text = to_yaml(data, top_percent, expert_grouping, fused_experts)
     else:
-        text = json.dumps(unfrozen_parameters(data, top_percent, expert_grouping), indent=2) + "\n"
+        patterns = unfrozen_parameters(data, top_percent, expert_grouping, fused_experts)
+        text = json.dumps(patterns, indent=2) + "\n"
     if output:
         atomic_write(output, text.encode())
         click.echo(f"wrote {output}", err=True)

@@ -17,6 +17,13 @@ from .errors import SpectrumError
 GROUPINGS = ("per-expert", "pooled")
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 _ROW_RANGE = re.compile(r"\$\[[0-9]*(:[0-9]*)?\]$")
+_PER_EXPERT_KEY = re.compile(
+    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
+_FUSED_PROJ = {
+    "w1": "gate_up_proj(?#gate)", "gate_proj": "gate_up_proj(?#gate)",
+    "w3": "gate_up_proj(?#up)", "up_proj": "gate_up_proj(?#up)",
+    "w2": "down_proj", "down_proj": "down_proj",
+}
 
 
 def load_results(path: str | Path) -> dict[str, dict]:
@@ -41,6 +48,22 @@ def load_results(path: str | Path) -> dict[str, dict]:
         if not ok:
             raise SpectrumError(f"{path}: entry {key!r} needs a finite number 'snr' and a string 'type'")
     return doc
+
+
+def fused_param_pattern(key: str) -> str:
+    """A per-expert checkpoint key as a pattern for the fused expert parameters of transformers >= 5.
+
+    transformers 5 loads `experts.N.{gate,up,down}_proj` (Mixtral: `w1, w3, w2`) into one parameter
+    per layer, `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I], and renames
+    Mixtral's `block_sparse_moe` to `mlp`. Expert N is row N of those: `...gate_up_proj(?#gate)$[N]`.
+    Gate and up of one expert share that row, so either one unfreezes both. Other keys are returned
+    unchanged (after the `block_sparse_moe` rename).
+    """
+    key = key.replace(".block_sparse_moe.", ".mlp.")
+    m = _PER_EXPERT_KEY.match(key)
+    if m is None:
+        return key
+    return f"{m['experts']}.{_FUSED_PROJ[m['proj']]}$[{m['e']}]"
 
 
 def pooled_type(type_: str) -> str:
@@ -84,25 +107,40 @@ def always_unfrozen(results: dict[str, dict]) -> list[str]:
     return [f"^{key}.weight$" for key, info in results.items() if info["type"] == key]
 
 
-def _chosen_outside_head(results: dict[str, dict], top_percent: float,
-                         grouping: str) -> tuple[list[str], dict[str, list[str]]]:
-    """(embedding/head patterns, {type: selected keys not already among them})."""
+def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping: str,
+                         fused_experts: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """(embedding/head patterns, {type: selected patterns not already among them})."""
     head = always_unfrozen(results)
     chosen = select(results, top_percent, grouping)
-    return head, {t: [k for k in keys if f"^{k}.weight$" not in head] for t, keys in chosen.items()}
+    seen = set(head)
+    out: dict[str, list[str]] = {}
+    for t, keys in chosen.items():
+        out[t] = []
+        for key in keys:
+            pattern = fused_param_pattern(key) if fused_experts else key
+            if f"^{pattern}.weight$" not in seen and pattern not in seen:
+                seen.add(pattern)
+                out[t].append(pattern)
+    return head, out
 
 
 def unfrozen_parameters(results: dict[str, dict], top_percent: float,
-                        grouping: str = "per-expert") -> list[str]:
-    """The pattern list for axolotl's `unfrozen_parameters`: embeddings and head, then the top P%."""
-    head, chosen = _chosen_outside_head(results, top_percent, grouping)
+                        grouping: str = "per-expert", fused_experts: bool = False) -> list[str]:
+    """The pattern list for axolotl's `unfrozen_parameters`: embeddings and head, then the top P%.
+
+    `fused_experts`: write per-expert keys as patterns for transformers >= 5's fused expert
+    parameters (see fused_param_pattern).
+    """
+    head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
     return head + [k for keys in chosen.values() for k in keys]
 
 
-def to_yaml(results: dict[str, dict], top_percent: float, grouping: str = "per-expert") -> str:
+def to_yaml(results: dict[str, dict], top_percent: float, grouping: str = "per-expert",
+            fused_experts: bool = False) -> str:
     """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type."""
-    head, chosen = _chosen_outside_head(results, top_percent, grouping)
-    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({grouping})",
+    head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
+    names = ", names for fused experts" if fused_experts else ""
+    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({grouping}{names})",
              "unfrozen_parameters:"]
     lines += [f"- {json.dumps(p)}" for p in head]
     for t, keys in chosen.items():
