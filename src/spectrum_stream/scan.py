@@ -91,6 +91,11 @@ class ScanInterrupted(SpectrumError):
         self.report = report
 
 
+def _batch_bytes(shape) -> int:
+    """Memory a matrix takes in a batch: its float32 copy and its slot in the stacked batch."""
+    return math.prod(shape) * 4 * 2
+
+
 def _warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -154,16 +159,21 @@ class _Runner:
         if mat.numel() == 0:
             self.record(spec, job, read_s, failure=f"empty tensor (shape {list(mat.shape)})")
             return
-        if not bool(torch.isfinite(mat).all()):
+        # a sum is cheap and non-finite whenever a value is; only then look element by element
+        if not math.isfinite(float(mat.sum())) and not bool(torch.isfinite(mat).all()):
             self.record(spec, job, read_s, failure="holds NaN or Inf values")
             return
-        nbytes = mat.numel() * 4 * 2  # the matrix and its copy in the stacked batch
+        self.make_room(tuple(mat.shape), _batch_bytes(mat.shape))
+        self.pending.append((spec, mat, job, read_s))
+        self.pending_bytes += _batch_bytes(mat.shape)
+
+    def make_room(self, shape: tuple[int, ...], nbytes: int) -> None:
+        """Flush the pending batch unless a matrix of this shape and size can join it."""
         if self.pending and (
-            self.pending[0][1].shape != mat.shape or self.pending_bytes + nbytes > self.opts.batch_bytes
+            tuple(self.pending[0][1].shape) != shape
+            or self.pending_bytes + nbytes > self.opts.batch_bytes
         ):
             self.flush()
-        self.pending.append((spec, mat, job, read_s))
-        self.pending_bytes += nbytes
 
     def run(self, jobs: list[TensorJob], bar) -> None:
         done = self.journal.finished()  # failed modules are tried again
@@ -176,6 +186,8 @@ class _Runner:
         for job in jobs:
             todo = [s for s in job.matrices if s.key not in done]
             if todo:
+                # decide before reading, so a finished batch never sits beside the next tensor
+                self.make_room(todo[0].shape, sum(_batch_bytes(t.shape) for t in todo))
                 t0 = time.perf_counter()
                 try:
                     decoded = decode(job, self.source.path, self.device)

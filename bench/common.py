@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: run a step in a child process, measure wall time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """One line naming the machine a figure came from."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
+            f"{mem:.0f} GiB RAM{gpu}; Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def run_child(args: list[str], env: dict | None = None) -> dict:
+    """Run `python -c ...`-style child; return its wall seconds, peak RSS (MiB) and JSON stdout."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed ({proc.returncode}):\n{err[-3000:]}")
+    last = [line for line in out.splitlines() if line.startswith("{")]
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "out": json.loads(last[-1]) if last else {}}
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table from dict rows."""
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "|" + "|".join(" --- " for _ in columns) + "|"
+    body = ["| " + " | ".join(str(r.get(key, "")) for key, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
