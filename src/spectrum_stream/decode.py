@@ -8,13 +8,13 @@ from typing import Callable
 import torch
 
 from .layout import TensorJob, TensorRef
-from .loader import read_raw, to_float32
+from .loader import read_raw, to_device, to_float32
 from .quant import dequant_fp8_block, dequant_mxfp4
 
 
 def _raw(ref: TensorRef, path_of: Callable[[str], Path], device: torch.device) -> torch.Tensor:
     """The tensor as stored, on `device` (on CPU: still the mapped bytes, not a copy)."""
-    return read_raw(path_of(ref.shard), ref.entry).to(device)
+    return to_device(read_raw(path_of(ref.shard), ref.entry), device)
 
 
 def decode_plain(job: TensorJob, path_of: Callable[[str], Path], device: torch.device) -> torch.Tensor:
