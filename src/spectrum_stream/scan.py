@@ -124,13 +124,15 @@ class _Runner:
         if failure is None:
             rec.update(status="ok", snr=stats.snr, sigma_max=stats.sigma_max,
                        threshold=stats.threshold, n_signal=stats.n_signal)
-            self.report.scanned += 1
         else:
             rec.update(status="failed", reason=failure)
-            self.report.failed.append((spec.key, failure))
             self.warn(f"{job.main.shard}: {spec.key}: {failure}; left out of the results")
         rec.update(seconds=round(seconds, 6), method=self.opts.method, device=str(self.device))
-        self.journal.append(rec)
+        self.journal.append(rec)  # count only what is on disk (Ctrl-C may land mid-append)
+        if failure is None:
+            self.report.scanned += 1
+        else:
+            self.report.failed.append((spec.key, failure))
 
     def flush(self) -> None:
         if not self.pending:
