@@ -23,9 +23,13 @@ from .errors import SpectrumError
 from .journal import Journal, ScanLock
 from .layout import MatrixSpec, TensorJob, plan
 from .results import results_paths, write_results
-from .spectrum import SpectrumStats, spectrum_stats
+from .loader import block_len, iter_col_blocks, iter_row_blocks
+from .prefetch import prefetched
+from .spectrum import (METHODS, Decomposed, SpectrumStats, accumulate_gram, decompose,
+                       gram_spectrum, singular_values_from_gram, GRAM_TOLERANCE)
 
 DEFAULT_BATCH_BYTES = 256 * 1024**2
+_STREAM = object()  # load() result for a matrix the gram route reads in blocks itself
 
 
 class ShardSource(Protocol):
@@ -65,6 +69,9 @@ class ScanOptions:
     fresh: bool = False
     batch_bytes: int = DEFAULT_BATCH_BYTES
     progress: bool = True
+    prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
+    svd_driver: str | None = None  # CUDA only: gesvd | gesvdj | gesvda (None: torch's default)
+    max_gpu_mem: int | None = None  # CUDA only: bytes a batch or a Gram block may take
 
 
 @dataclass
@@ -109,9 +116,13 @@ class _Runner:
         self.opts, self.report, self.warn = opts, report, warn
         self.pending: list[tuple[MatrixSpec, torch.Tensor, TensorJob, float]] = []
         self.pending_bytes = 0
+        self.budget = opts.batch_bytes
+        if device.type == "cuda" and opts.max_gpu_mem:
+            self.budget = min(self.budget, opts.max_gpu_mem)
 
     def record(self, spec: MatrixSpec, job: TensorJob, seconds: float,
-               stats: SpectrumStats | None = None, failure: str | None = None) -> None:
+               stats: SpectrumStats | None = None, failure: str | None = None,
+               method: str | None = None, note: str | None = None) -> None:
         rec = {
             "key": spec.key, "type": spec.type, "tensor": job.main.name,
             "shape": list(spec.shape), "dtype": job.main.entry.dtype, "shard": job.main.shard,
@@ -127,7 +138,10 @@ class _Runner:
         else:
             rec.update(status="failed", reason=failure)
             self.warn(f"{job.main.shard}: {spec.key}: {failure}; left out of the results")
-        rec.update(seconds=round(seconds, 6), method=self.opts.method, device=str(self.device))
+        rec.update(seconds=round(seconds, 6), method=method or self.opts.method,
+                   device=str(self.device))
+        if note:
+            rec["fallback"] = note
         self.journal.append(rec)  # count only what is on disk (Ctrl-C may land mid-append)
         if failure is None:
             self.report.scanned += 1
@@ -139,23 +153,23 @@ class _Runner:
             return
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         t0 = time.perf_counter()
-        mats = [m for _, m, _, _ in batch]
         try:
-            stats = spectrum_stats(torch.stack(mats) if len(mats) > 1 else mats[0][None])
+            results = decompose([m for _, m, _, _ in batch], self.opts.method, self.opts.svd_driver)
         except RuntimeError:
-            stats = None  # one bad matrix spoils a batch: redo them one by one
-        if stats is None:
+            results = None  # one bad matrix spoils a batch: redo them one by one
+        if results is None:
             for spec, mat, job, read_s in batch:
                 t1 = time.perf_counter()
                 try:
-                    (st,) = spectrum_stats(mat[None])
-                    self.record(spec, job, read_s + time.perf_counter() - t1, st)
+                    (r,) = decompose([mat], self.opts.method, self.opts.svd_driver)
+                    self.record(spec, job, read_s + time.perf_counter() - t1, r.stats,
+                                method=r.method, note=r.note)
                 except RuntimeError as exc:
                     self.record(spec, job, read_s, failure=f"SVD failed ({exc})")
             return
         share = (time.perf_counter() - t0) / len(batch)
-        for (spec, _, job, read_s), st in zip(batch, stats):
-            self.record(spec, job, read_s + share, st)
+        for (spec, _, job, read_s), r in zip(batch, results):
+            self.record(spec, job, read_s + share, r.stats, method=r.method, note=r.note)
 
     def add(self, spec: MatrixSpec, mat: torch.Tensor, job: TensorJob, read_s: float) -> None:
         if mat.numel() == 0:
@@ -173,9 +187,51 @@ class _Runner:
         """Flush the pending batch unless a matrix of this shape and size can join it."""
         if self.pending and (
             tuple(self.pending[0][1].shape) != shape
-            or self.pending_bytes + nbytes > self.opts.batch_bytes
+            or self.pending_bytes + nbytes > self.budget
         ):
             self.flush()
+
+    def streams(self, job: TensorJob) -> bool:
+        """Gram route on a matrix too big for the budget: read it in blocks, never whole."""
+        spec = job.matrices[0]
+        return (self.opts.method == "gram" and job.decode == "plain" and len(job.matrices) == 1
+                and not spec.index and 4 * math.prod(spec.shape) > self.budget)
+
+    def load(self, job: TensorJob):
+        return _STREAM if self.streams(job) else decode(job, self.source.path, self.device)
+
+    def stream_gram(self, job: TensorJob, spec: MatrixSpec) -> None:
+        """Gram matrix summed over blocks read straight from the file, then its eigenvalues."""
+        t0 = time.perf_counter()
+        m, n = spec.shape
+        path, entry = self.source.path(job.main.shard), job.main.entry
+        if m >= n:
+            g = accumulate_gram(iter_row_blocks(path, entry, block_len(n)), n, True, self.device)
+        else:
+            g = accumulate_gram(iter_col_blocks(path, entry, block_len(m)), m, False, self.device)
+        if not bool(torch.isfinite(g).all()):
+            self.record(spec, job, time.perf_counter() - t0, failure="holds NaN or Inf values")
+            return
+        (stats,), (bound,) = gram_spectrum(singular_values_from_gram(g[None]), m, n)
+        if bound <= GRAM_TOLERANCE:
+            self.record(spec, job, time.perf_counter() - t0, stats, method="gram")
+            return
+        full = decode(job, self.source.path, self.device).reshape(spec.shape)
+        (r,) = decompose([full], "exact", self.opts.svd_driver)
+        self.record(spec, job, time.perf_counter() - t0, r.stats, method="exact",
+                    note=f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}")
+
+    def consume(self, job: TensorJob, todo: list[MatrixSpec], loaded, error, read_s: float) -> None:
+        if error is not None:
+            for spec in todo:
+                self.record(spec, job, read_s, failure=str(error))
+        elif loaded is _STREAM:
+            self.flush()
+            self.stream_gram(job, todo[0])
+        else:
+            for spec in todo:
+                mat = loaded[spec.index] if spec.index else loaded
+                self.add(spec, mat.reshape(spec.shape), job, read_s / len(todo))
 
     def run(self, jobs: list[TensorJob], bar) -> None:
         done = self.journal.finished()  # failed modules are tried again
@@ -183,26 +239,17 @@ class _Runner:
         for job in jobs:
             for shard in job.shards:
                 users[shard] = users.get(shard, 0) + 1
-        order = list(dict.fromkeys(s for job in jobs for s in job.shards))
-        self.source.prepare(order)
-        for job in jobs:
-            todo = [s for s in job.matrices if s.key not in done]
+        self.source.prepare(list(dict.fromkeys(s for job in jobs for s in job.shards)))
+        work = [(job, [s for s in job.matrices if s.key not in done]) for job in jobs]
+        ahead = self.opts.prefetch if self.opts.prefetch is not None else self.device.type == "cuda"
+        loads = prefetched([job for job, todo in work if todo], self.load, ahead)
+        for job, todo in work:
             if todo:
                 # decide before reading, so a finished batch never sits beside the next tensor
                 self.make_room(todo[0].shape, sum(_batch_bytes(t.shape) for t in todo))
-                t0 = time.perf_counter()
-                try:
-                    decoded = decode(job, self.source.path, self.device)
-                except SpectrumError as exc:
-                    decoded = None
-                    for spec in todo:
-                        self.record(spec, job, 0.0, failure=str(exc))
-                if decoded is not None:
-                    read_s = (time.perf_counter() - t0) / len(todo)
-                    for spec in todo:
-                        mat = decoded[spec.index] if spec.index else decoded
-                        self.add(spec, mat.reshape(spec.shape), job, read_s)
-                    del decoded
+                _, loaded, error, read_s = next(loads)
+                self.consume(job, todo, loaded, error, read_s)
+                del loaded
                 bar.update(job.nbytes)
                 bar.set_postfix_str(
                     f"{self.report.skipped + self.report.scanned + len(self.report.failed)}"
@@ -213,14 +260,15 @@ class _Runner:
                     self.flush()
                     self.source.release(shard)
         self.flush()
+        loads.close()
 
 
 def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions,
                     warn: Callable[[str], None] = _warn) -> ScanReport:
     """Scan a checkpoint whose shards `source` provides; resumes from the journal unless fresh."""
     device = resolve_device(opts.device)
-    if opts.method != "exact":
-        raise SpectrumError(f"--method {opts.method!r}: expected exact")
+    if opts.method not in METHODS:
+        raise SpectrumError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
     name = opts.name or ckpt.name
     paths = results_paths(Path(opts.out_dir), name)
     jobs = plan(ckpt, opts.include, opts.exclude)
