@@ -37,7 +37,7 @@ from .header import TensorEntry
 from .naming import module_name, module_type
 from .quant import FP8_BLOCK, MXFP4_GROUP, fp8_scale_shape
 
-EXPERT_CHUNK_BYTES = 512 * 1024**2  # decoded float32 bytes one fused-expert job may hold
+EXPERT_CHUNK_BYTES = 256 * 1024**2  # decoded float32 bytes one fused-expert job holds (>= 1 expert)
 
 SCALE_INV_SUFFIX = "_scale_inv"
 BLOCKS_SUFFIX, SCALES_SUFFIX = "_blocks", "_scales"

@@ -79,11 +79,9 @@ def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, name: str = "tenso
         )
     device = blocks.device
     lut = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=device)
-    low = (blocks & 0x0F).to(torch.int64)
-    high = (blocks >> 4).to(torch.int64)
-    codes = torch.stack((low, high), dim=-1)  # [.., R, G, 16, 2]: low nibble first
-    del low, high
-    values = lut[codes].view(*blocks.shape[:-1], MXFP4_GROUP)  # [.., R, G, 32]
-    del codes
+    values = torch.empty((*blocks.shape, 2), dtype=torch.float32, device=device)  # [.., R, G, 16, 2]
+    values[..., 0] = lut[(blocks & 0x0F).to(torch.int64)]  # low nibble first
+    values[..., 1] = lut[(blocks >> 4).to(torch.int64)]
+    values = values.view(*blocks.shape[:-1], MXFP4_GROUP)  # [.., R, G, 32]
     values.mul_(_pow2_table(device)[scales.to(device=device, dtype=torch.int64)][..., None])
     return values.view(*blocks.shape[:-2], blocks.shape[-2] * MXFP4_GROUP)
