@@ -1,0 +1,410 @@
+"""Scanning from the Hub, against a local stand-in server (tests/hubserver.py); no internet.
+
+Most tests run in this process with huggingface_hub's constants pointed at the server; two run the
+real command in a subprocess with HF_ENDPOINT / HF_HOME set, as a user would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import file_download
+
+import spectrum_stream.hub as hub_mod
+from hubserver import HubServer
+from spectrum_stream.checkpoint import open_local
+from spectrum_stream.cli import main
+from spectrum_stream.errors import SpectrumError
+from spectrum_stream.hub import is_hub_id, open_hub, parse_size, scan_hub
+from spectrum_stream.journal import read_journal
+from spectrum_stream.layout import TensorRef
+from spectrum_stream.scan import ScanOptions, scan
+
+scan_mod = importlib.import_module("spectrum_stream.scan")  # the package exports a scan() too
+
+REPO = "tiny/llama"
+GATED = "tiny/gated"
+TOKEN = "hf_test_secret"
+JOURNAL = "snr_results_tiny-llama.journal.jsonl"
+RESULTS = "snr_results_tiny-llama.json"
+
+
+def shard_names(folder: Path) -> list[str]:
+    doc = json.loads((folder / "model.safetensors.index.json").read_text())
+    return sorted(set(doc["weight_map"].values()))
+
+
+@pytest.fixture(scope="module")
+def local(llama_dir, tmp_path_factory):
+    """The local scan every Hub scan must agree with: results, and each module's shard."""
+    out = tmp_path_factory.mktemp("local-scan")
+    report = scan(llama_dir, ScanOptions(out_dir=out, device="cpu", progress=False))
+    _, records, _ = read_journal(report.paths["journal"])
+    return SimpleNamespace(results=report.results,
+                           shard_of={k: r["shard"] for k, r in records.items()})
+
+
+@pytest.fixture
+def hub(llama_dir):
+    server = HubServer()
+    server.add_repo(REPO, llama_dir)
+    server.add_repo(GATED, llama_dir, token=TOKEN)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def hf(hub, tmp_path, monkeypatch):
+    """This process's huggingface_hub pointed at the server, with its cache under tmp_path."""
+    home = tmp_path / "hf"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    # huggingface_hub sleeps 1 s before each of its 5 download retries; not here
+    monkeypatch.setattr(file_download, "time", SimpleNamespace(sleep=lambda s: None))
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+def subprocess_env(hub: HubServer, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DOWNLOAD_TIMEOUT="10")
+    return env
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, ["scan", *args], catch_exceptions=False)
+
+
+def error_lines(text: str) -> list[str]:
+    assert "Traceback" not in text
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def only_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    return lines[0]
+
+
+def shard_blobs(home: Path, hub: HubServer, partial: bool = False) -> list[Path]:
+    """Shard files in the HF cache: complete ones, and with `partial` those being downloaded."""
+    etags = {e for name, e in hub.repos[REPO].etags.items() if name.endswith(".safetensors")}
+    blobs = home / "hub" / "models--tiny--llama" / "blobs"
+    return [p for p in blobs.glob("*") if p.name.split(".")[0] in etags
+            and (partial or not p.name.endswith(".incomplete"))]
+
+
+def finished(journal: Path) -> dict[str, dict]:
+    if not journal.is_file():
+        return {}
+    return {k: r for k, r in read_journal(journal)[1].items() if r.get("status") == "ok"}
+
+
+def same_results(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key, rec in want.items():
+        assert got[key]["type"] == rec["type"]
+        assert got[key]["snr"] == pytest.approx(rec["snr"], rel=1e-5), key
+
+
+def opts(out="out", **kw) -> ScanOptions:
+    return ScanOptions(out_dir=Path(out), device="cpu", **{"progress": False, **kw})
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_repo_id_rule_and_sizes(tmp_path, monkeypatch):
+    assert is_hub_id("Qwen/Qwen1.5-110B") and is_hub_id("org_1/name.v2")
+    for text in ("./model", "model", "a/b/c", "/abs/path", "org/..", "org--x/y", "org/name."):
+        assert not is_hub_id(text), text
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert not is_hub_id("org/name")  # an existing local path wins
+    assert parse_size("40GB") == 40 * 10**9 and parse_size("500MiB") == 500 * 2**20
+    assert parse_size("1.5T") == 15 * 10**11 and parse_size("123") == 123
+    for bad in ("", "lots", "-5GB", "0", "5 XB"):
+        with pytest.raises(SpectrumError, match="--max-disk"):
+            parse_size(bad)
+
+
+def test_headers_by_range_requests_match_local_fingerprint(hub, hf, llama_dir, monkeypatch):
+    monkeypatch.setattr(hub_mod, "FIRST_READ", 64)  # force the second range request
+    ckpt, repo = open_hub(REPO)
+    assert ckpt.fingerprint() == open_local(llama_dir)[0].fingerprint()
+    assert ckpt.name == REPO and ckpt.config.get("model_type") == "llama"
+    assert not [f for f in hub.downloads() if f.endswith(".safetensors")]  # no weights moved
+    ranges = [r.range for r in hub.log if r.filename and r.filename.endswith(".safetensors")]
+    assert ranges and all(r and not r.endswith("-") for r in ranges)
+
+
+def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
+    shards = shard_names(llama_dir)
+    journal = Path("out") / JOURNAL
+    seen = []  # at the start of each shard download: (shard, scanned shards, shard files on disk)
+
+    def on_download(repo_id, filename):
+        if filename.endswith(".safetensors"):
+            done = {r["shard"] for r in finished(journal).values()}
+            full = {s for s in done
+                    if all(k in finished(journal) for k, v in local.shard_of.items() if v == s)}
+            seen.append((filename, full, len(shard_blobs(hf, hub, partial=True))))
+
+    hub.on_download = on_download
+    said = []
+    report = scan_hub(REPO, opts(), delete_shards=True,
+                      say=lambda line: said.append((line, len(seen))))
+
+    plan = [line for line, _ in said]
+    assert [line.split(":")[0] for line in plan] == ["Hub", "Plan", "Downloads", "Estimate on cpu"]
+    assert all(n == 0 for _, n in said)  # the whole plan came before any shard download
+    assert f"{len(local.results)} matrices" in plan[1] and f"{len(shards)} shards" in plan[1]
+    assert plan[2].startswith(f"Downloads: {len(shards)} shards")
+    assert [s for s, _, _ in seen] == shards
+    assert hub.max_active_downloads == 1
+    for i, (_, full, on_disk) in enumerate(seen):
+        assert set(shards[: max(0, i - 1)]) <= full  # shard i-2 was scanned before shard i came
+        assert on_disk <= 2  # with --delete-shards: the shard being scanned, and this download
+    assert shard_blobs(hf, hub, partial=True) == []  # every shard deleted once scanned
+    snapshot = next((hf / "hub" / "models--tiny--llama" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors.index.json").is_file()
+    same_results(report.results, local.results)
+    assert json.loads((Path("out") / RESULTS).read_text()).keys() == local.results.keys()
+
+
+def test_resume_fetches_only_shards_with_modules_left(hub, hf, llama_dir, local):
+    shards = shard_names(llama_dir)
+    scan_hub(REPO, opts(), delete_shards=True, say=lambda line: None)
+    journal = Path("out") / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    keep = [lines[0]] + [ln for ln in lines[1:] if json.loads(ln)["shard"] in shards[:2]]
+    journal.write_bytes(b"".join(keep))
+    before = len(hub.downloads())
+    said = []
+    report = scan_hub(REPO, opts(), delete_shards=True, say=said.append)
+    assert hub.downloads()[before:] == shards[2:]  # journaled shards are never fetched again
+    assert f"{len(keep) - 1} modules already in the journal" in said[1]
+    assert said[2].startswith("Downloads: 2 shards")
+    assert report.skipped == len(keep) - 1
+    same_results(report.results, local.results)
+
+
+def test_killed_mid_download_then_resumed(hub, hf, llama_dir, local, tmp_path):
+    shards = shard_names(llama_dir)
+    hub.faults[shards[2]] = "stall"
+    env = subprocess_env(hub, hf)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "spectrum_stream", "scan", REPO, "--device", "cpu",
+           "--out-dir", str(out), "--delete-shards", "--quiet"]
+    want = {k for k, s in local.shard_of.items() if s in shards[:2]}
+    with open(tmp_path / "first.err", "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+        try:
+            assert hub.stalled.wait(60), "the scan never reached the third shard"
+            deadline = time.monotonic() + 30
+            while not want <= set(finished(out / JOURNAL)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert want <= set(finished(out / JOURNAL))
+            proc.kill()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+    assert "Plan:" in (tmp_path / "first.err").read_text()
+    hub.release.set()
+    hub.faults.clear()
+    before = len(hub.downloads())
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from the journal" in done.stdout
+    assert [line.split(":")[0] for line in done.stderr.splitlines()] == [
+        "Hub", "Plan", "Downloads", "Estimate on cpu"]
+    assert hub.downloads()[before:] == shards[2:]
+    same_results(json.loads((out / RESULTS).read_text()), local.results)
+
+
+def test_connection_dropped_keeps_what_was_scanned(hub, hf, llama_dir, local, caplog):
+    shards = shard_names(llama_dir)
+    hub.faults[shards[2]] = "drop"
+    result = cli(REPO, "--device", "cpu", "--out-dir", "out", "--quiet", "--delete-shards")
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    # huggingface_hub's own retry warnings are kept quiet: the one line says it all
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert shards[2] in line and "connection" in line and "resume" in line
+    kept = json.loads((Path("out") / RESULTS).read_text())  # results written from the journal
+    assert set(kept) == {k for k, s in local.shard_of.items() if s in shards[:2]}
+
+    hub.faults.clear()
+    before = len(hub.downloads())
+    result = cli(REPO, "--device", "cpu", "--out-dir", "out", "--quiet", "--delete-shards")
+    assert result.exit_code == 0, result.stderr
+    assert hub.downloads()[before:] == shards[2:]
+    same_results(json.loads((Path("out") / RESULTS).read_text()), local.results)
+
+
+def test_missing_repo_is_one_line_from_the_command(hub, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "spectrum_stream", "scan", "nobody/nothing", "--device", "cpu"],
+        env=subprocess_env(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path)
+    assert done.returncode == 1
+    line = only_line(done.stderr)
+    assert "nobody/nothing: no such model repo" in line and "404" in line
+
+
+def test_gated_repo_needs_a_token(hub, hf, monkeypatch):
+    result = cli(GATED, "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert "401" in line and "token" in line and "access" in line
+    result = cli(GATED, "--device", "cpu", "--quiet", "--token", "hf_wrong")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert "403" in line and "token" in line and "access" in line
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = cli(GATED, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_revisions(hub, hf, local):
+    result = cli(REPO, "--device", "cpu", "--quiet", "--revision", "nope")
+    assert result.exit_code == 1
+    assert "tiny/llama: no revision 'nope'" in only_line(result.stderr)
+    commit = hub.repos[REPO].branches["main"]
+    report = scan_hub(REPO, opts(), revision=commit, say=lambda line: None)
+    same_results(report.results, local.results)
+
+
+def test_offline_mode(hub, hf, local, monkeypatch):
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    result = cli(REPO, "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert "HF_HUB_OFFLINE=1" in line and "not in the Hugging Face cache" in line
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    assert cli(REPO, "--device", "cpu", "--quiet").exit_code == 0  # fills the cache
+    hub.stop()  # no server at all from here on
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    result = cli(REPO, "--device", "cpu", "--quiet", "--out-dir", "offline")
+    assert result.exit_code == 0, result.stderr
+    same_results(json.loads((Path("offline") / RESULTS).read_text()), local.results)
+
+
+def test_max_disk(hub, hf, llama_dir, local):
+    sizes = {s: (llama_dir / s).stat().st_size for s in shard_names(llama_dir)}
+    result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", "1000")
+    assert result.exit_code == 1
+    assert "smaller than shard" in only_line(result.stderr)
+    result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", "lots")
+    assert result.exit_code == 1 and "--max-disk" in only_line(result.stderr)
+    on_disk = []
+    hub.on_download = lambda repo_id, name: on_disk.append(len(shard_blobs(hf, hub)))
+    result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", str(max(sizes.values())))
+    assert result.exit_code == 0, result.stderr
+    assert on_disk == [0] * len(sizes)  # no shard downloads while another sits on disk
+    assert shard_blobs(hf, hub) == []
+    same_results(json.loads((Path("model_snr_results") / RESULTS).read_text()), local.results)
+
+
+def test_a_job_needing_two_shards_within_max_disk(hub, hf, llama_dir, local, monkeypatch):
+    """Like an FP8 weight whose scale sits in the last shard: both shards must be on disk."""
+    shards = shard_names(llama_dir)
+    sizes = {s: (llama_dir / s).stat().st_size for s in shards}
+    plan, decode = scan_mod.plan, scan_mod.decode
+
+    def plan_with_far_scale(ckpt, *args, **kwargs):
+        jobs = plan(ckpt, *args, **kwargs)
+        name = next(n for n, (s, _) in ckpt.tensors.items() if s == shards[-1])
+        scale = TensorRef(name, shards[-1], ckpt.tensors[name][1])
+        i = next(i for i, j in enumerate(jobs) if j.main.shard == shards[0])
+        jobs[i] = dataclasses.replace(jobs[i], aux=(scale,))
+        return jobs
+
+    def decode_reading_aux(job, path_of, device):
+        for ref in job.aux:
+            assert path_of(ref.shard).is_file()
+        return decode(job, path_of, device)
+
+    monkeypatch.setattr(scan_mod, "plan", plan_with_far_scale)
+    monkeypatch.setattr(hub_mod, "plan", plan_with_far_scale)
+    monkeypatch.setattr(scan_mod, "decode", decode_reading_aux)
+    need = sizes[shards[-1]] + max(sizes[s] for s in shards[:-1])
+    with pytest.raises(SpectrumError, match="needs shards .* at once"):
+        scan_hub(REPO, opts(), max_disk=need - 1, say=lambda line: None)
+
+    held = []
+
+    def on_download(repo_id, name):
+        held.append(sum(p.stat().st_size for p in shard_blobs(hf, hub)) + sizes[name])
+
+    hub.on_download = on_download
+    said = []
+    report = scan_hub(REPO, opts(), max_disk=need, say=said.append)
+    fetched = [f for f in hub.downloads() if f.endswith(".safetensors")]
+    assert set(fetched[:2]) == {shards[0], shards[-1]} and sorted(fetched) == shards
+    assert max(held) <= need
+    assert not [line for line in said if "over the budget" in line]
+    same_results(report.results, local.results)
+
+
+def test_local_path_wins_and_hub_flags_need_a_repo(hub, hf, llama_dir):
+    (Path("tiny")).mkdir()
+    os.symlink(llama_dir, Path("tiny") / "llama")
+    result = cli(REPO, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert hub.log == []
+    result = cli(REPO, "--device", "cpu", "--quiet", "--revision", "main")
+    assert result.exit_code == 1
+    assert "only apply to a Hub repo id" in only_line(result.stderr)
+
+
+def test_broken_shard_header_is_refused_before_downloading(hub, hf, llama_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(llama_dir, broken)
+    shard = shard_names(broken)[1]
+    with open(broken / shard, "r+b") as f:
+        f.truncate((broken / shard).stat().st_size - 10)
+    hub.add_repo("tiny/broken", broken)
+    result = cli("tiny/broken", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert f"tiny/broken@main/{shard}" in line and "truncated" in line
+    assert not [f for f in hub.downloads() if f.endswith(".safetensors")]
+
+
+def test_single_file_repo_and_a_repo_without_weights(hub, hf, llama_dir, local, tmp_path):
+    single = tmp_path / "single"
+    single.mkdir()
+    shard = shard_names(llama_dir)[0]
+    shutil.copy(llama_dir / shard, single / "model.safetensors")
+    shutil.copy(llama_dir / "config.json", single / "config.json")
+    hub.add_repo("tiny/single", single)
+    report = scan_hub("tiny/single", opts(), say=lambda line: None)
+    assert set(report.results) == {k for k, s in local.shard_of.items() if s == shard}
+    assert hub.downloads()[-1] == "model.safetensors"
+
+    (single / "model.safetensors").unlink()
+    hub.add_repo("tiny/empty", single)
+    result = cli("tiny/empty", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    assert "not a safetensors model" in only_line(result.stderr)
