@@ -64,10 +64,17 @@ def spectrum_stats(batch: torch.Tensor) -> list[SpectrumStats]:
 
 # --- the gram route -------------------------------------------------------------------------------
 
-def gram_matrices(batch: torch.Tensor) -> torch.Tensor:
-    """[B, k, k] float64 Gram matrices of the smaller side of each [m, n] matrix."""
-    x = batch.to(torch.float64)
-    return x @ x.mT if x.shape[-2] <= x.shape[-1] else x.mT @ x
+def gram_matrix(w: torch.Tensor, block_bytes: int = 64 * 1024**2) -> torch.Tensor:
+    """[k, k] float64 Gram matrix of the smaller side of one [m, n] matrix.
+
+    Built from float64 blocks of `block_bytes`, so no float64 copy of the whole matrix exists.
+    """
+    m, n = w.shape
+    if m >= n:
+        step = max(1, block_bytes // (8 * n))
+        return accumulate_gram((w[i:i + step] for i in range(0, m, step)), n, True, w.device)
+    step = max(1, block_bytes // (8 * m))
+    return accumulate_gram((w[:, j:j + step] for j in range(0, n, step)), m, False, w.device)
 
 
 def accumulate_gram(chunks: Iterable[torch.Tensor], k: int, rows: bool,
@@ -126,7 +133,8 @@ def gram_spectrum(s64: torch.Tensor, m: int, n: int) -> tuple[list[SpectrumStats
 def gram_stats(batch: torch.Tensor) -> tuple[list[SpectrumStats], list[float]]:
     """Decompose a [B, m, n] batch through its Gram matrices: (stats, error bounds)."""
     _, m, n = batch.shape
-    return gram_spectrum(singular_values_from_gram(gram_matrices(batch)), m, n)
+    grams = torch.stack([gram_matrix(w) for w in batch])
+    return gram_spectrum(singular_values_from_gram(grams), m, n)
 
 
 # --- choosing the route ---------------------------------------------------------------------------
@@ -156,7 +164,7 @@ def decompose(mats: list[torch.Tensor], method: str = "exact",
         s = torch.linalg.svdvals(batch, driver=driver) if driver else singular_values(batch)
         return [Decomposed(st, "exact") for st in snr_from_singular_values(s, m, n)]
     m, n = mats[0].shape
-    grams = torch.stack([gram_matrices(w[None])[0] for w in mats])
+    grams = torch.stack([gram_matrix(w) for w in mats])
     stats, bounds = gram_spectrum(singular_values_from_gram(grams), m, n)
     out = []
     for w, st, bound in zip(mats, stats, bounds):
