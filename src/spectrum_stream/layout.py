@@ -167,7 +167,7 @@ def _gate_up_split(name: str, shape: tuple[int, ...], ckpt: Checkpoint, mxfp4: b
     else by config.json's hidden size, else by the model type.
     """
     _, a, b = shape
-    down = ckpt.tensors.get(_GATE_UP.sub("down_proj", name, count=1))
+    down = ckpt.tensors.get(re.sub(r"gate_up_proj(?=(\.weight)?$)", "down_proj", name))
     down_shape = down[1].shape if down is not None else ()
     hidden = _config_int(ckpt.config, "hidden_size") or _config_int(ckpt.config, "d_model")
     if mxfp4:
