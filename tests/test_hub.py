@@ -318,7 +318,8 @@ def test_max_disk(hub, hf, llama_dir, local):
     result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", "lots")
     assert result.exit_code == 1 and "--max-disk" in only_line(result.stderr)
     on_disk = []
-    hub.on_download = lambda repo_id, name: on_disk.append(len(shard_blobs(hf, hub)))
+    hub.on_download = lambda repo_id, name: name.endswith(".safetensors") and on_disk.append(
+        len(shard_blobs(hf, hub)))
     result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", str(max(sizes.values())))
     assert result.exit_code == 0, result.stderr
     assert on_disk == [0] * len(sizes)  # no shard downloads while another sits on disk
@@ -408,3 +409,17 @@ def test_single_file_repo_and_a_repo_without_weights(hub, hf, llama_dir, local, 
     result = cli("tiny/empty", "--device", "cpu", "--quiet")
     assert result.exit_code == 1
     assert "not a safetensors model" in only_line(result.stderr)
+
+
+def test_prefetching_reader_stays_within_max_disk(hub, hf, llama_dir, local):
+    """The runner may ask for the next shard from its read-ahead thread before releasing the
+    current one: the download then waits for that release instead of going over the budget."""
+    biggest = max((llama_dir / s).stat().st_size for s in shard_names(llama_dir))
+    on_disk = []
+    hub.on_download = lambda repo_id, name: name.endswith(".safetensors") and on_disk.append(
+        len(shard_blobs(hf, hub)))
+    said = []
+    report = scan_hub(REPO, opts(prefetch=True), max_disk=biggest, say=said.append)
+    assert not [line for line in said if "over the budget" in line]
+    assert on_disk == [0] * len(on_disk) and len(on_disk) == len(shard_names(llama_dir))
+    same_results(report.results, local.results)

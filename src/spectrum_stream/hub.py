@@ -484,7 +484,8 @@ class HubSource:
         self.paths: dict[str, Path] = {}
         self.errors: dict[str, HubDownloadError] = {}
         self.held: dict[str, int] = {}  # shard -> bytes counted against max_disk
-        self.asked: set[str] = set()
+        self.asked: dict[str, int] = {}  # shard the scan waits for -> the asking thread
+        self._releaser: int | None = None  # the thread that calls prepare() and release()
         self.queue: list[str] = []
         self.downloads: list[str] = []  # every shard fetched, in order (for callers and tests)
         self.peak_held = 0
@@ -496,6 +497,7 @@ class HubSource:
     # -- ShardSource --------------------------------------------------------------------------
     def prepare(self, shards: list[str]) -> None:
         with self._cond:
+            self._releaser = threading.get_ident()
             for shard in shards:
                 if (self.needed is None or shard in self.needed) and shard not in self.state:
                     self.state[shard] = "queued"
@@ -505,7 +507,7 @@ class HubSource:
 
     def path(self, shard: str) -> Path:
         with self._cond:
-            self.asked.add(shard)
+            self.asked[shard] = threading.get_ident()
             if self.state.get(shard) in (None, "released"):
                 self.state[shard] = "queued"
                 self.queue.append(shard)
@@ -519,9 +521,10 @@ class HubSource:
 
     def release(self, shard: str) -> None:
         with self._cond:
+            self._releaser = threading.get_ident()
             state = self.state.get(shard)
             self.state[shard] = "released"
-            self.asked.discard(shard)
+            self.asked.pop(shard, None)
             if state == "queued":
                 self.queue.remove(shard)
             elif state == "ready":
@@ -569,9 +572,10 @@ class HubSource:
             shard = self.queue[0]
         size = self.ckpt.shards[shard].size
         if self.max_disk is not None and sum(self.held.values()) + size > self.max_disk:
-            if shard not in self.asked:
-                return None  # a prefetch waits for the scan to release a shard
-            # The scan is blocked on this shard, so it cannot release one: waiting would hang.
+            asker = self.asked.get(shard)
+            if asker is None or asker != self._releaser:
+                return None  # a prefetch (ours, or the scan's read-ahead) waits for a release
+            # The thread that releases shards is blocked on this one: waiting would hang.
             # make_plan refuses budgets below what the scan needs at once, so this is rare.
             if not self._warned:
                 self._warned = True
