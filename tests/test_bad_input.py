@@ -1,5 +1,6 @@
-"""Bad input through the command line: one clear line on stderr and a non-zero exit, never a traceback;
-a single bad module is a warning and a count while the scan goes on; nothing already journaled is lost.
+"""Bad input through the command line: one clear line on stderr and a non-zero exit, never a
+traceback; a single bad module is a warning and a count while the scan goes on; nothing already
+journaled is lost.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def write_shard(path: Path, header: dict | bytes, data: bytes, n: int | None = N
 
 
 def make_checkpoint(folder: Path) -> Path:
-    """Two hand-written shards and an index; every case below breaks one rule in the second shard."""
+    """Two hand-written shards and an index; each case below breaks one rule in the second."""
     folder.mkdir(parents=True)
     weight_map = {}
     for i, shard in enumerate(SHARDS):
@@ -164,7 +165,8 @@ def test_bad_input_never_loses_journaled_work(tmp_path):
     results = (out / "snr_results_ckpt.json").read_bytes()
     break_second_shard(folder, "truncated shard")
     assert_one_line_error(run_cli(scan_args(folder, out)), SHARDS[1])
-    assert journal.read_bytes() == before and (out / "snr_results_ckpt.json").read_bytes() == results
+    assert journal.read_bytes() == before
+    assert (out / "snr_results_ckpt.json").read_bytes() == results
 
 
 def test_a_journal_of_another_checkpoint_is_refused_not_overwritten(tmp_path):
@@ -198,7 +200,8 @@ def test_a_foreign_file_at_the_journal_path_is_refused(tmp_path):
 def make_checkpoint_with_bad_modules(folder: Path) -> Path:
     folder.mkdir(parents=True)
     gen = torch.Generator().manual_seed(3)
-    t = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 12, generator=gen) for i in range(4)}
+    t = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 12, generator=gen)
+         for i in range(4)}
     t["model.layers.1.mlp.up_proj.weight"][3, 4] = float("nan")
     t["model.layers.2.mlp.up_proj.weight"][0, 0] = float("inf")
     t["model.layers.4.mlp.up_proj.weight"] = torch.zeros(0, 12)
@@ -207,8 +210,10 @@ def make_checkpoint_with_bad_modules(folder: Path) -> Path:
     return folder
 
 
-BAD_MODULES = {"model.layers.1.mlp.up_proj": "NaN or Inf", "model.layers.2.mlp.up_proj": "NaN or Inf",
-               "model.layers.4.mlp.up_proj": "empty tensor", "model.layers.5.mlp.up_proj": "all-zero"}
+BAD_MODULES = {"model.layers.1.mlp.up_proj": "NaN or Inf",
+               "model.layers.2.mlp.up_proj": "NaN or Inf",
+               "model.layers.4.mlp.up_proj": "empty tensor",
+               "model.layers.5.mlp.up_proj": "all-zero"}
 
 
 def check_bad_module_run(stdout: str, stderr: str, out: Path, runs: int) -> None:

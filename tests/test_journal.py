@@ -1,4 +1,5 @@
-"""The journal on its own: line content, fsync per module, torn and garbled lines, refusals, full disk."""
+"""The journal on its own: line content, fsync per module, torn and garbled lines, refusals,
+a full disk, rebuilding results, the lock."""
 
 from __future__ import annotations
 
@@ -239,7 +240,8 @@ def test_results_that_cannot_be_written_name_the_file_and_leave_the_old_one(tmp_
     with pytest.raises(SpectrumError) as info:
         results_mod.atomic_write(target, b"new")
     assert str(target) in str(info.value) and "disk is full" in str(info.value)
-    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temp file left
 
 
 def test_results_files_follow_the_umask(tmp_path):
@@ -295,7 +297,8 @@ def test_the_lock_refuses_a_second_holder_and_says_who(tmp_path):
         pass
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400) | st.lists(
     st.sampled_from([b'{"journal": 1, "checkpoint": []}', b'{"key": "a", "status": "ok"}',
                      b'{"key": 3}', b"[]", b"null", b"{", b"\x00\x00", b""]), max_size=6

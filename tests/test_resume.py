@@ -137,7 +137,8 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, refe
     final = subprocess.run(cli(ckpt, out), capture_output=True, text=True, timeout=120, env=ENV)
     assert final.returncode == 0, final.stderr
     assert "Traceback" not in final.stderr
-    assert f"{planned - kept} modules this run, {kept} resumed from the journal, 0 failed" in final.stdout
+    assert (f"{planned - kept} modules this run, {kept} resumed from the journal, 0 failed"
+            in final.stdout)
     # the progress bar starts where the killed scans stopped
     size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]  # noqa: E731 (bfloat16)
     every = reference["records"].values()

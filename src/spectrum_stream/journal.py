@@ -52,7 +52,8 @@ def fsync_dir(folder: Path) -> None:
 def _describe_difference(old: dict, new: dict) -> str:
     """One phrase saying what differs between two journal headers."""
     if old.get("journal") != new.get("journal"):
-        return f"it is journal format {old.get('journal')!r}, this version writes {new.get('journal')!r}"
+        return (f"it is journal format {old.get('journal')!r}, "
+                f"this version writes {new.get('journal')!r}")
     if old.get("checkpoint") != new.get("checkpoint"):
         try:
             before = {s["shard"]: s for s in old.get("checkpoint") or []}
@@ -81,7 +82,8 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 
 def _fail_write(path: Path, exc: OSError) -> SpectrumError:
-    what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or str(exc))
     return SpectrumError(
         f"{path}: cannot write the journal ({what}); every module before this one is kept, "
         "fix this and run the same command again to resume"

@@ -63,8 +63,9 @@ def compat_results(records) -> dict[str, dict]:
     out = {}
     for rec in records:
         snr = rec.get("snr")
-        if (rec.get("status") == "ok" and isinstance(rec.get("type"), str)
-                and isinstance(snr, float | int) and not isinstance(snr, bool) and math.isfinite(snr)):
+        number = isinstance(snr, float | int) and not isinstance(snr, bool)
+        if rec.get("status") == "ok" and isinstance(rec.get("type"), str) and number \
+                and math.isfinite(snr):
             out[rec["key"]] = {"snr": float(snr), "type": rec["type"]}
     return out
 
@@ -106,7 +107,7 @@ def rebuild_results(journal_path: str | os.PathLike) -> tuple[dict[str, Path], d
     """Write both results files again from a journal, e.g. while a scan runs or after a crash.
 
     Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
-    Safe to run beside a live scan: it reads whole lines only, and the files are replaced atomically.
+    Safe beside a live scan: it reads whole lines only, and the files are replaced atomically.
     """
     paths = paths_for_journal(Path(journal_path))
     if not paths["journal"].is_file():
