@@ -71,6 +71,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.log: list[Request] = []
         self.faults: dict[str, str] = {}
+        self.honor_ranges = True  # False: answer every GET with the whole file, as some mirrors do
         self.on_download = None
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -247,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         if filename.endswith(".safetensors"):
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         status, first, last = 200, 0, len(data) - 1
-        if request.range is not None:
+        if request.range is not None and hub.honor_ranges:
             r = re.fullmatch(r"bytes=(\d+)-(\d*)", request.range.strip())
             if r is None or int(r[1]) >= len(data):
                 return self._send(416, {"Content-Range": f"bytes */{len(data)}"})

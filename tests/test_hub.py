@@ -6,8 +6,6 @@ real command in a subprocess with HF_ENDPOINT / HF_HOME set, as a user would.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -29,10 +27,7 @@ from spectrum_stream.cli import main
 from spectrum_stream.errors import SpectrumError
 from spectrum_stream.hub import is_hub_id, open_hub, parse_size, scan_hub
 from spectrum_stream.journal import read_journal
-from spectrum_stream.layout import TensorRef
 from spectrum_stream.scan import ScanOptions, scan
-
-scan_mod = importlib.import_module("spectrum_stream.scan")  # the package exports a scan() too
 
 REPO = "tiny/llama"
 GATED = "tiny/gated"
@@ -154,6 +149,8 @@ def test_headers_by_range_requests_match_local_fingerprint(hub, hf, llama_dir, m
     assert not [f for f in hub.downloads() if f.endswith(".safetensors")]  # no weights moved
     ranges = [r.range for r in hub.log if r.filename and r.filename.endswith(".safetensors")]
     assert ranges and all(r and not r.endswith("-") for r in ranges)
+    hub.honor_ranges = False  # a server that ignores Range: the header is still read right
+    assert open_hub(REPO)[0].fingerprint() == open_local(llama_dir)[0].fingerprint()
 
 
 def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
@@ -327,45 +324,61 @@ def test_max_disk(hub, hf, llama_dir, local):
     same_results(json.loads((Path("model_snr_results") / RESULTS).read_text()), local.results)
 
 
-def test_a_job_needing_two_shards_within_max_disk(hub, hf, llama_dir, local, monkeypatch):
-    """Like an FP8 weight whose scale sits in the last shard: both shards must be on disk."""
-    shards = shard_names(llama_dir)
-    sizes = {s: (llama_dir / s).stat().st_size for s in shards}
-    plan, decode = scan_mod.plan, scan_mod.decode
+def fp8_checkpoint(folder: Path) -> dict[str, int]:
+    """DeepSeek-V3 style: F8_E4M3 weights in shards 1-2, their `_scale_inv` all in shard 3."""
+    import torch
+    from safetensors.torch import save_file
 
-    def plan_with_far_scale(ckpt, *args, **kwargs):
-        jobs = plan(ckpt, *args, **kwargs)
-        name = next(n for n, (s, _) in ckpt.tensors.items() if s == shards[-1])
-        scale = TensorRef(name, shards[-1], ckpt.tensors[name][1])
-        i = next(i for i, j in enumerate(jobs) if j.main.shard == shards[0])
-        jobs[i] = dataclasses.replace(jobs[i], aux=(scale,))
-        return jobs
+    torch.manual_seed(3)
+    shards = {f"model-0000{i}-of-00003.safetensors": {} for i in (1, 2, 3)}
+    names = list(shards)
+    for i, (shape, where) in enumerate([((96, 80), 0), ((80, 96), 0), ((64, 72), 1)]):
+        w = torch.randn(shape) + 0.5 * torch.randn(shape[0], 1) @ torch.randn(1, shape[1])
+        scale = w.abs().max() / 448.0
+        name = f"model.layers.{i}.mlp.down_proj.weight"
+        shards[names[where]][name] = (w / scale).to(torch.float8_e4m3fn)
+        shards[names[2]][name + "_scale_inv"] = scale.reshape(1, 1).float()
+    shards[names[1]]["model.embed_tokens.weight"] = torch.randn(40, 64).to(torch.bfloat16)
+    folder.mkdir()
+    weight_map = {}
+    for fname, tensors in shards.items():
+        save_file(tensors, str(folder / fname))
+        weight_map.update({t: fname for t in tensors})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "deepseek_v3"}))
+    return {fname: (folder / fname).stat().st_size for fname in names}
 
-    def decode_reading_aux(job, path_of, device):
-        for ref in job.aux:
-            assert path_of(ref.shard).is_file()
-        return decode(job, path_of, device)
 
-    monkeypatch.setattr(scan_mod, "plan", plan_with_far_scale)
-    monkeypatch.setattr(hub_mod, "plan", plan_with_far_scale)
-    monkeypatch.setattr(scan_mod, "decode", decode_reading_aux)
-    need = sizes[shards[-1]] + max(sizes[s] for s in shards[:-1])
-    with pytest.raises(SpectrumError, match="needs shards .* at once"):
-        scan_hub(REPO, opts(), max_disk=need - 1, say=lambda line: None)
+def test_fp8_scales_in_another_shard_within_max_disk(hub, hf, tmp_path):
+    """Each FP8 weight needs its own shard and the scale shard on disk at once."""
+    sizes = fp8_checkpoint(tmp_path / "fp8")
+    names = sorted(sizes)
+    want = scan(tmp_path / "fp8", ScanOptions(out_dir=tmp_path / "local", device="cpu",
+                                              progress=False)).results
+    assert len(want) == 4
+    hub.add_repo("tiny/fp8", tmp_path / "fp8")
+    need = sizes[names[2]] + max(sizes[names[0]], sizes[names[1]])
+    result = cli("tiny/fp8", "--device", "cpu", "--quiet", "--max-disk", str(need - 1))
+    assert result.exit_code == 1
+    assert "needs shards" in only_line(result.stderr) and "at once" in result.stderr
 
     held = []
+    blobs = hf / "hub" / "models--tiny--fp8" / "blobs"
+    etags = {hub.repos["tiny/fp8"].etags[n] for n in names}
 
     def on_download(repo_id, name):
-        held.append(sum(p.stat().st_size for p in shard_blobs(hf, hub)) + sizes[name])
+        if name.endswith(".safetensors"):
+            on_disk = [p for p in blobs.iterdir() if p.name in etags]
+            held.append(sum(p.stat().st_size for p in on_disk) + sizes[name])
 
     hub.on_download = on_download
     said = []
-    report = scan_hub(REPO, opts(), max_disk=need, say=said.append)
-    fetched = [f for f in hub.downloads() if f.endswith(".safetensors")]
-    assert set(fetched[:2]) == {shards[0], shards[-1]} and sorted(fetched) == shards
-    assert max(held) <= need
+    report = scan_hub("tiny/fp8", opts(), max_disk=need, say=said.append)
+    assert sorted(hub.downloads("tiny/fp8")[-3:]) == names  # each shard fetched once
+    assert 0 < max(held) <= need
     assert not [line for line in said if "over the budget" in line]
-    same_results(report.results, local.results)
+    assert not [p for p in blobs.iterdir() if p.name in etags]
+    same_results(report.results, want)
 
 
 def test_local_path_wins_and_hub_flags_need_a_repo(hub, hf, llama_dir):

@@ -246,14 +246,11 @@ def _label(repo: HubRepo, filename: str) -> Path:
 
 def _content_total(response) -> int | None:
     """The file size a (range) response reports."""
-    crange = response.headers.get("Content-Range", "")
-    m = re.fullmatch(r"\s*bytes\s+\d+-\d+/(\d+)\s*", crange)
+    m = re.fullmatch(r"\s*bytes\s+\d+-\d+/(\d+)\s*", response.headers.get("Content-Range", ""))
     if m:
         return int(m.group(1))
-    if response.status_code == 200:
-        length = response.headers.get("Content-Length")
-        return int(length) if length and length.isdigit() else len(response.content)
-    return None
+    length = response.headers.get("Content-Length", "")
+    return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
 def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
@@ -262,15 +259,23 @@ def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
     where = str(_label(repo, filename))
     headers = {**utils.build_hf_headers(token=repo.token), "Accept-Encoding": "identity"}
 
-    def get(first: int, last: int):
-        response = utils.get_session().get(repo.url(filename), timeout=HEADER_TIMEOUT,
-                                           headers={**headers, "Range": f"bytes={first}-{last}"})
-        utils.hf_raise_for_status(response)
-        return response
+    def get(first: int, last: int) -> tuple[int | None, bytes]:
+        """(file size, bytes first..last); reads no more even from a server ignoring Range."""
+        with utils.get_session().stream(
+                "GET", repo.url(filename), timeout=HEADER_TIMEOUT,
+                headers={**headers, "Range": f"bytes={first}-{last}"}) as response:
+            if response.status_code >= 400:
+                response.read()  # small; the error helper wants the body
+            utils.hf_raise_for_status(response)
+            want, skip = last - first + 1, first if response.status_code == 200 else 0
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) >= skip + want:
+                    break
+            return _content_total(response), bytes(data[skip:skip + want])
 
-    response = get(0, FIRST_READ - 1)
-    size = _content_total(response)
-    head = response.content
+    size, head = get(0, FIRST_READ - 1)
     if size is None:
         raise CheckpointError(f"{where}: the server did not say how big the file is")
     if len(head) < 8 or size < 8:
@@ -281,7 +286,7 @@ def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
     if 8 + n > size:
         raise CheckpointError(
             f"{where}: header length {n} runs past the end of the {size}-byte file")
-    raw = head[8:8 + n] if len(head) >= 8 + n else get(8, 8 + n - 1).content[:n]
+    raw = head[8:8 + n] if len(head) >= 8 + n else get(8, 8 + n - 1)[1]
     if len(raw) != n:
         raise CheckpointError(f"{where}: the server sent {len(raw)} of the {n} header bytes")
     entries, metadata = parse_header(raw, size - 8 - n, 8 + n, where)
@@ -289,8 +294,9 @@ def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
                        metadata)
 
 
-def _shard_header(repo: HubRepo, filename: str) -> ShardHeader:
-    """From the cache when the shard is there (same bytes, same fingerprint), else remotely."""
+def _shard_header(repo: HubRepo, filename: str, if_missing: str | None = None) -> ShardHeader:
+    """From the cache when the shard is there (same bytes, same fingerprint), else remotely;
+    `if_missing` is the message for a file the repo does not have."""
     local = repo.cached(filename)
     if local is not None:
         return read_header(local)
@@ -303,6 +309,9 @@ def _shard_header(repo: HubRepo, filename: str) -> ShardHeader:
     except SpectrumError:
         raise
     except Exception as exc:  # huggingface_hub / network errors
+        _, _, errors, _ = _hf()
+        if if_missing and isinstance(exc, errors.EntryNotFoundError):
+            raise SpectrumError(if_missing) from None
         raise repo.fail(exc, filename) from None
 
 
@@ -328,14 +337,9 @@ def open_hub(repo_id: str, revision: str | None = None, token: str | None = None
     except Exception:  # optional: a repo without config.json still scans
         config = {}
     if index is None:
-        try:
-            header = _shard_header(repo, SINGLE_NAME)
-        except SpectrumError as exc:
-            if "HTTP 404" in str(exc):
-                raise SpectrumError(
-                    f"{repo_id}: not a safetensors model (neither {INDEX_NAME} nor {SINGLE_NAME} "
-                    f"at revision {repo.revision!r})") from None
-            raise
+        header = _shard_header(repo, SINGLE_NAME, if_missing=(
+            f"{repo_id}: not a safetensors model (neither {INDEX_NAME} nor {SINGLE_NAME} at "
+            f"revision {repo.revision!r})"))
         return assemble(repo_id, {SINGLE_NAME: header}, None, config), repo
     weight_map = load_index(index)
     shards = sorted(set(weight_map.values()))
