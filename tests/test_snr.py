@@ -40,12 +40,13 @@ def test_batched_call_equals_one_at_a_time():
 
 def test_planted_rank_orders_snr():
     gen = torch.Generator().manual_seed(SEED)
-    ranks = [1, 4, 10, 24]
-    snrs = [spectrum_stats(planted_matrix(128, 320, r, gen)[None])[0].snr for r in ranks]
+    # rank steps large against the bulk's fluctuation: 0 order violations in 300 seeds
+    ranks = [2, 8, 20]
+    mats = [planted_matrix(256, 512, r, gen) for r in ranks]
+    snrs = [spectrum_stats(w[None])[0].snr for w in mats]
     assert snrs == sorted(snrs), f"seed {SEED}: {list(zip(ranks, snrs))}"
-    for r, s in zip(ranks, snrs):
-        ref = reference_snr(planted_matrix(128, 320, r, torch.Generator().manual_seed(r)).numpy())
-        assert ref > 0 and s > 0
+    refs = [reference_snr(w.numpy()) for w in mats]
+    assert refs == sorted(refs), f"seed {SEED}: {list(zip(ranks, refs))}"
 
 
 def test_statistics_report_signal_count_and_threshold():
