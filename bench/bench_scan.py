@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--methods", default="exact,gram")
+    ap.add_argument("--methods", default="exact,gram",
+                    help="comma-separated; a +FLAG suffix adds --FLAG (exact+prefetch)")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
 
@@ -52,17 +53,20 @@ def main() -> None:
     base = run_child([str(Path(__file__).parent / "full_load_baseline.py"), str(folder)])
     base_snr = base["out"]["snr"]
     rows.append({"approach": "full load (transformers, float32)", **_fmt(base, base, size_mb)})
-    for method in args.methods.split(","):
+    for variant in args.methods.split(","):
+        method, _, extra = variant.partition("+")  # e.g. gram+prefetch
+        flags = [f"--{extra}"] if extra else []
         with tempfile.TemporaryDirectory() as out:
             try:
                 r = run_child(["-m", "spectrum_stream", "scan", str(folder), "--out-dir", out,
-                               "--device", args.device, "--method", method, "--quiet", "--fresh"])
+                               "--device", args.device, "--method", method, "--quiet", "--fresh",
+                               *flags])
             except RuntimeError as exc:
-                print(f"# {method}: not run ({str(exc).splitlines()[-1]})")
+                print(f"# {variant}: not run ({str(exc).splitlines()[-1]})")
                 continue
             results = json.loads(next(Path(out).glob("snr_results_*[!d].json")).read_text())
         worst = max(abs(results[k]["snr"] - v) / abs(v) for k, v in base_snr.items())
-        rows.append({"approach": f"spectrum-stream --method {method} ({args.device})",
+        rows.append({"approach": f"spectrum-stream --method {method} {' '.join(flags)} ({args.device})",
                      **_fmt(r, base, size_mb), "max_rel_diff": f"{worst:.1e}"})
     print(f"Checkpoint: {folder.name}, {size_mb:.0f} MB bf16, {len(base_snr)} matrices")
     print(f"Machine: {machine()}\n")

@@ -68,7 +68,7 @@ def _copy_stream(device: torch.device):
     return _COPY_STREAMS[device]
 
 
-def block_len(other_dim: int, budget_bytes: int = 64 * 1024**2, itemsize: int = 8) -> int:
+def block_len(other_dim: int, budget_bytes: int = 128 * 1024**2, itemsize: int = 8) -> int:
     """How many rows (or columns) of `other_dim` float64 values fit a block of `budget_bytes`."""
     return max(1, budget_bytes // max(1, other_dim * itemsize))
 

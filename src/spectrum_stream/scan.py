@@ -192,10 +192,15 @@ class _Runner:
             self.flush()
 
     def streams(self, job: TensorJob) -> bool:
-        """Gram route on a matrix too big for the budget: read it in blocks, never whole."""
+        """Gram route reading a plain matrix in float64 blocks straight from the file.
+
+        Always on CPU (no float32 copy to make: faster and smaller); on a GPU only for a matrix
+        past the budget, since there a whole prefetched tensor keeps the device busy.
+        """
         spec = job.matrices[0]
         return (self.opts.method == "gram" and job.decode == "plain" and len(job.matrices) == 1
-                and not spec.index and 4 * math.prod(spec.shape) > self.budget)
+                and not spec.index and math.prod(spec.shape) > 0
+                and (self.device.type == "cpu" or 4 * math.prod(spec.shape) > self.budget))
 
     def load(self, job: TensorJob):
         return _STREAM if self.streams(job) else decode(job, self.source.path, self.device)
