@@ -40,3 +40,19 @@ def qwen2_dir(tmp_path_factory) -> Path:
     cfg = Qwen2Config(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     return _save(Qwen2ForCausalLM(cfg), tmp_path_factory.mktemp("qwen2") / "tiny-qwen2")
+
+
+@pytest.fixture
+def svd_batch_sizes(monkeypatch) -> list[int]:
+    """Records the batch size of every exact svdvals call the scan makes."""
+    from spectrum_stream import spectrum
+
+    sizes: list[int] = []
+    real = spectrum.singular_values
+
+    def counting(batch):
+        sizes.append(batch.shape[0])
+        return real(batch)
+
+    monkeypatch.setattr(spectrum, "singular_values", counting)
+    return sizes

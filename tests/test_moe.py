@@ -17,7 +17,6 @@ from moe_models import (  # noqa: F401  (fixtures)
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
 from spectrum_stream import layout as layout_mod
-from spectrum_stream import spectrum as spectrum_mod
 from spectrum_stream.checkpoint import open_local
 from spectrum_stream.cli import main as cli
 from spectrum_stream.layout import plan
@@ -88,15 +87,9 @@ def test_expert_types_follow_the_original_naming(mixtral_dir, dbrx_dir, fused_qw
     assert "model.layers.1.mlp.shared_expert_gate" in fused
 
 
-def test_experts_of_one_tensor_share_one_batched_call(fused_qwen2_moe_dir, dbrx_dir, tmp_path, monkeypatch):
-    sizes = []
-    real = spectrum_mod.singular_values
-
-    def counting(batch):
-        sizes.append(batch.shape[0])
-        return real(batch)
-
-    monkeypatch.setattr(spectrum_mod, "singular_values", counting)
+def test_experts_of_one_tensor_share_one_batched_call(fused_qwen2_moe_dir, dbrx_dir, tmp_path,
+                                                      svd_batch_sizes):
+    sizes = svd_batch_sizes
     report = scan(fused_qwen2_moe_dir, out_dir=tmp_path / "f", progress=False)
     assert sum(sizes) == len(report.results)
     assert max(sizes) >= 2 * E, "gate and up of all experts of a gate_up_proj in one svdvals call"

@@ -11,7 +11,6 @@ from safetensors import safe_open
 
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream import spectrum as spectrum_mod
 from spectrum_stream.naming import module_type
 from spectrum_stream.scan import ScanOptions
 
@@ -90,15 +89,8 @@ def test_include_and_exclude_filter_on_type_or_name(llama_dir, tmp_path):
         scan(llama_dir, out_dir=tmp_path / "n", progress=False, include="no-such-module")
 
 
-def test_same_shape_matrices_are_batched_within_budget(llama_dir, tmp_path, monkeypatch):
-    sizes = []
-    real = spectrum_mod.singular_values
-
-    def counting(batch):
-        sizes.append(batch.shape[0])
-        return real(batch)
-
-    monkeypatch.setattr(spectrum_mod, "singular_values", counting)
+def test_same_shape_matrices_are_batched_within_budget(llama_dir, tmp_path, svd_batch_sizes):
+    sizes = svd_batch_sizes
     report = scan(llama_dir, out_dir=tmp_path / "big", progress=False)
     assert sum(sizes) == len(report.results)
     assert max(sizes) > 1, "consecutive same-shape matrices should share one svdvals call"
