@@ -30,18 +30,17 @@ def machine() -> str:
 
 
 def run_child(args: list[str], env: dict | None = None) -> dict:
-    """Run `python -c ...`-style child; return its wall seconds, peak RSS (MiB) and JSON stdout."""
+    """Run `python ARGS` in a child; return its wall seconds, its own peak RSS (MiB) and the last
+    JSON object it printed on stdout."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "peak.py"), *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{args} failed ({proc.returncode}):\n{err[-3000:]}")
-    last = [line for line in out.splitlines() if line.startswith("{")]
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+        raise RuntimeError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    peak = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"peak_rss')]
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {"wall_s": wall, "peak_rss_mib": peak[-1]["peak_rss_kib"] / 1024 if peak else float("nan"),
             "out": json.loads(last[-1]) if last else {}}
 
 

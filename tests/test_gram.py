@@ -111,3 +111,29 @@ def test_prefetch_gives_the_same_results(planted_dir, tmp_path, method):
     runs = [scan(planted_dir, ScanOptions(out_dir=tmp_path / str(p), progress=False, method=method,
                                           prefetch=p)).results for p in (False, True)]
     assert runs[0] == runs[1]
+
+
+def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    nan = torch.randn(40, 60)
+    nan[3, 7] = float("nan")
+    save_file({"model.layers.0.mlp.up_proj.weight": nan,
+               "model.layers.1.mlp.up_proj.weight": torch.zeros(40, 60),
+               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60)},
+              str(folder / "model.safetensors"))
+    report = scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, method="gram"))
+    failed = dict(report.failed)
+    assert "NaN" in failed["model.layers.0.mlp.up_proj"]
+    assert "all-zero" in failed["model.layers.1.mlp.up_proj"]
+    assert list(report.results) == ["model.layers.2.mlp.up_proj"]
+
+
+def test_svd_driver_is_refused_off_cuda(planted_dir, tmp_path):
+    from spectrum_stream import SpectrumError
+
+    with pytest.raises(SpectrumError, match="only for CUDA"):
+        scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
+                                      svd_driver="gesvdj"))

@@ -232,7 +232,10 @@ class _Runner:
                 self.record(spec, job, read_s, failure=str(error))
         elif loaded is _STREAM:
             self.flush()
-            self.stream_gram(job, todo[0])
+            try:
+                self.stream_gram(job, todo[0])
+            except (RuntimeError, SpectrumError) as exc:
+                self.record(todo[0], job, read_s, failure=f"decomposition failed ({exc})")
         else:
             for spec in todo:
                 mat = loaded[spec.index] if spec.index else loaded
@@ -274,6 +277,8 @@ def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions,
     device = resolve_device(opts.device)
     if opts.method not in METHODS:
         raise SpectrumError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
+    if opts.svd_driver and device.type != "cuda":
+        raise SpectrumError(f"--svd-driver {opts.svd_driver}: only for CUDA devices, not {device}")
     name = opts.name or ckpt.name
     paths = results_paths(Path(opts.out_dir), name)
     jobs = plan(ckpt, opts.include, opts.exclude)

@@ -20,6 +20,7 @@ import torch
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
 GRAM_TOLERANCE = 1e-5  # worst-case relative SNR error allowed on the gram route (contract: 1e-4)
 _F64_EPS = torch.finfo(torch.float64).eps
+NUMPY_MIN_K = 512  # below this torch's own Gram route was faster on CPU (bench/bench_kernels.py)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,10 @@ def accumulate_gram(chunks: Iterable[torch.Tensor], k: int, rows: bool,
 
     rows=True: pieces are row blocks [r, k] of a tall matrix, G = Σ Pᵀ P (= WᵀW);
     rows=False: pieces are column blocks [k, c] of a wide matrix, G = Σ P Pᵀ (= W Wᵀ).
-    On CPU the products go through numpy, whose BLAS call for P·Pᵀ is a symmetric rank-k update
-    (half the flops of torch's general product; measured 2x faster, bench/RESULTS.md).
+    On CPU (k >= NUMPY_MIN_K) the products go through numpy, whose BLAS call for P·Pᵀ is a
+    symmetric rank-k update (half the flops of torch's general product; bench/RESULTS.md).
     """
-    if device.type == "cpu":
+    if device.type == "cpu" and k >= NUMPY_MIN_K:
         g = np.zeros((k, k), dtype=np.float64)
         for piece in chunks:
             p = piece.to(torch.float64).numpy()
@@ -103,10 +104,13 @@ def accumulate_gram(chunks: Iterable[torch.Tensor], k: int, rows: bool,
 def singular_values_from_gram(g: torch.Tensor) -> torch.Tensor:
     """Singular values, descending, from [B, k, k] Gram matrices (float64).
 
-    On CPU numpy's eigvalsh (OpenBLAS LAPACK) measured twice as fast as torch's here.
+    On CPU numpy's eigvalsh (OpenBLAS LAPACK) measured twice as fast as torch's for k >= 512.
     """
-    if g.device.type == "cpu":
-        eig = torch.from_numpy(np.linalg.eigvalsh(g.numpy()))
+    if g.device.type == "cpu" and g.shape[-1] >= NUMPY_MIN_K:
+        try:
+            eig = torch.from_numpy(np.linalg.eigvalsh(g.numpy()))
+        except np.linalg.LinAlgError as exc:  # torch raises RuntimeError subclasses; so do we
+            raise RuntimeError(f"eigvalsh: {exc}") from None
     else:
         eig = torch.linalg.eigvalsh(g)
     return eig.clamp_min(0).sqrt().flip(-1)

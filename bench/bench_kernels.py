@@ -1,0 +1,89 @@
+"""Benchmark 3: the decomposition routes per matrix shape, on one device.
+
+Each route gets the same float32 matrices; the table gives seconds per matrix and the ratio
+against the naive exact call (`svdvals` on the matrix as stored), measured in the same run.
+On CPU: svdvals as stored, svdvals on the tall orientation, the Gram route through torch and
+through numpy (what `--method gram` uses on CPU). On CUDA: each cuSOLVER driver for svdvals, and
+the float64 Gram route in torch; this is how `--svd-driver` and the GPU defaults are chosen.
+
+    python3 bench/bench_kernels.py [--device cpu] [--shapes 1024x2816,2816x1024,1024x1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, table  # noqa: E402
+
+from spectrum_stream.spectrum import gram_matrix, singular_values_from_gram  # noqa: E402
+
+
+def timed(fn, w, device, repeat: int) -> float:
+    fn(w)  # warm-up (cuSOLVER handles, MKL threads)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn(w)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeat
+
+
+def torch_gram(w):
+    x = w.double()
+    g = x @ x.mT if w.shape[0] <= w.shape[1] else x.mT @ x
+    return torch.linalg.eigvalsh(g)
+
+
+def routes(device: torch.device) -> dict:
+    tall = lambda w: w if w.shape[0] >= w.shape[1] else w.mT  # noqa: E731
+    if device.type == "cpu":
+        return {
+            "svdvals as stored (baseline)": torch.linalg.svdvals,
+            "svdvals, tall orientation (exact)": lambda w: torch.linalg.svdvals(tall(w)),
+            "Gram f64, torch": torch_gram,
+            "Gram f64, numpy syrk + eigvalsh (gram)": lambda w: singular_values_from_gram(
+                gram_matrix(w)[None]),
+        }
+    out = {"svdvals as stored (baseline)": torch.linalg.svdvals}
+    for driver in ("gesvd", "gesvdj", "gesvda"):
+        out[f"svdvals tall, driver {driver}"] = (
+            lambda w, d=driver: torch.linalg.svdvals(tall(w), driver=d))
+    out["Gram f64, torch (gram)"] = lambda w: singular_values_from_gram(gram_matrix(w)[None])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shapes", default="1024x2816,2816x1024,1024x1024,256x1024,32000x1024")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for text in args.shapes.split(","):
+        m, n = map(int, text.split("x"))
+        w = (torch.randn(m, n, generator=gen) * 0.02).to(device)
+        base = None
+        for name, fn in routes(device).items():
+            s = timed(fn, w, device, args.repeat)
+            base = base or s
+            rows.append({"shape": f"{m}x{n}", "route": name, "s": f"{s:.4f}",
+                         "ratio": f"{base / s:.2f}x",
+                         "gflops": f"{4 * m * n * min(m, n) / s / 1e9:.0f}"})
+    print(f"Machine: {machine()}; device {device}; numpy {np.__version__}\n")
+    print(table(rows, [("shape", "shape"), ("route", "route"), ("s", "s per matrix"),
+                       ("ratio", "speed-up vs as stored"), ("gflops", "4mnk/s GFLOP/s")]))
+
+
+if __name__ == "__main__":
+    main()
