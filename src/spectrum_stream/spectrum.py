@@ -3,7 +3,7 @@
 Two ways to the singular values:
 - exact: `torch.linalg.svdvals` in float32 (the original tool's arithmetic);
 - gram: the eigenvalues of the k x k Gram matrix (W Wᵀ or WᵀW, built in float64) are the squared
-  singular values. One matrix product plus a symmetric eigensolver: several times faster, and
+  singular values. One matrix product plus a symmetric eigensolver: faster (bench/RESULTS.md), and
   `gram_error_bound` says, per matrix, how far its SNR can be from exact; past GRAM_TOLERANCE the
   caller falls back to exact for that matrix.
 """
