@@ -10,6 +10,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from moe_models import (  # noqa: E402,F401  (session fixtures shared by every test module)
+    dbrx_dir, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir, llama4_dir, mixtral_dir,
+    qwen2_moe_dir,
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

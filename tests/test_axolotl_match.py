@@ -18,10 +18,7 @@ import pytest
 import torch
 import yaml
 
-from moe_models import (  # noqa: F401  (fixtures)
-    dbrx_dir, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir, llama4_dir, mixtral_dir,
-    qwen2_moe_dir, read_tensors,
-)
+from moe_models import read_tensors
 from reference import reference_snr
 from spectrum_stream import scan
 from spectrum_stream.select import select, to_yaml

@@ -9,8 +9,6 @@ import sys
 import pytest
 import torch
 
-from moe_models import (dbrx_dir, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir,  # noqa: F401
-                        llama4_dir, mixtral_dir, qwen2_moe_dir)
 from reference import reference_snr
 from spectrum_stream import scan
 from spectrum_stream.scan import ScanOptions

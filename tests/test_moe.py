@@ -10,10 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from moe_models import (  # noqa: F401  (fixtures)
-    E, LAYERS, dbrx_dir, expected_matrices, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir,
-    llama4_dir, mixtral_dir, planned_matrices, qwen2_moe_dir, write_sharded,
-)
+from moe_models import E, LAYERS, expected_matrices, planned_matrices, write_sharded
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
 from spectrum_stream import layout as layout_mod

@@ -25,7 +25,7 @@ from .layout import MatrixSpec, TensorJob, plan
 from .results import results_paths, write_results
 from .loader import block_len, iter_col_blocks, iter_row_blocks
 from .prefetch import prefetched
-from .spectrum import (METHODS, Decomposed, SpectrumStats, accumulate_gram, decompose,
+from .spectrum import (METHODS, SpectrumStats, accumulate_gram, decompose,
                        gram_spectrum, singular_values_from_gram, GRAM_TOLERANCE)
 
 DEFAULT_BATCH_BYTES = 256 * 1024**2

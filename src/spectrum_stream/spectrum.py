@@ -130,8 +130,11 @@ def gram_error_bound(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
     dlam = _F64_EPS * (math.sqrt(max(m, n)) * frob2 + 10 * k * s0 * s0)
     ds = torch.minimum(dlam / s.clamp_min(torch.finfo(s.dtype).tiny), dlam.sqrt())
     threshold = _thresholds(s, m, n)[:, None]
-    # the threshold moves by at most the quantiles' moves (each within the largest nearby ds)
-    dthr = 2 * ds.max(-1, keepdim=True).values / MP_IQR_TO_SIGMA * (1 + math.sqrt(k / max(m, n)))
+    # each quantile moves by at most the larger move of the two values it interpolates, i.e. the
+    # move of the smaller one (ds shrinks as s grows); so the threshold moves by at most:
+    lower = [k - 1 - math.floor(q * (k - 1)) for q in (0.25, 0.75)]  # index in descending order
+    dquant = ds[:, lower[0]] + ds[:, lower[1]]
+    dthr = (dquant / MP_IQR_TO_SIGMA * (1 + math.sqrt(k / max(m, n))))[:, None]
     above = s > threshold
     unsure = (s - threshold).abs() <= ds + dthr
     tiny = torch.finfo(s.dtype).tiny
@@ -149,10 +152,11 @@ def gram_spectrum(s64: torch.Tensor, m: int, n: int) -> tuple[list[SpectrumStats
     return snr_from_singular_values(s64, m, n), gram_error_bound(s64, m, n).tolist()
 
 
-def gram_stats(batch: torch.Tensor) -> tuple[list[SpectrumStats], list[float]]:
-    """Decompose a [B, m, n] batch through its Gram matrices: (stats, error bounds)."""
-    _, m, n = batch.shape
-    grams = torch.stack([gram_matrix(w) for w in batch])
+def gram_stats(mats) -> tuple[list[SpectrumStats], list[float]]:
+    """(stats, error bounds) of same-shape [m, n] matrices (a list or a [B, m, n] batch)
+    through their Gram matrices."""
+    m, n = mats[0].shape
+    grams = torch.stack([gram_matrix(w) for w in mats])
     return gram_spectrum(singular_values_from_gram(grams), m, n)
 
 
@@ -184,9 +188,7 @@ def decompose(mats: list[torch.Tensor], method: str = "exact",
             batch = batch.mT
         s = torch.linalg.svdvals(batch, driver=driver) if driver else singular_values(batch)
         return [Decomposed(st, "exact") for st in snr_from_singular_values(s, m, n)]
-    m, n = mats[0].shape
-    grams = torch.stack([gram_matrix(w) for w in mats])
-    stats, bounds = gram_spectrum(singular_values_from_gram(grams), m, n)
+    stats, bounds = gram_stats(mats)
     out = []
     for w, st, bound in zip(mats, stats, bounds):
         if bound <= GRAM_TOLERANCE and math.isfinite(st.snr):
