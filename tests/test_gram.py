@@ -135,3 +135,13 @@ def test_svd_driver_is_refused_off_cuda(planted_dir, tmp_path):
     with pytest.raises(SpectrumError, match="only for CUDA"):
         scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
                                       svd_driver="gesvdj"))
+
+
+def test_well_conditioned_matrices_never_fall_back(planted_dir, tmp_path):
+    """Falling back costs a whole exact SVD on top: it must stay for matrices that need it."""
+    report = scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, method="gram"))
+    lines = journal_lines(report)
+    assert lines and all(r["method"] == "gram" and "fallback" not in r for r in lines)
+    square = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(5))
+    (_,), (bound,) = gram_stats(square[None])
+    assert bound < GRAM_TOLERANCE / 100

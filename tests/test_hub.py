@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
-import spectrum_stream.hub as hub_mod
+import spectrum_stream.hub_repo as hub_repo
 from hubserver import HubServer
 from spectrum_stream.checkpoint import open_local
 from spectrum_stream.cli import main
@@ -142,7 +142,7 @@ def test_repo_id_rule_and_sizes(tmp_path, monkeypatch):
 
 
 def test_headers_by_range_requests_match_local_fingerprint(hub, hf, llama_dir, monkeypatch):
-    monkeypatch.setattr(hub_mod, "FIRST_READ", 64)  # force the second range request
+    monkeypatch.setattr(hub_repo, "FIRST_READ", 64)  # force the second range request
     ckpt, repo = open_hub(REPO)
     assert ckpt.fingerprint() == open_local(llama_dir)[0].fingerprint()
     assert ckpt.name == REPO and ckpt.config.get("model_type") == "llama"
