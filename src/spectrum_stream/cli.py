@@ -72,7 +72,7 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
 @click.option("--method", type=click.Choice(["exact", "gram"]), default="exact", show_default=True,
               help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
-              "of the float64 Gram matrix, about 1.5x faster on CPU; any matrix whose error bound "
+              "of the float64 Gram matrix, 1.3-1.7x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
               "passes 1e-5 is redone exactly (noted in the journal).")
 @click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
               metavar="MIB", help="Memory budget for batching same-shape matrices; with --method "
@@ -83,7 +83,8 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--svd-driver", type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
               help="CUDA only: cuSOLVER driver for --method exact (default: torch's choice).")
 @click.option("--max-gpu-mem", type=click.IntRange(min=1), metavar="MIB",
-              help="CUDA only: most memory a batch or a Gram block may take on the GPU.")
+              help="CUDA only: most memory a batch of matrices, or a block of a matrix read for "
+              "--method gram, may take on the GPU (the k x k Gram matrix comes on top).")
 @click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
 @click.option("--revision", help="Hub: branch, tag or commit to scan (default: main).")
 @click.option("--token", help="Hub: access token for gated or private repos (default: HF_TOKEN "

@@ -222,8 +222,12 @@ class ScanLock:
                     "finish, or use another --out-dir or --name"
                 ) from None
             raise SpectrumError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the holder's pid, for the message a second scan prints
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)  # closing drops the lock too
+            raise SpectrumError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         self._fd = fd
         return self
 

@@ -84,8 +84,11 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
     cols = int(np.prod(entry.shape[1:]))
     for r0 in range(0, n_rows, rows):
         r1 = min(n_rows, r0 + rows)
-        part = np.memmap(path, dtype=np.uint8, mode="c", offset=entry.start + r0 * row_bytes,
-                         shape=((r1 - r0) * row_bytes,))
+        try:
+            part = np.memmap(path, dtype=np.uint8, mode="c", offset=entry.start + r0 * row_bytes,
+                             shape=((r1 - r0) * row_bytes,))
+        except (OSError, ValueError) as exc:
+            raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
         yield torch.from_numpy(part).view(dtype).view(r1 - r0, cols)
         del part
 

@@ -22,6 +22,8 @@ def _timed(load: Callable[[T], object], item: T) -> tuple[object, SpectrumError 
         return load(item), None, time.perf_counter() - t0
     except SpectrumError as exc:
         return None, exc, time.perf_counter() - t0
+    except RuntimeError as exc:  # torch: out of memory, a failed pinned copy: this module fails
+        return None, SpectrumError(f"cannot load ({exc})"), time.perf_counter() - t0
 
 
 def prefetched(items: Iterable[T], load: Callable[[T], object],

@@ -71,7 +71,7 @@ class ScanOptions:
     progress: bool = True
     prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
     svd_driver: str | None = None  # CUDA only: gesvd | gesvdj | gesvda (None: torch's default)
-    max_gpu_mem: int | None = None  # CUDA only: bytes a batch or a Gram block may take
+    max_gpu_mem: int | None = None  # CUDA only: bytes a batch, or a gram block, may take
 
 
 @dataclass
@@ -117,8 +117,10 @@ class _Runner:
         self.pending: list[tuple[MatrixSpec, torch.Tensor, TensorJob, float]] = []
         self.pending_bytes = 0
         self.budget = opts.batch_bytes
+        self.block_bytes = 128 * 1024**2  # float64 blocks of the gram route read from the file
         if device.type == "cuda" and opts.max_gpu_mem:
             self.budget = min(self.budget, opts.max_gpu_mem)
+            self.block_bytes = min(self.block_bytes, opts.max_gpu_mem)
 
     def record(self, spec: MatrixSpec, job: TensorJob, seconds: float,
                stats: SpectrumStats | None = None, failure: str | None = None,
@@ -211,9 +213,11 @@ class _Runner:
         m, n = spec.shape
         path, entry = self.source.path(job.main.shard), job.main.entry
         if m >= n:
-            g = accumulate_gram(iter_row_blocks(path, entry, block_len(n)), n, True, self.device)
+            blocks = iter_row_blocks(path, entry, block_len(n, self.block_bytes))
+            g = accumulate_gram(blocks, n, True, self.device)
         else:
-            g = accumulate_gram(iter_col_blocks(path, entry, block_len(m)), m, False, self.device)
+            blocks = iter_col_blocks(path, entry, block_len(m, self.block_bytes))
+            g = accumulate_gram(blocks, m, False, self.device)
         if not bool(torch.isfinite(g).all()):
             self.record(spec, job, time.perf_counter() - t0, failure="holds NaN or Inf values")
             return
@@ -253,7 +257,8 @@ class _Runner:
         loads = prefetched([job for job, todo in work if todo], self.load, ahead)
         for job, todo in work:
             if todo:
-                # decide before reading, so a finished batch never sits beside the next tensor
+                # decide before using the next tensor, so a finished batch does not sit beside it
+                # (with --prefetch one more tensor is always in flight, on top of the budget)
                 self.make_room(todo[0].shape, sum(_batch_bytes(t.shape) for t in todo))
                 _, loaded, error, read_s = next(loads)
                 self.consume(job, todo, loaded, error, read_s)

@@ -96,7 +96,7 @@ def accumulate_gram(chunks: Iterable[torch.Tensor], k: int, rows: bool,
         return torch.from_numpy(g)
     g = torch.zeros(k, k, dtype=torch.float64, device=device)
     for piece in chunks:
-        p = piece.to(device=device, dtype=torch.float64)
+        p = piece.to(device).to(torch.float64)  # convert on the device: 1/4 of the bytes to copy
         g.addmm_(p.mT, p) if rows else g.addmm_(p, p.mT)
     return g
 
