@@ -117,3 +117,23 @@ def test_cuda_requested_without_cuda_is_a_clear_error(llama_dir, tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(SpectrumError, match="CUDA is not available"):
         scan(llama_dir, out_dir=tmp_path, progress=False, device="cuda:0")
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(llama_dir, tmp_path, monkeypatch,
+                                                               prefetch):
+    import sys
+
+    scan_mod = sys.modules["spectrum_stream.scan"]
+    real = scan_mod.decode
+
+    def flaky(job, *args):
+        if job.main.name == "model.layers.1.mlp.up_proj.weight":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(job, *args)
+
+    monkeypatch.setattr(scan_mod, "decode", flaky)
+    report = scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, prefetch=prefetch))
+    assert [k for k, _ in report.failed] == ["model.layers.1.mlp.up_proj"]
+    assert "out of memory" in report.failed[0][1]
+    assert len(report.results) == 3 * 7 + 2 - 1
