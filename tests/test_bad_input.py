@@ -155,13 +155,18 @@ def test_a_bad_single_file_is_named_too(tmp_path):
     assert_one_line_error(run_cli(scan_args(path, tmp_path / "out")), str(path), "truncated")
 
 
-def test_bad_input_never_loses_journaled_work(tmp_path):
-    """A scan that finished once, then the checkpoint is damaged: refused, journal untouched."""
+def scanned_once(tmp_path):
+    """A checkpoint scanned to the end: (folder, out dir, journal path, journal bytes)."""
     folder = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "out"
     assert run_cli(scan_args(folder, out, "--quiet")).exit_code == 0
     journal = out / "snr_results_ckpt.journal.jsonl"
-    before = journal.read_bytes()
+    return folder, out, journal, journal.read_bytes()
+
+
+def test_bad_input_never_loses_journaled_work(tmp_path):
+    """A scan that finished once, then the checkpoint is damaged: refused, journal untouched."""
+    folder, out, journal, before = scanned_once(tmp_path)
     results = (out / "snr_results_ckpt.json").read_bytes()
     break_second_shard(folder, "truncated shard")
     assert_one_line_error(run_cli(scan_args(folder, out)), SHARDS[1])
@@ -170,11 +175,7 @@ def test_bad_input_never_loses_journaled_work(tmp_path):
 
 
 def test_a_journal_of_another_checkpoint_is_refused_not_overwritten(tmp_path):
-    folder = make_checkpoint(tmp_path / "ckpt")
-    out = tmp_path / "out"
-    assert run_cli(scan_args(folder, out, "--quiet")).exit_code == 0
-    journal = out / "snr_results_ckpt.journal.jsonl"
-    before = journal.read_bytes()
+    folder, out, journal, before = scanned_once(tmp_path)
     r = run_cli(scan_args(folder, out, "--include", "up_proj"))
     assert_one_line_error(r, "--include was not set, now 'up_proj'", "--fresh")
     arrays = tensors_of(1)
