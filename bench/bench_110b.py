@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, run_child, table  # noqa: E402
+from common import machine, run_child, table, variant_args  # noqa: E402
 
 HIDDEN, INTER, KV, LAYERS_110B, VOCAB = 8192, 49152, 1024, 80, 152064
 SHAPES = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV, HIDDEN),
@@ -85,7 +85,8 @@ def io_floor(folder: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--methods", default="gram,exact")
+    ap.add_argument("--methods", default="gram,exact",
+                    help="comma-separated; +FLAG[=VALUE] adds a scan flag (gram+workers=1)")
     ap.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--with-embeddings", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
@@ -100,21 +101,27 @@ def main() -> None:
              "total80": f"{floor_per_layer * LAYERS_110B / 60:.1f}",
              "tput": f"{nbytes / floor_s / 1e6:.0f}", "rss": ""}]
     for device in args.devices.split(","):
-        for method in args.methods.split(","):
+        for variant in args.methods.split(","):
+            method, flags = variant_args(variant)
             with tempfile.TemporaryDirectory() as out:
                 r = run_child(["-m", "spectrum_stream", "scan", str(folder), "--out-dir", out,
-                               "--device", device, "--method", method, "--quiet", "--fresh"])
+                               "--device", device, "--method", method, "--quiet", "--fresh",
+                               *flags])
                 journal = next(Path(out).glob("*.journal.jsonl")).read_text().splitlines()[1:]
             per_type: dict[str, list[float]] = {}
             for line in journal:
                 rec = json.loads(line)
                 per_type.setdefault(rec["type"], []).append(rec["seconds"])
-            layer_s = sum(sum(v) / len(v) for t, v in per_type.items() if t in SHAPES)
-            gate = sum(per_type["mlp.gate_proj"]) / len(per_type["mlp.gate_proj"])
-            emb = [sum(per_type[t]) for t in ("model.embed_tokens", "lm_head") if t in per_type]
+            # with --workers the matrices' own seconds overlap: scale them to the scan's wall time
+            scale = min(1.0, r["wall_s"] / sum(sum(v) for v in per_type.values()))
+            layer_s = scale * sum(sum(v) / len(v) for t, v in per_type.items() if t in SHAPES)
+            gate = scale * sum(per_type["mlp.gate_proj"]) / len(per_type["mlp.gate_proj"])
+            emb = [scale * sum(per_type[t]) for t in ("model.embed_tokens", "lm_head")
+                   if t in per_type]
             emb_s = sum(emb) if len(emb) == 2 else 2 * gate * VOCAB / INTER
             total = LAYERS_110B * layer_s + emb_s
-            rows.append({"run": f"{method} on {device}", "layer": f"{layer_s:.1f}",
+            rows.append({"run": f"{method} {' '.join(flags)} on {device}".replace("  ", " "),
+                         "layer": f"{layer_s:.1f}",
                          "total80": f"{total / 60:.1f}" + ("" if len(emb) == 2 else " (emb. est.)"),
                          "tput": f"{layer_bytes / layer_s / 1e6:.0f}",
                          "rss": f"{r['peak_rss_mib']:.0f}",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, run_child, table  # noqa: E402
+from common import machine, run_child, table, variant_args  # noqa: E402
 
 
 def build(folder: Path, layers: int, hidden: int) -> float:
@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="exact,gram",
-                    help="comma-separated; a +FLAG suffix adds --FLAG (exact+prefetch)")
+                    help="comma-separated; a +FLAG or +FLAG=VALUE suffix adds --FLAG [VALUE] "
+                    "(exact+prefetch, gram+workers=1)")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
 
@@ -54,8 +55,7 @@ def main() -> None:
     base_snr = base["out"]["snr"]
     rows.append({"approach": "full load (transformers, float32)", **_fmt(base, base, size_mb)})
     for variant in args.methods.split(","):
-        method, _, extra = variant.partition("+")  # e.g. gram+prefetch
-        flags = [f"--{extra}"] if extra else []
+        method, flags = variant_args(variant)
         with tempfile.TemporaryDirectory() as out:
             try:
                 r = run_child(["-m", "spectrum_stream", "scan", str(folder), "--out-dir", out,

@@ -44,6 +44,13 @@ def run_child(args: list[str], env: dict | None = None) -> dict:
             "out": json.loads(last[-1]) if last else {}}
 
 
+def variant_args(variant: str) -> tuple[str, list[str]]:
+    """'gram+workers=1' -> ('gram', ['--workers', '1']); 'exact+prefetch' -> ('exact', ['--prefetch'])."""
+    method, _, extra = variant.partition("+")
+    flag, _, value = extra.partition("=")
+    return method, ([f"--{flag}", *([value] if value else [])] if extra else [])
+
+
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A Markdown table from dict rows."""
     head = "| " + " | ".join(title for _, title in columns) + " |"

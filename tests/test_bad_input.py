@@ -234,13 +234,14 @@ def check_bad_module_run(stdout: str, stderr: str, out: Path, runs: int) -> None
         assert BAD_MODULES[r["key"]] in r["reason"] and "snr" not in r
 
 
-def test_bad_modules_are_warnings_and_a_count_while_the_scan_goes_on(tmp_path):
+@pytest.mark.parametrize("method", ["exact", "gram"])
+def test_bad_modules_are_warnings_and_a_count_while_the_scan_goes_on(tmp_path, method):
     folder = make_checkpoint_with_bad_modules(tmp_path / "bad-modules")
     out = tmp_path / "out"
-    r = run_cli(scan_args(folder, out, "--quiet"))
+    r = run_cli(scan_args(folder, out, "--quiet", "--method", method))
     assert r.exit_code == 0, r.output
     check_bad_module_run(r.stdout, r.stderr, out, runs=1)
-    r = run_cli(scan_args(folder, out, "--quiet"))  # resume: good ones kept, bad ones tried again
+    r = run_cli(scan_args(folder, out, "--quiet", "--method", method))  # resume: good ones kept, bad ones tried again
     assert r.exit_code == 0 and "0 modules this run, 2 resumed" in r.stdout
     check_bad_module_run(r.stdout, r.stderr, out, runs=2)
 

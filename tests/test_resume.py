@@ -194,6 +194,24 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(ckpt, reference, 
     assert_same_results(out, reference)
 
 
+def test_ctrl_c_with_two_gram_workers_keeps_what_finished(ckpt, tmp_path):
+    """Two matrices in flight when Ctrl-C lands: what is journaled is whole, and the resumed scan
+    ends with the same floats (each worker has one thread here and in the reference)."""
+    ref = scan(ckpt, ScanOptions(out_dir=tmp_path / "ref", progress=False, device="cpu",
+                                 method="gram", workers=2))
+    out = tmp_path / "out"
+    args = ("--quiet", "--method", "gram", "--workers", "2")
+    stopped = start_and_stop(cli(ckpt, out, *args), out, 8, signal.SIGINT)
+    assert stopped is not None, "the scan finished before the signal"
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr + stopped.stdout
+    _, records, good = read_journal(out / JOURNAL)
+    assert 7 <= len(records) < ref.planned and good == (out / JOURNAL).stat().st_size
+    report = scan(ckpt, ScanOptions(out_dir=out, progress=False, device="cpu", method="gram",
+                                    workers=2))
+    assert report.skipped == len(records) and report.skipped + report.scanned == ref.planned
+    assert (out / RESULTS).read_text() == ref.paths["results"].read_text()
+
+
 def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real = journal_mod._write_all

@@ -85,6 +85,10 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--max-gpu-mem", type=click.IntRange(min=1), metavar="MIB",
               help="CUDA only: most memory a batch of matrices, or a block of a matrix read for "
               "--method gram, may take on the GPU (the k x k Gram matrix comes on top).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="CPU only: matrices decomposed at once, the cores shared between them "
+              "(default: 2 with --method gram, where it measured faster; else 1). Each holds its "
+              "own batch or Gram matrix, so memory grows with N.")
 @click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
 @click.option("--revision", help="Hub: branch, tag or commit to scan (default: main).")
 @click.option("--token", help="Hub: access token for gated or private repos (default: HF_TOKEN "
@@ -95,7 +99,7 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
               "40GB or 500MiB (implies --delete-shards).")
 @_quiet
 def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefetch, svd_driver,
-         max_gpu_mem, fresh, revision, token, delete_shards, max_disk, quiet):
+         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, quiet):
     """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
     repo ORG/NAME, shard by shard. An existing local path wins over a repo id."""
     import re
@@ -113,7 +117,8 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
     opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include, exclude=exclude,
                        method=method, fresh=fresh, batch_bytes=batch_mem * 1024**2,
                        progress=not quiet, prefetch=prefetch, svd_driver=svd_driver,
-                       max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None)
+                       max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
+                       workers=workers)
     from .hub import is_hub_id, parse_size, scan_hub
 
     if is_hub_id(path):

@@ -25,6 +25,7 @@ from .layout import MatrixSpec, TensorJob, plan
 from .results import results_paths, write_results
 from .loader import block_len, iter_col_blocks, iter_row_blocks
 from .prefetch import prefetched
+from .workers import OrderedPool, default_workers, threads_per_worker
 from .spectrum import (METHODS, SpectrumStats, accumulate_gram, decompose,
                        gram_spectrum, singular_values_from_gram, GRAM_TOLERANCE)
 
@@ -72,6 +73,7 @@ class ScanOptions:
     prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
     svd_driver: str | None = None  # CUDA only: gesvd | gesvdj | gesvda (None: torch's default)
     max_gpu_mem: int | None = None  # CUDA only: bytes a batch, or a gram block, may take
+    workers: int | None = None  # CPU only: matrices decomposed at once (None: 2 for gram, else 1)
 
 
 @dataclass
@@ -103,6 +105,19 @@ def _batch_bytes(shape) -> int:
     return math.prod(shape) * 4 * 2
 
 
+@dataclass
+class _Outcome:
+    """One matrix's result (or failure) as a unit of work returns it, journaled in order later."""
+
+    spec: MatrixSpec
+    job: TensorJob
+    seconds: float
+    stats: SpectrumStats | None = None
+    failure: str | None = None
+    method: str | None = None
+    note: str | None = None
+
+
 def _warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -121,6 +136,7 @@ class _Runner:
         if device.type == "cuda" and opts.max_gpu_mem:
             self.budget = min(self.budget, opts.max_gpu_mem)
             self.block_bytes = min(self.block_bytes, opts.max_gpu_mem)
+        self.pool = OrderedPool(opts.workers or default_workers(device, opts.method))
 
     def record(self, spec: MatrixSpec, job: TensorJob, seconds: float,
                stats: SpectrumStats | None = None, failure: str | None = None,
@@ -150,28 +166,42 @@ class _Runner:
         else:
             self.report.failed.append((spec.key, failure))
 
+    def record_all(self, outcomes: list[_Outcome]) -> None:
+        for o in outcomes:
+            self.record(o.spec, o.job, o.seconds, o.stats, o.failure, o.method, o.note)
+
     def flush(self) -> None:
+        """Hand the pending same-shape batch to the pool (decomposed now, or by a worker)."""
         if not self.pending:
             return
         batch, self.pending, self.pending_bytes = self.pending, [], 0
+        self.pool.submit(lambda: self.decompose_batch(batch), self.record_all)
+
+    def settle(self) -> None:
+        """Decompose and journal everything handed out so far."""
+        self.flush()
+        self.pool.drain()
+
+    def decompose_batch(self, batch) -> list[_Outcome]:
         t0 = time.perf_counter()
         try:
             results = decompose([m for _, m, _, _ in batch], self.opts.method, self.opts.svd_driver)
         except RuntimeError:
             results = None  # one bad matrix spoils a batch: redo them one by one
-        if results is None:
-            for spec, mat, job, read_s in batch:
-                t1 = time.perf_counter()
-                try:
-                    (r,) = decompose([mat], self.opts.method, self.opts.svd_driver)
-                    self.record(spec, job, read_s + time.perf_counter() - t1, r.stats,
-                                method=r.method, note=r.note)
-                except RuntimeError as exc:
-                    self.record(spec, job, read_s, failure=f"SVD failed ({exc})")
-            return
-        share = (time.perf_counter() - t0) / len(batch)
-        for (spec, _, job, read_s), r in zip(batch, results):
-            self.record(spec, job, read_s + share, r.stats, method=r.method, note=r.note)
+        if results is not None:
+            share = (time.perf_counter() - t0) / len(batch)
+            return [_Outcome(spec, job, read_s + share, r.stats, method=r.method, note=r.note)
+                    for (spec, _, job, read_s), r in zip(batch, results)]
+        out = []
+        for spec, mat, job, read_s in batch:
+            t1 = time.perf_counter()
+            try:
+                (r,) = decompose([mat], self.opts.method, self.opts.svd_driver)
+                out.append(_Outcome(spec, job, read_s + time.perf_counter() - t1, r.stats,
+                                    method=r.method, note=r.note))
+            except RuntimeError as exc:
+                out.append(_Outcome(spec, job, read_s, failure=f"SVD failed ({exc})"))
+        return out
 
     def add(self, spec: MatrixSpec, mat: torch.Tensor, job: TensorJob, read_s: float) -> None:
         if mat.numel() == 0:
@@ -207,28 +237,37 @@ class _Runner:
     def load(self, job: TensorJob):
         return _STREAM if self.streams(job) else decode(job, self.source.path, self.device)
 
-    def stream_gram(self, job: TensorJob, spec: MatrixSpec) -> None:
+    def stream_gram(self, job: TensorJob, spec: MatrixSpec,
+                    paths: dict[str, Path]) -> list[_Outcome]:
         """Gram matrix summed over blocks read straight from the file, then its eigenvalues."""
         t0 = time.perf_counter()
+        try:
+            return [self._stream_gram(job, spec, paths, t0)]
+        except (RuntimeError, SpectrumError) as exc:
+            return [_Outcome(spec, job, time.perf_counter() - t0,
+                             failure=f"decomposition failed ({exc})")]
+
+    def _stream_gram(self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path],
+                     t0: float) -> _Outcome:
         m, n = spec.shape
-        path, entry = self.source.path(job.main.shard), job.main.entry
+        path, entry = paths[job.main.shard], job.main.entry
         if m >= n:
             blocks = iter_row_blocks(path, entry, block_len(n, self.block_bytes))
             g = accumulate_gram(blocks, n, True, self.device)
         else:
             blocks = iter_col_blocks(path, entry, block_len(m, self.block_bytes))
             g = accumulate_gram(blocks, m, False, self.device)
-        if not bool(torch.isfinite(g).all()):
-            self.record(spec, job, time.perf_counter() - t0, failure="holds NaN or Inf values")
-            return
+        # a NaN or Inf anywhere in W makes its row's or column's squares, a diagonal entry, non-finite
+        if not bool(torch.isfinite(g.diagonal()).all()):
+            return _Outcome(spec, job, time.perf_counter() - t0, failure="holds NaN or Inf values")
         (stats,), (bound,) = gram_spectrum(singular_values_from_gram(g[None]), m, n)
         if bound <= GRAM_TOLERANCE:
-            self.record(spec, job, time.perf_counter() - t0, stats, method="gram")
-            return
-        full = decode(job, self.source.path, self.device).reshape(spec.shape)
+            return _Outcome(spec, job, time.perf_counter() - t0, stats, method="gram")
+        del g
+        full = decode(job, paths.__getitem__, self.device).reshape(spec.shape)
         (r,) = decompose([full], "exact", self.opts.svd_driver)
-        self.record(spec, job, time.perf_counter() - t0, r.stats, method="exact",
-                    note=f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}")
+        return _Outcome(spec, job, time.perf_counter() - t0, r.stats, method="exact",
+                        note=f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}")
 
     def consume(self, job: TensorJob, todo: list[MatrixSpec], loaded, error, read_s: float) -> None:
         if error is not None:
@@ -236,16 +275,25 @@ class _Runner:
                 self.record(spec, job, read_s, failure=str(error))
         elif loaded is _STREAM:
             self.flush()
-            try:
-                self.stream_gram(job, todo[0])
-            except (RuntimeError, SpectrumError) as exc:
-                self.record(todo[0], job, read_s, failure=f"decomposition failed ({exc})")
+            # shard paths are resolved here: a Hub source is asked from this thread only
+            paths = {shard: self.source.path(shard) for shard in job.shards}
+            self.pool.submit(lambda: self.stream_gram(job, todo[0], paths), self.record_all)
         else:
             for spec in todo:
                 mat = loaded[spec.index] if spec.index else loaded
                 self.add(spec, mat.reshape(spec.shape), job, read_s / len(todo))
 
     def run(self, jobs: list[TensorJob], bar) -> None:
+        with threads_per_worker(self.pool.workers):
+            try:
+                self._run(jobs, bar)
+            except KeyboardInterrupt:
+                self.pool.deliver_finished()  # computed is computed: journal it before stopping
+                raise
+            finally:
+                self.pool.close()
+
+    def _run(self, jobs: list[TensorJob], bar) -> None:
         done = self.journal.finished()  # failed modules are tried again
         users: dict[str, int] = {}
         for job in jobs:
@@ -270,9 +318,9 @@ class _Runner:
             for shard in job.shards:
                 users[shard] -= 1
                 if users[shard] == 0:
-                    self.flush()
+                    self.settle()
                     self.source.release(shard)
-        self.flush()
+        self.settle()
         loads.close()
 
 
@@ -284,6 +332,9 @@ def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions,
         raise SpectrumError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
     if opts.svd_driver and device.type != "cuda":
         raise SpectrumError(f"--svd-driver {opts.svd_driver}: only for CUDA devices, not {device}")
+    if opts.workers is not None and (opts.workers < 1 or (opts.workers > 1 and device.type != "cpu")):
+        raise SpectrumError(f"--workers {opts.workers}: a count of 1 or more, above 1 only on CPU "
+                            f"(device {device})")
     name = opts.name or ckpt.name
     paths = results_paths(Path(opts.out_dir), name)
     jobs = plan(ckpt, opts.include, opts.exclude)

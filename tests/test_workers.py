@@ -1,0 +1,162 @@
+"""Two matrices at once on a CPU (--workers): same results, journal in plan order, shards released
+only once journaled, thread settings restored, and the pool's own ordering promises."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from spectrum_stream.checkpoint import open_local
+from spectrum_stream.errors import SpectrumError
+from spectrum_stream.journal import read_journal
+from spectrum_stream.scan import LocalSource, ScanOptions, scan, scan_checkpoint
+from spectrum_stream.workers import OrderedPool, default_workers
+
+
+def blas_threads() -> list[int]:
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def journal_keys(report) -> list[str]:
+    _, records, _ = read_journal(report.paths["journal"])
+    return list(records)
+
+
+@pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_moe_dir"])
+def test_two_workers_match_one_in_results_and_journal_order(fixture, request, tmp_path):
+    """The MoE checkpoint also sends same-shape batches (split experts) through the pool."""
+    folder = request.getfixturevalue(fixture)
+    torch_before, blas_before = torch.get_num_threads(), blas_threads()
+    one = scan(folder, ScanOptions(out_dir=tmp_path / "1", progress=False, device="cpu",
+                                   method="gram", workers=1))
+    two = scan(folder, ScanOptions(out_dir=tmp_path / "2", progress=False, device="cpu",
+                                   method="gram", workers=2, batch_bytes=64 * 1024))
+    assert (torch.get_num_threads(), blas_threads()) == (torch_before, blas_before)
+    assert journal_keys(two) == journal_keys(one)
+    assert two.results.keys() == one.results.keys() and len(one.results) > 10
+    for key, info in one.results.items():
+        assert two.results[key]["snr"] == pytest.approx(info["snr"], rel=1e-9), key
+
+
+def test_a_shard_is_released_only_after_its_modules_are_journaled(llama_dir, tmp_path):
+    ckpt, folder = open_local(llama_dir)
+    opts = ScanOptions(out_dir=tmp_path, progress=False, device="cpu", method="gram", workers=2)
+    journal = tmp_path / "snr_results_tiny-llama.journal.jsonl"
+    released = []
+
+    class CheckingSource(LocalSource):
+        def release(self, shard: str) -> None:
+            _, records, _ = read_journal(journal)
+            expected = {s.key for job in plan_jobs for s in job.matrices if job.main.shard == shard}
+            assert expected and expected <= records.keys(), shard
+            released.append(shard)
+
+    from spectrum_stream.layout import plan
+    plan_jobs = plan(ckpt, None, None)
+    scan_checkpoint(ckpt, CheckingSource(folder), opts)
+    assert len(released) == len({job.main.shard for job in plan_jobs}) > 1
+
+
+def test_workers_need_a_cpu_and_a_positive_count(llama_dir, tmp_path):
+    with pytest.raises(SpectrumError, match="--workers 0"):
+        scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", workers=0))
+    assert default_workers(torch.device("cpu"), "exact") == 1
+    assert default_workers(torch.device("cuda"), "gram") == 1
+    assert default_workers(torch.device("cpu"), "gram") == min(2, torch.get_num_threads())
+
+
+def test_pool_delivers_in_submit_order_on_the_callers_thread():
+    pool = OrderedPool(2)
+    first_may_end = threading.Event()
+    delivered, threads = [], []
+
+    def slow():
+        assert first_may_end.wait(10)
+        return "slow"
+
+    def fast():
+        first_may_end.set()  # runs while `slow` waits: the two are in flight together
+        return "fast"
+
+    def deliver(value):
+        delivered.append(value)
+        threads.append(threading.current_thread())
+
+    pool.submit(slow, deliver)
+    pool.submit(fast, deliver)
+    pool.drain()
+    pool.close()
+    assert delivered == ["slow", "fast"]
+    assert threads == [threading.main_thread()] * 2
+
+
+def test_pool_bounds_what_is_undelivered_and_passes_errors_on():
+    pool = OrderedPool(2, depth=3)
+    started = []
+    gate = threading.Event()
+
+    def work(i):
+        started.append(i)
+        gate.wait(10)
+        return i
+
+    delivered = []
+    for i in range(3):
+        pool.submit(lambda i=i: work(i), delivered.append)
+    assert delivered == [] and len(pool.inflight) == 3
+    gate.set()
+    pool.submit(lambda: work(3), delivered.append)  # the 4th waits for the oldest's delivery
+    assert delivered[0] == 0 and len(pool.inflight) <= 3
+    pool.drain()
+    assert delivered == [0, 1, 2, 3]
+
+    def boom():
+        raise RuntimeError("worker failed")
+
+    pool.submit(boom, delivered.append)
+    with pytest.raises(RuntimeError, match="worker failed"):
+        pool.drain()
+    pool.close()
+
+
+def test_deliver_finished_stops_at_the_first_still_running():
+    pool = OrderedPool(2)
+    gate = threading.Event()
+    delivered = []
+    pool.submit(lambda: 1, delivered.append)
+    pool.submit(lambda: gate.wait(10) and 2, delivered.append)
+    deadline = time.monotonic() + 10
+    while not pool.inflight[0][0].done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pool.deliver_finished()
+    assert delivered == [1] and len(pool.inflight) == 1
+    gate.set()
+    pool.drain()
+    assert delivered == [1, 2]
+    pool.close()
+
+
+def test_one_worker_runs_inline():
+    pool = OrderedPool(1)
+    seen = []
+    pool.submit(lambda: threading.current_thread(), seen.append)
+    assert seen == [threading.main_thread()] and pool.pool is None
+
+
+def test_cli_takes_workers(llama_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from spectrum_stream.cli import main
+
+    r = CliRunner().invoke(main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--device",
+                                  "cpu", "--method", "gram", "--workers", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (Path(tmp_path) / "snr_results_tiny-llama.json").exists()
+    r = CliRunner().invoke(main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--workers",
+                                  "0"])
+    assert r.exit_code == 2 and "--workers" in r.stderr
