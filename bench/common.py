@@ -30,8 +30,8 @@ def machine() -> str:
 
 
 def run_child(args: list[str], env: dict | None = None) -> dict:
-    """Run `python ARGS` in a child; return its wall seconds, its own peak RSS (MiB) and the last
-    JSON object it printed on stdout."""
+    """Run `python ARGS` in a child; return its wall seconds, its own peak RSS (MiB), its stdout
+    and the last JSON object it printed there."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "peak.py"), *args],
                           capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -41,7 +41,7 @@ def run_child(args: list[str], env: dict | None = None) -> dict:
     peak = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"peak_rss')]
     last = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return {"wall_s": wall, "peak_rss_mib": peak[-1]["peak_rss_kib"] / 1024 if peak else float("nan"),
-            "out": json.loads(last[-1]) if last else {}}
+            "out": json.loads(last[-1]) if last else {}, "stdout": proc.stdout}
 
 
 def variant_args(variant: str) -> tuple[str, list[str]]:

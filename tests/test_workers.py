@@ -160,3 +160,26 @@ def test_cli_takes_workers(llama_dir, tmp_path):
     r = CliRunner().invoke(main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--workers",
                                   "0"])
     assert r.exit_code == 2 and "--workers" in r.stderr
+
+
+def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeypatch):
+    """One shard, so nothing settles at a shard's end: the error must wait for the work handed out."""
+    from spectrum_stream.scan import _Runner
+    from spectrum_stream.synthetic import write_planted_llama
+
+    folder = tmp_path / "one-shard"
+    write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)
+    real, calls = _Runner.consume, []
+
+    def consume_then_fail(self, job, todo, *rest):
+        calls.append(todo[0].key)
+        if len(calls) == 6:
+            raise OSError("the disk went away")
+        return real(self, job, todo, *rest)
+
+    monkeypatch.setattr(_Runner, "consume", consume_then_fail)
+    with pytest.raises(OSError, match="went away"):
+        scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, device="cpu",
+                                 method="gram", workers=2))
+    _, records, _ = read_journal(tmp_path / "out" / "snr_results_one-shard.journal.jsonl")
+    assert list(records) == calls[:5]

@@ -6,6 +6,7 @@ when a shard is no longer needed (`release`), so the same loop serves local fold
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -289,6 +290,10 @@ class _Runner:
                 self._run(jobs, bar)
             except KeyboardInterrupt:
                 self.pool.deliver_finished()  # computed is computed: journal it before stopping
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    self.pool.drain()  # e.g. a failed download must not cost the workers' results
                 raise
             finally:
                 self.pool.close()

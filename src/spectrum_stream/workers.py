@@ -27,7 +27,10 @@ def default_workers(device: torch.device, method: str) -> int:
 
 @contextmanager
 def threads_per_worker(workers: int) -> Iterator[None]:
-    """Split torch's and the BLAS libraries' threads between `workers`; restored on exit."""
+    """Split torch's and the BLAS libraries' threads between `workers`; restored on exit.
+
+    The settings are process-wide: other torch work in the same process meanwhile gets them too.
+    """
     if workers <= 1:
         yield
         return
