@@ -127,6 +127,7 @@ def main() -> None:
                          "rss": f"{r['peak_rss_mib']:.0f}",
                          "detail": ", ".join(f"{t.split('.')[-1]} {sum(v) / len(v):.1f}s"
                                              for t, v in per_type.items())})
+            print(f"# done: {json.dumps(rows[-1])}", flush=True)  # kept if a later run times out
     base = next((float(r["layer"]) for r in rows[1:] if r["run"].startswith("exact")), None)
     for r in rows:
         r["ratio"] = f"{float(r['layer']) / base:.2f}x" if base else ""

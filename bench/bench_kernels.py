@@ -64,7 +64,8 @@ def routes(device: torch.device) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--shapes", default="1024x2816,2816x1024,1024x1024,256x1024,32000x1024")
+    ap.add_argument("--shapes", default="1024x2816,2816x1024,1024x1024,256x1024,32000x1024",
+                    help="comma-separated MxN; put the shape you most want first")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -80,6 +81,7 @@ def main() -> None:
             rows.append({"shape": f"{m}x{n}", "route": name, "s": f"{s:.4f}",
                          "ratio": f"{base / s:.2f}x",
                          "gflops": f"{4 * m * n * min(m, n) / s / 1e9:.0f}"})
+            print("# done: " + " | ".join(rows[-1].values()), flush=True)  # kept on a timeout
     print(f"Machine: {machine()}; device {device}; numpy {np.__version__}\n")
     print(table(rows, [("shape", "shape"), ("route", "route"), ("s", "s per matrix"),
                        ("ratio", "speed-up vs as stored"), ("gflops", "4mnk/s GFLOP/s")]))

@@ -30,10 +30,10 @@ step() {  # step SECONDS LOGNAME COMMAND...: run it, log to $out/LOGNAME, never 
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-step 120 test_cuda.log python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step 150 110b_gram_cuda.md python3 bench/bench_110b.py --devices "$device" --methods gram --layers 1
-step 120 kernels_cuda.md python3 bench/bench_kernels.py --device "$device" \
-  --shapes 8192x49152,8192x8192,1024x8192,2816x1024 --repeat 2
-step 90 scan_cuda.md python3 bench/bench_scan.py --device "$device" \
+# about 7 minutes in all, so that a 10-minute call has room; bench_110b prints each row when done
+step 90 test_cuda.log python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step 200 110b_cuda.md python3 bench/bench_110b.py --devices "$device" --methods gram,exact --layers 1
+step 80 kernels_cuda.md python3 bench/bench_kernels.py --device "$device" \
+  --shapes 2816x1024,1024x8192,8192x8192,8192x49152 --repeat 2
+step 60 scan_cuda.md python3 bench/bench_scan.py --device "$device" \
   --methods exact,exact+no-prefetch,gram,gram+no-prefetch
-step 120 110b_exact_cuda.md python3 bench/bench_110b.py --devices "$device" --methods exact --layers 1

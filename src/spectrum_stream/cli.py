@@ -72,7 +72,7 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
 @click.option("--method", type=click.Choice(["exact", "gram"]), default="exact", show_default=True,
               help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
-              "of the float64 Gram matrix, 1.3-1.7x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
+              "of the float64 Gram matrix, 1.8-2x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
               "passes 1e-5 is redone exactly (noted in the journal).")
 @click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
               metavar="MIB", help="Memory budget for batching same-shape matrices; with --method "

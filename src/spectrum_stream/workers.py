@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 def default_workers(device: torch.device, method: str) -> int:
-    """2 for the gram route on a CPU with 2+ threads (measured), else 1 (exact gained ~6%)."""
+    """2 for the gram route on a CPU with 2+ threads, else 1 (exact measured slower with two)."""
     return 2 if device.type == "cpu" and method == "gram" and torch.get_num_threads() >= 2 else 1
 
 
