@@ -145,7 +145,7 @@ def test_one_worker_runs_inline():
     pool = OrderedPool(1)
     seen = []
     pool.submit(lambda: threading.current_thread(), seen.append)
-    assert seen == [threading.main_thread()] and pool.pool is None
+    assert seen == [threading.main_thread()] and pool.threads == []
 
 
 def test_cli_takes_workers(llama_dir, tmp_path):
@@ -183,3 +183,18 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeyp
                                  method="gram", workers=2))
     _, records, _ = read_journal(tmp_path / "out" / "snr_results_one-shard.journal.jsonl")
     assert list(records) == calls[:5]
+
+
+def test_the_process_ends_without_waiting_for_a_call_still_running():
+    """After Ctrl-C the scan closes the pool and exits; a decomposition of minutes must not hold
+    the process (concurrent.futures' threads would: the interpreter joins them on exit)."""
+    import subprocess
+    import sys
+
+    code = ("import time\nfrom spectrum_stream.workers import OrderedPool\n"
+            "pool = OrderedPool(2)\npool.submit(lambda: time.sleep(60), print)\n"
+            "time.sleep(0.2)\npool.close()\nprint('closed', flush=True)\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert r.returncode == 0 and r.stdout == "closed\n", r.stderr
+    assert time.monotonic() - t0 < 30
