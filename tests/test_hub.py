@@ -187,6 +187,21 @@ def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
     assert json.loads((Path("out") / RESULTS).read_text()).keys() == local.results.keys()
 
 
+@pytest.mark.parametrize("method", ["exact", "gram"])
+def test_estimate_is_calibrated_with_the_scans_own_method(hub, hf, llama_dir, monkeypatch,
+                                                          method):
+    import spectrum_stream.hub as hub_mod
+
+    seen = []
+    real = hub_mod.svd_rate
+    monkeypatch.setattr(hub_mod, "svd_rate", lambda device, size, how: seen.append(how) or real(
+        device, size, how))
+    said = []
+    scan_hub(REPO, opts(method=method), say=said.append)
+    assert seen == [method]
+    assert any(line.startswith("Estimate on cpu: about ") for line in said)
+
+
 def test_resume_fetches_only_shards_with_modules_left(hub, hf, llama_dir, local):
     shards = shard_names(llama_dir)
     scan_hub(REPO, opts(), delete_shards=True, say=lambda line: None)

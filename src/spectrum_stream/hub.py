@@ -106,18 +106,21 @@ def make_plan(ckpt: Checkpoint, repo: HubRepo, opts: ScanOptions) -> HubPlan:
         need_at_once=need_at_once, need_shards=need_shards, flops=flops)
 
 
-def svd_rate(device, size: int = 1024) -> float:
-    """m*n*k per second of torch.linalg.svdvals on `device`, measured on one size x size matrix."""
+def svd_rate(device, size: int = 1024, method: str = "exact") -> float:
+    """m*n*k per second of `method`'s decomposition on `device`, measured on one size x size
+    matrix (one at a time: --workers may do better on CPU)."""
     import torch
 
+    from .spectrum import decompose
+
     a = torch.randn(size, size, device=device)
-    torch.linalg.svdvals(a[: size // 4, : size // 4])  # warm up the library
+    decompose([a[: size // 4, : size // 4]], method)  # warm up the libraries
     best = math.inf
     for _ in range(2):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        torch.linalg.svdvals(a)
+        decompose([a], method)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
@@ -149,7 +152,7 @@ def plan_lines(p: HubPlan, repo: HubRepo, ckpt: Checkpoint, device, rate: float 
     lines.append(f"Downloads: {what}, {disk}")
     if rate:
         lines.append(
-            f"Estimate on {device}: about {human_seconds(p.flops / rate)} of SVD for "
+            f"Estimate on {device}: about {human_seconds(p.flops / rate)} of decomposition for "
             f"{p.matrices - p.done} matrices (calibrated here); downloads run alongside")
     return lines
 
@@ -205,7 +208,7 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
         rate = None
         if estimate and p.flops:
             rate = svd_rate(device, int(min(1024, max(64, max(
-                min(s.shape) for j in p.jobs for s in j.matrices)))))
+                min(s.shape) for j in p.jobs for s in j.matrices)))), opts.method)
         for line in plan_lines(p, repo, ckpt, device, rate, delete, max_disk):
             say(line)
         source = HubSource(repo, ckpt, p.needed, delete, max_disk, say=say, chatty=opts.progress)
