@@ -185,16 +185,106 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeyp
     assert list(records) == calls[:5]
 
 
-def test_the_process_ends_without_waiting_for_a_call_still_running():
-    """After Ctrl-C the scan closes the pool and exits; a decomposition of minutes must not hold
-    the process (concurrent.futures' threads would: the interpreter joins them on exit)."""
+SLOW_FIRST_MATRIX = """
+import sys, time, torch
+import spectrum_stream.scan
+S = sys.modules["spectrum_stream.scan"]
+real, calls = S._Runner._stream_gram, []
+def slow_first(self, *args):
+    calls.append(1)
+    if len(calls) == 1:  # a minute of torch C++ work in this worker thread
+        x = torch.randn(600, 600, dtype=torch.float64)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            torch.linalg.eigvalsh(x @ x.T)
+    return real(self, *args)
+S._Runner._stream_gram = slow_first
+from spectrum_stream.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(tmp_path):
+    """The interpreter would wait for the worker's minute-long call (or, were it a daemon thread,
+    abort inside torch at exit): the CLI says how to resume and exits 130 at once."""
+    import signal
     import subprocess
     import sys
 
-    code = ("import time\nfrom spectrum_stream.workers import OrderedPool\n"
-            "pool = OrderedPool(2)\npool.submit(lambda: time.sleep(60), print)\n"
-            "time.sleep(0.2)\npool.close()\nprint('closed', flush=True)\n")
+    from spectrum_stream.synthetic import write_planted_llama
+
+    folder, out = tmp_path / "ckpt", tmp_path / "out"
+    write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)
+    cmd = [sys.executable, "-c", SLOW_FIRST_MATRIX, "scan", str(folder), "--out-dir", str(out),
+           "--device", "cpu", "--method", "gram", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = out / "snr_results_ckpt.journal.jsonl"
+    deadline = time.monotonic() + 30
+    while not journal.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # the first matrix is in its minute of torch work now
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
-    assert r.returncode == 0 and r.stdout == "closed\n", r.stderr
-    assert time.monotonic() - t0 < 30
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=50)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - t0 < 20
+    assert stderr.startswith("interrupted: 0 of ") and "terminate called" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_waiting_keeps_the_oldest_call_and_the_order():
+    """Ctrl-C lands while the caller waits on the oldest call: nothing after it is delivered
+    until it is, so the journal stays a prefix of the plan."""
+    import signal
+
+    pool = OrderedPool(2)
+    gate, delivered = threading.Event(), []
+    pool.submit(lambda: gate.wait(10) and "slow", delivered.append)
+    pool.submit(lambda: "fast", delivered.append)
+    while not pool.inflight[1][0].done():
+        time.sleep(0.001)
+    main = threading.main_thread().ident  # a real signal, to the main thread: it wakes the wait
+    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        pool.drain()
+    pool.deliver_finished()
+    assert delivered == [] and len(pool.inflight) == 2
+    gate.set()
+    pool.drain()
+    assert delivered == ["slow", "fast"]
+    pool.close()
+
+
+def test_a_delivery_cut_short_stops_later_deliveries():
+    pool = OrderedPool(2)
+    delivered = []
+
+    def cut(value):
+        raise KeyboardInterrupt
+
+    pool.submit(lambda: 1, cut)
+    pool.submit(lambda: 2, delivered.append)
+    with pytest.raises(KeyboardInterrupt):
+        pool.drain()
+    while not pool.inflight[0][0].done():
+        time.sleep(0.001)
+    pool.deliver_finished()
+    assert delivered == []
+    pool.close()
+
+
+def test_batches_waiting_in_memory_are_bounded_by_the_workers(llama_dir, tmp_path, monkeypatch):
+    """Same-shape batches hold float32 matrices: at most one per worker is handed out."""
+    from spectrum_stream.scan import _Runner
+
+    most = []
+    real = _Runner.decompose_batch
+
+    def watching(self, batch):
+        most.append(len(self.pool.inflight))
+        return real(self, batch)
+
+    monkeypatch.setattr(_Runner, "decompose_batch", watching)
+    scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", method="exact",
+                                workers=2, batch_bytes=64 * 1024))
+    assert most and max(most) <= 2

@@ -22,6 +22,18 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _exit_interrupted() -> None:
+    """Exit 130; at once if a worker thread is still inside a decomposition nobody will journal
+    (the interpreter would wait for it, minutes on a big matrix)."""
+    from .workers import workers_busy
+
+    if workers_busy():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
+
+
 class _Cli(click.Group):
     """Turns expected failures into one line on stderr instead of a traceback."""
 
@@ -38,11 +50,12 @@ class _Cli(click.Group):
                 f"interrupted: {kept} of {r.planned} modules are kept in "
                 f"{os.path.relpath(r.paths['journal'])}; run the same command again to resume",
                 err=True)
-            sys.exit(130)
+            _exit_interrupted()
         except SpectrumError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            click.echo("error: interrupted", err=True)
+            _exit_interrupted()
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}")

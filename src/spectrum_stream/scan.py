@@ -176,6 +176,7 @@ class _Runner:
         if not self.pending:
             return
         batch, self.pending, self.pending_bytes = self.pending, [], 0
+        self.pool.wait_below(self.pool.workers)  # batches in memory: the running ones and this one
         self.pool.submit(lambda: self.decompose_batch(batch), self.record_all)
 
     def settle(self) -> None:
@@ -289,9 +290,13 @@ class _Runner:
             try:
                 self._run(jobs, bar)
             except KeyboardInterrupt:
-                self.pool.deliver_finished()  # computed is computed: journal it before stopping
+                with contextlib.suppress(Exception):  # Ctrl-C is what to report
+                    self.pool.deliver_finished()  # computed is computed: journal it first
                 raise
             except BaseException:
+                if self.pool.inflight:
+                    self.warn(f"stopping: first journaling the {len(self.pool.inflight)} "
+                              "matrices being decomposed")
                 with contextlib.suppress(Exception):  # the first error is the one to report
                     self.pool.drain()  # e.g. a failed download must not cost the workers' results
                 raise

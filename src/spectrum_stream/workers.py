@@ -19,6 +19,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 T = TypeVar("T")
+THREAD_NAME = "spectrum-decompose"
 
 
 def default_workers(device: torch.device, method: str) -> int:
@@ -79,10 +80,8 @@ class OrderedPool:
     Up to `depth` calls may be submitted and not yet delivered, so a worker that finished a short
     call starts the next one while a long one ahead of it still runs. With one worker a call runs
     at once on the caller's thread, exactly as without a pool. `deliver` always runs on the
-    caller's thread (the journal and the report are not shared between threads).
-
-    The threads are daemons, unlike concurrent.futures' (which the interpreter joins on exit): after
-    Ctrl-C the process ends at once instead of waiting minutes for a decomposition nobody will read.
+    caller's thread (the journal and the report are not shared between threads), and what is
+    delivered is always a prefix of what was submitted, even after Ctrl-C.
     """
 
     def __init__(self, workers: int, depth: int | None = None):
@@ -90,37 +89,48 @@ class OrderedPool:
         self.depth = depth or 2 * workers
         self.inflight: deque[tuple[_Slot, Callable]] = deque()
         self.queue: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._serve, name=f"spectrum-decompose-{i}",
-                                         daemon=True) for i in range(workers if workers > 1 else 0)]
-        for thread in self.threads:
-            thread.start()
+        self.threads: list[threading.Thread] = []
+        self.broken = False  # a delivery was cut short: deliver nothing after it
 
     def _serve(self) -> None:
         while (slot := self.queue.get()) is not None:
             slot.run()
 
     def submit(self, work: Callable[[], T], deliver: Callable[[T], None]) -> None:
-        if not self.threads:
+        if self.workers <= 1:
             deliver(work())
             return
-        while len(self.inflight) >= self.depth:
-            self._deliver_oldest()
+        if not self.threads:  # started on first use, so a pool never used holds no threads
+            self.threads = [threading.Thread(target=self._serve, name=f"{THREAD_NAME}-{i}")
+                            for i in range(self.workers)]
+            for thread in self.threads:
+                thread.start()
+        self.wait_below(self.depth)
         slot = _Slot(work)
         self.inflight.append((slot, deliver))
         self.queue.put(slot)
 
-    def drain(self) -> None:
-        """Wait for everything submitted and deliver it."""
-        while self.inflight:
+    def wait_below(self, count: int) -> None:
+        """Deliver the oldest calls until fewer than `count` are undelivered."""
+        while len(self.inflight) >= max(1, count):
             self._deliver_oldest()
 
+    def drain(self) -> None:
+        """Wait for everything submitted and deliver it."""
+        self.wait_below(1)
+
     def _deliver_oldest(self) -> None:
-        slot, deliver = self.inflight.popleft()
-        deliver(slot.result())
+        slot, deliver = self.inflight[0]
+        value = slot.result()  # Ctrl-C while waiting here leaves the call at the head
+        self.inflight.popleft()
+        self.broken = True
+        deliver(value)
+        self.broken = False
 
     def deliver_finished(self) -> None:
-        """Deliver, in order, what has already finished (stops at the first still running)."""
-        while self.inflight and self.inflight[0][0].done():
+        """Deliver, in order, what has already finished (stops at the first still running, and
+        delivers nothing if an earlier delivery was cut short)."""
+        while not self.broken and self.inflight and self.inflight[0][0].done():
             self._deliver_oldest()
 
     def close(self) -> None:
@@ -134,3 +144,9 @@ class OrderedPool:
                 break
         for _ in self.threads:
             self.queue.put(None)
+
+
+def workers_busy() -> bool:
+    """Whether a pool thread is still inside a call (after Ctrl-C: then the CLI exits at once,
+    rather than wait minutes for a decomposition nobody will journal)."""
+    return any(t.name.startswith(THREAD_NAME) and t.is_alive() for t in threading.enumerate())
