@@ -145,7 +145,7 @@ def test_one_worker_runs_inline():
     pool = OrderedPool(1)
     seen = []
     pool.submit(lambda: threading.current_thread(), seen.append)
-    assert seen == [threading.main_thread()] and pool.threads == []
+    assert seen == [threading.main_thread()] and pool.pool is None
 
 
 def test_cli_takes_workers(llama_dir, tmp_path):
@@ -205,8 +205,8 @@ main(sys.argv[1:])
 
 
 def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(tmp_path):
-    """The interpreter would wait for the worker's minute-long call (or, were it a daemon thread,
-    abort inside torch at exit): the CLI says how to resume and exits 130 at once."""
+    """The interpreter would wait for the worker's minute-long call (a daemon thread instead
+    aborts inside torch at exit): the CLI says how to resume and exits 130 at once."""
     import signal
     import subprocess
     import sys

@@ -8,10 +8,10 @@ in the order it was submitted, on the caller's thread, so the journal reads as i
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -46,34 +46,6 @@ def threads_per_worker(workers: int) -> Iterator[None]:
         torch.set_num_threads(total)
 
 
-class _Slot:
-    """One submitted call's outcome, filled in by a worker thread."""
-
-    def __init__(self, work: Callable[[], object]):
-        self.work = work
-        self.finished = threading.Event()
-        self.value: object = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.value = self.work()
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            self.error = exc
-        finally:
-            self.work = None  # let go of the matrices the call held
-            self.finished.set()
-
-    def done(self) -> bool:
-        return self.finished.is_set()
-
-    def result(self) -> object:
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 class OrderedPool:
     """Runs up to `workers` calls at once; each result goes to its `deliver` in submit order.
 
@@ -87,28 +59,18 @@ class OrderedPool:
     def __init__(self, workers: int, depth: int | None = None):
         self.workers = workers
         self.depth = depth or 2 * workers
-        self.inflight: deque[tuple[_Slot, Callable]] = deque()
-        self.queue: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
+        self.inflight: deque[tuple[Future, Callable]] = deque()
+        self.pool: ThreadPoolExecutor | None = None  # started on first use
         self.broken = False  # a delivery was cut short: deliver nothing after it
-
-    def _serve(self) -> None:
-        while (slot := self.queue.get()) is not None:
-            slot.run()
 
     def submit(self, work: Callable[[], T], deliver: Callable[[T], None]) -> None:
         if self.workers <= 1:
             deliver(work())
             return
-        if not self.threads:  # started on first use, so a pool never used holds no threads
-            self.threads = [threading.Thread(target=self._serve, name=f"{THREAD_NAME}-{i}")
-                            for i in range(self.workers)]
-            for thread in self.threads:
-                thread.start()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix=THREAD_NAME)
         self.wait_below(self.depth)
-        slot = _Slot(work)
-        self.inflight.append((slot, deliver))
-        self.queue.put(slot)
+        self.inflight.append((self.pool.submit(work), deliver))
 
     def wait_below(self, count: int) -> None:
         """Deliver the oldest calls until fewer than `count` are undelivered."""
@@ -120,8 +82,8 @@ class OrderedPool:
         self.wait_below(1)
 
     def _deliver_oldest(self) -> None:
-        slot, deliver = self.inflight[0]
-        value = slot.result()  # Ctrl-C while waiting here leaves the call at the head
+        future, deliver = self.inflight[0]
+        value = future.result()  # Ctrl-C while waiting here leaves the call at the head
         self.inflight.popleft()
         self.broken = True
         deliver(value)
@@ -137,16 +99,11 @@ class OrderedPool:
         """Stop the threads once their current call ends; undelivered work is dropped (not
         journaled), and calls not yet started never start."""
         self.inflight.clear()
-        while True:  # take back what no worker has started
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
-        for _ in self.threads:
-            self.queue.put(None)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def workers_busy() -> bool:
-    """Whether a pool thread is still inside a call (after Ctrl-C: then the CLI exits at once,
-    rather than wait minutes for a decomposition nobody will journal)."""
+    """Whether a pool thread is still alive, most likely inside a call (after Ctrl-C the CLI then
+    exits at once, rather than wait minutes for a decomposition nobody will journal)."""
     return any(t.name.startswith(THREAD_NAME) and t.is_alive() for t in threading.enumerate())
