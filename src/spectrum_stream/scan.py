@@ -295,8 +295,8 @@ class _Runner:
                 raise
             except BaseException:
                 if self.pool.inflight:
-                    self.warn(f"stopping: first journaling the {len(self.pool.inflight)} "
-                              "matrices being decomposed")
+                    self.warn(f"stopping: first journaling what the {len(self.pool.inflight)} "
+                              "decompositions in flight finish")
                 with contextlib.suppress(Exception):  # the first error is the one to report
                     self.pool.drain()  # e.g. a failed download must not cost the workers' results
                 raise
