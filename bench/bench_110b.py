@@ -120,7 +120,7 @@ def main() -> None:
                    if t in per_type]
             emb_s = sum(emb) if len(emb) == 2 else 2 * gate * VOCAB / INTER
             total = LAYERS_110B * layer_s + emb_s
-            rows.append({"run": f"{method} {' '.join(flags)} on {device}".replace("  ", " "),
+            rows.append({"run": " ".join([method, *flags, "on", device]),
                          "layer": f"{layer_s:.1f}",
                          "total80": f"{total / 60:.1f}" + ("" if len(emb) == 2 else " (emb. est.)"),
                          "tput": f"{layer_bytes / layer_s / 1e6:.0f}",
