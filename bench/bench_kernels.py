@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, table  # noqa: E402
 
-from spectrum_stream.spectrum import gram_matrix, singular_values_from_gram  # noqa: E402
+from spectrum_stream.kernel.gram import gram_matrix, singular_values_from_gram  # noqa: E402
 
 
 def timed(fn, w, device, repeat: int) -> float:

@@ -12,7 +12,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from spectrum_stream.spectrum import spectrum_stats
+from spectrum_stream.kernel.snr import spectrum_stats
 
 
 def main(folder: str) -> None:

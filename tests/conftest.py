@@ -49,7 +49,7 @@ def qwen2_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def svd_batch_sizes(monkeypatch) -> list[int]:
     """Records the batch size of every exact svdvals call the scan makes."""
-    from spectrum_stream import spectrum
+    from spectrum_stream.kernel import snr as spectrum
 
     sizes: list[int] = []
     real = spectrum.singular_values

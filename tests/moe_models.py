@@ -19,9 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spectrum_stream.checkpoint import open_local
-from spectrum_stream.decode import decode
-from spectrum_stream.layout import plan
+from spectrum_stream.source.checkpoint import open_local
+from spectrum_stream.read.decode import decode
+from spectrum_stream.plan.jobs import plan
 
 E = 4  # experts in every tiny model
 LAYERS = 2

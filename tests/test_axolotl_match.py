@@ -21,7 +21,7 @@ import yaml
 from moe_models import read_tensors
 from reference import reference_snr
 from spectrum_stream import scan
-from spectrum_stream.select import select, to_yaml
+from spectrum_stream.results.select import select, to_yaml
 
 PERCENT = 50
 

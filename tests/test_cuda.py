@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spectrum_stream import scan
-from spectrum_stream.scan import ScanOptions
+from spectrum_stream.options import ScanOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

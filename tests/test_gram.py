@@ -11,10 +11,11 @@ import torch
 
 from reference import reference_snr
 from spectrum_stream import scan
-from spectrum_stream.scan import ScanOptions
-from spectrum_stream.select import select
-from spectrum_stream.spectrum import GRAM_TOLERANCE, decompose, gram_stats
-from spectrum_stream.synthetic import planted_matrix, write_planted_llama
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.results.select import select
+from spectrum_stream.kernel.gram import gram_stats
+from spectrum_stream.kernel.route import GRAM_TOLERANCE, decompose
+from spectrum_stream.examples.synthetic import planted_matrix, write_planted_llama
 
 CHECKPOINTS = ["llama_dir", "qwen2_dir", "mixtral_dir", "qwen2_moe_dir", "dbrx_dir", "llama4_dir",
                "gpt_oss_dir", "fused_qwen2_moe_dir", "fused_mixtral_dir", "planted_dir"]
@@ -28,7 +29,7 @@ def planted_dir(tmp_path_factory):
 
 
 def journal_lines(report):
-    return [json.loads(line) for line in report.paths["journal"].read_text().splitlines()[1:]]
+    return [json.loads(line) for line in report.paths.journal.read_text().splitlines()[1:]]
 
 
 @pytest.mark.parametrize("fixture", CHECKPOINTS)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectrum_stream.errors import CheckpointError
-from spectrum_stream.header import read_header
+from spectrum_stream.source.header import read_header
 
 
 def write_raw(path, header, data: bytes, header_bytes: bytes | None = None, n: int | None = None):

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from spectrum_stream.dtypes import DTYPE_BITS, nbytes_for
+from spectrum_stream.source.dtypes import DTYPE_BITS, nbytes_for
 from spectrum_stream.errors import CheckpointError
-from spectrum_stream.header import parse_header, read_header
+from spectrum_stream.source.header import parse_header, read_header
 
 FUZZ = settings(max_examples=200, deadline=None)
 

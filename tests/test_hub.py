@@ -6,7 +6,9 @@ real command in a subprocess with HF_ENDPOINT / HF_HOME set, as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,20 +22,43 @@ from click.testing import CliRunner
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
-import spectrum_stream.hub_repo as hub_repo
+import spectrum_stream.source.hub.headers as hub_repo
 from hubserver import HubServer
-from spectrum_stream.checkpoint import open_local
+from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.cli import main
 from spectrum_stream.errors import SpectrumError
-from spectrum_stream.hub import is_hub_id, open_hub, parse_size, scan_hub
-from spectrum_stream.journal import read_journal
-from spectrum_stream.scan import ScanOptions, scan
+from spectrum_stream.hub_scan import scan_hub
+from spectrum_stream.source.hub.headers import open_hub
+from spectrum_stream.source.hub.repo import is_hub_id
+from spectrum_stream.units import parse_size
+from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.scan import scan
 
 REPO = "tiny/llama"
 GATED = "tiny/gated"
 TOKEN = "hf_test_secret"
 JOURNAL = "snr_results_tiny-llama.journal.jsonl"
 RESULTS = "snr_results_tiny-llama.json"
+
+
+
+@contextlib.contextmanager
+def logged(sink):
+    """Every message the package logs (plan lines, warnings) goes to `sink` while inside."""
+    class Sink(logging.Handler):
+        def emit(self, record):
+            sink(record.getMessage())
+
+    logger, handler = logging.getLogger("spectrum_stream"), Sink()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def shard_names(folder: Path) -> list[str]:
@@ -46,7 +71,7 @@ def local(llama_dir, tmp_path_factory):
     """The local scan every Hub scan must agree with: results, and each module's shard."""
     out = tmp_path_factory.mktemp("local-scan")
     report = scan(llama_dir, ScanOptions(out_dir=out, device="cpu", progress=False))
-    _, records, _ = read_journal(report.paths["journal"])
+    _, records, _ = read_journal(report.paths.journal)
     return SimpleNamespace(results=report.results,
                            shard_of={k: r["shard"] for k, r in records.items()})
 
@@ -167,9 +192,10 @@ def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
 
     hub.on_download = on_download
     said = []
-    report = scan_hub(REPO, opts(), delete_shards=True,
-                      say=lambda line: said.append((line, len(seen))))
+    with logged(lambda line: said.append((line, len(seen)))):
+        report = scan_hub(REPO, opts(), delete_shards=True)
 
+    said = [(line, n) for line, n in said if not line.startswith("downloaded ")]  # download log
     plan = [line for line, _ in said]
     assert [line.split(":")[0] for line in plan] == ["Hub", "Plan", "Downloads", "Estimate on cpu"]
     assert all(n == 0 for _, n in said)  # the whole plan came before any shard download
@@ -190,28 +216,30 @@ def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
 @pytest.mark.parametrize("method", ["exact", "gram"])
 def test_estimate_is_calibrated_with_the_scans_own_method(hub, hf, llama_dir, monkeypatch,
                                                           method):
-    import spectrum_stream.hub as hub_mod
+    import spectrum_stream.hub_scan as hub_mod
 
     seen = []
     real = hub_mod.svd_rate
     monkeypatch.setattr(hub_mod, "svd_rate", lambda device, size, how: seen.append(how) or real(
         device, size, how))
     said = []
-    scan_hub(REPO, opts(method=method), say=said.append)
+    with logged(said.append):
+        scan_hub(REPO, opts(method=method))
     assert seen == [method]
     assert any(line.startswith("Estimate on cpu: about ") for line in said)
 
 
 def test_resume_fetches_only_shards_with_modules_left(hub, hf, llama_dir, local):
     shards = shard_names(llama_dir)
-    scan_hub(REPO, opts(), delete_shards=True, say=lambda line: None)
+    scan_hub(REPO, opts(), delete_shards=True)
     journal = Path("out") / JOURNAL
     lines = journal.read_bytes().splitlines(keepends=True)
     keep = [lines[0]] + [ln for ln in lines[1:] if json.loads(ln)["shard"] in shards[:2]]
     journal.write_bytes(b"".join(keep))
     before = len(hub.downloads())
     said = []
-    report = scan_hub(REPO, opts(), delete_shards=True, say=said.append)
+    with logged(said.append):
+        report = scan_hub(REPO, opts(), delete_shards=True)
     assert hub.downloads()[before:] == shards[2:]  # journaled shards are never fetched again
     assert f"{len(keep) - 1} modules already in the journal" in said[1]
     assert said[2].startswith("Downloads: 2 shards")
@@ -302,7 +330,7 @@ def test_revisions(hub, hf, local):
     assert result.exit_code == 1
     assert "tiny/llama: no revision 'nope'" in only_line(result.stderr)
     commit = hub.repos[REPO].branches["main"]
-    report = scan_hub(REPO, opts(), revision=commit, say=lambda line: None)
+    report = scan_hub(REPO, opts(), revision=commit)
     same_results(report.results, local.results)
 
 
@@ -388,7 +416,8 @@ def test_fp8_scales_in_another_shard_within_max_disk(hub, hf, tmp_path):
 
     hub.on_download = on_download
     said = []
-    report = scan_hub("tiny/fp8", opts(), max_disk=need, say=said.append)
+    with logged(said.append):
+        report = scan_hub("tiny/fp8", opts(), max_disk=need)
     assert sorted(hub.downloads("tiny/fp8")[-3:]) == names  # each shard fetched once
     assert 0 < max(held) <= need
     assert not [line for line in said if "over the budget" in line]
@@ -428,7 +457,7 @@ def test_single_file_repo_and_a_repo_without_weights(hub, hf, llama_dir, local, 
     shutil.copy(llama_dir / shard, single / "model.safetensors")
     shutil.copy(llama_dir / "config.json", single / "config.json")
     hub.add_repo("tiny/single", single)
-    report = scan_hub("tiny/single", opts(), say=lambda line: None)
+    report = scan_hub("tiny/single", opts())
     assert set(report.results) == {k for k, s in local.shard_of.items() if s == shard}
     assert hub.downloads()[-1] == "model.safetensors"
 
@@ -447,7 +476,8 @@ def test_prefetching_reader_stays_within_max_disk(hub, hf, llama_dir, local):
     hub.on_download = lambda repo_id, name: name.endswith(".safetensors") and on_disk.append(
         len(shard_blobs(hf, hub)))
     said = []
-    report = scan_hub(REPO, opts(prefetch=True), max_disk=biggest, say=said.append)
+    with logged(said.append):
+        report = scan_hub(REPO, opts(prefetch=True), max_disk=biggest)
     assert not [line for line in said if "over the budget" in line]
     assert on_disk == [0] * len(on_disk) and len(on_disk) == len(shard_names(llama_dir))
     same_results(report.results, local.results)

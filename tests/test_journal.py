@@ -13,13 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spectrum_stream import journal as journal_mod
-from spectrum_stream import results as results_mod
+from spectrum_stream.journal import journal as journal_mod
+from spectrum_stream.results import files as results_mod
 from spectrum_stream.errors import ResumeError, SpectrumError
-from spectrum_stream.journal import Journal, ScanLock, read_journal
-from spectrum_stream.results import rebuild_results, results_paths
-from spectrum_stream.scan import ScanOptions, scan
-from spectrum_stream.synthetic import write_planted_llama
+from spectrum_stream.journal.journal import Journal, read_journal
+from spectrum_stream.journal.lock import ScanLock
+from spectrum_stream.results.files import rebuild_results
+from spectrum_stream.results.paths import ResultPaths
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.scan import scan
+from spectrum_stream.examples.synthetic import write_planted_llama
 
 HEADER = {"checkpoint": [{"shard": "a.safetensors", "size": 100, "header_sha256": "ab" * 32}],
           "settings": {"method": "exact", "include": None, "exclude": None}}
@@ -49,14 +52,14 @@ def lines(path: Path) -> list[bytes]:
 
 def test_every_line_holds_the_numbers_behind_the_snr(planted, tmp_path):
     report = scan(planted, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
-    header, *records = [json.loads(x) for x in lines(report.paths["journal"])]
+    header, *records = [json.loads(x) for x in lines(report.paths.journal)]
     assert header["journal"] == 1 and header["settings"]["method"] == "exact"
     shards = sorted(p.name for p in planted.glob("*.safetensors"))
     assert [s["shard"] for s in header["checkpoint"]] == shards
     for s in header["checkpoint"]:
         assert s["size"] == (planted / s["shard"]).stat().st_size and len(s["header_sha256"]) == 64
     assert len(records) == report.planned == 2 * 7 + 2
-    results = json.loads(report.paths["results"].read_text())
+    results = json.loads(report.paths.results.read_text())
     for r in records:
         assert r["status"] == "ok"
         assert r["key"] in results and results[r["key"]] == {"snr": r["snr"], "type": r["type"]}
@@ -72,7 +75,7 @@ def test_each_module_is_fsynced_before_the_next(planted, tmp_path, monkeypatch):
 
     def spy(fd):
         real(fd)
-        seen.append(len(lines(results_paths(tmp_path, "planted-llama")["journal"])))
+        seen.append(len(lines(ResultPaths.for_model(tmp_path, "planted-llama").journal)))
 
     monkeypatch.setattr(journal_mod, "_fsync", spy)
     report = scan(planted, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
@@ -190,7 +193,7 @@ def test_a_full_disk_leaves_the_journal_on_a_whole_line(tmp_path, monkeypatch, w
     path = tmp_path / "j.journal.jsonl"
     j = Journal.open(path, HEADER)
     j.append(rec("a"))
-    real_write, real_fsync = journal_mod._write_all, journal_mod._fsync
+    real_write, real_fsync = journal_mod.write_all, journal_mod._fsync
 
     def full_write(fd, data):
         if where == "partial write":
@@ -203,12 +206,12 @@ def test_a_full_disk_leaves_the_journal_on_a_whole_line(tmp_path, monkeypatch, w
     if where == "fsync":
         monkeypatch.setattr(journal_mod, "_fsync", full_fsync)
     else:
-        monkeypatch.setattr(journal_mod, "_write_all", full_write)
+        monkeypatch.setattr(journal_mod, "write_all", full_write)
     with pytest.raises(SpectrumError) as info:
         j.append(rec("b"))
     assert "the disk is full" in str(info.value) and str(path) in str(info.value)
     assert "b" not in j.records
-    monkeypatch.setattr(journal_mod, "_write_all", real_write)
+    monkeypatch.setattr(journal_mod, "write_all", real_write)
     monkeypatch.setattr(journal_mod, "_fsync", real_fsync)
     j.close()
     assert [json.loads(x).get("key") for x in lines(path)] == [None, "a"]  # readable, whole lines
@@ -222,7 +225,7 @@ def test_a_full_disk_when_the_journal_is_created(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(journal_mod, "_write_all", full)
+    monkeypatch.setattr(journal_mod, "write_all", full)
     path = tmp_path / "j.journal.jsonl"
     with pytest.raises(SpectrumError, match="disk is full"):
         Journal.open(path, HEADER)
@@ -236,7 +239,7 @@ def test_results_that_cannot_be_written_name_the_file_and_leave_the_old_one(tmp_
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results_mod, "_write_all", full)
+    monkeypatch.setattr(results_mod, "write_all", full)
     with pytest.raises(SpectrumError) as info:
         results_mod.atomic_write(target, b"new")
     assert str(target) in str(info.value) and "disk is full" in str(info.value)
@@ -255,19 +258,19 @@ def test_results_files_follow_the_umask(tmp_path):
 
 
 def test_rebuild_results_from_the_journal_alone(tmp_path):
-    paths = results_paths(tmp_path, "org/model")
-    j = Journal.open(paths["journal"], HEADER)
+    paths = ResultPaths.for_model(tmp_path, "org/model")
+    j = Journal.open(paths.journal, HEADER)
     j.append(rec("x", 0.25))
     j.append({**rec("y", 0.75), "type": "self_attn.q_proj"})
     j.append(rec("z", status="failed"))
     j.close()
-    with open(paths["journal"], "ab") as f:
+    with open(paths.journal, "ab") as f:
         f.write(b'{"key": "w"')  # a scan is writing right now
-    got_paths, results, failed = rebuild_results(paths["journal"])
-    assert got_paths["results"] == paths["results"] == tmp_path / "snr_results_org-model.json"
-    assert json.loads(paths["results"].read_text()) == results == {
+    got_paths, results, failed = rebuild_results(paths.journal)
+    assert got_paths.results == paths.results == tmp_path / "snr_results_org-model.json"
+    assert json.loads(paths.results.read_text()) == results == {
         "x": {"snr": 0.25, "type": "mlp.up_proj"}, "y": {"snr": 0.75, "type": "self_attn.q_proj"}}
-    assert json.loads(paths["sorted"].read_text()) == {
+    assert json.loads(paths.sorted.read_text()) == {
         "mlp.up_proj": {"x": 0.25}, "self_attn.q_proj": {"y": 0.75}}
     assert failed == [("z", "holds NaN or Inf values")]
 

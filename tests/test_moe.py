@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from moe_models import E, LAYERS, expected_matrices, planned_matrices, write_sharded
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream import layout as layout_mod
-from spectrum_stream.checkpoint import open_local
+from spectrum_stream.plan import experts as layout_mod
+from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.cli import main as cli
-from spectrum_stream.layout import plan
-from spectrum_stream.naming import module_type
-from spectrum_stream.scan import ScanOptions
+from spectrum_stream.plan.jobs import plan
+from spectrum_stream.plan.naming import module_type
+from spectrum_stream.options import ScanOptions
 
 ALL = ["mixtral_dir", "qwen2_moe_dir", "dbrx_dir", "llama4_dir", "gpt_oss_dir",
        "fused_qwen2_moe_dir", "fused_mixtral_dir"]
@@ -52,7 +52,7 @@ def test_every_expert_is_scanned_and_matches_float64_reference(fixture, request,
     folder = request.getfixturevalue(fixture)
     report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
     assert not report.failed
-    results = json.loads(report.paths["results"].read_text())  # python's own json, as axolotl
+    results = json.loads(report.paths.results.read_text())  # python's own json, as axolotl
     expected = expected_matrices(folder)
     assert set(results) == set(expected)
     for key, w in expected.items():
@@ -179,13 +179,13 @@ def test_odd_gate_up_is_a_clear_error(tmp_path):
 def test_keys_survive_json_and_the_yaml_writer(fused_qwen2_moe_dir, dbrx_dir, tmp_path):
     import yaml
 
-    from spectrum_stream.select import to_yaml, unfrozen_parameters
+    from spectrum_stream.results.select import to_yaml, unfrozen_parameters
 
     for folder in (fused_qwen2_moe_dir, dbrx_dir):
         report = scan(folder, out_dir=tmp_path / folder.name, progress=False)
-        flat = json.loads(report.paths["results"].read_text())
+        flat = json.loads(report.paths.results.read_text())
         assert flat.keys() == report.results.keys()
-        sorted_file = json.loads(report.paths["sorted"].read_text())
+        sorted_file = json.loads(report.paths.sorted.read_text())
         assert {k for mods in sorted_file.values() for k in mods} == set(flat)
         doc = yaml.safe_load(to_yaml(flat, 50))
         assert doc["unfrozen_parameters"] == unfrozen_parameters(flat, 50)

@@ -15,10 +15,10 @@ import torch
 from moe_models import write_sharded
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream import loader as loader_mod
-from spectrum_stream.checkpoint import open_local
-from spectrum_stream.layout import plan
-from spectrum_stream.quant import dequant_fp8_block, dequant_mxfp4
+from spectrum_stream.read import loader as loader_mod
+from spectrum_stream.source.checkpoint import open_local
+from spectrum_stream.plan.jobs import plan
+from spectrum_stream.read.quant import dequant_fp8_block, dequant_mxfp4
 
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
@@ -119,7 +119,7 @@ def test_fp8_checkpoint_scales_in_another_shard(tmp_path):
 
     report = scan(tmp_path / "ds", out_dir=tmp_path / "out", progress=False)
     assert not report.failed
-    results = json.loads(report.paths["results"].read_text())
+    results = json.loads(report.paths.results.read_text())
     assert not any("scale_inv" in k for k in results), "scale tensors are not scanned"
     assert set(results) == set(dense)
     for key, w in dense.items():
@@ -235,7 +235,7 @@ def test_mxfp4_checkpoint_every_expert_matches_reference(tmp_path):
     dense = _gpt_oss_like(tmp_path / "oss")
     report = scan(tmp_path / "oss", out_dir=tmp_path / "out", progress=False)
     assert not report.failed
-    results = json.loads(report.paths["results"].read_text())
+    results = json.loads(report.paths.results.read_text())
     assert set(results) == set(dense), "no _scales, _bias or sinks results; every expert present"
     for key, w in dense.items():
         ref = reference_snr(w.numpy())

@@ -20,11 +20,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from spectrum_stream import journal as journal_mod
+from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.cli import main
-from spectrum_stream.journal import ScanLock, read_journal
-from spectrum_stream.scan import ScanOptions, scan
-from spectrum_stream.synthetic import write_planted_llama
+from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.journal.lock import ScanLock
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.scan import scan
+from spectrum_stream.examples.synthetic import write_planted_llama
 
 NAME = "planted"
 JOURNAL = f"snr_results_{NAME}.journal.jsonl"
@@ -55,9 +57,9 @@ def reference(one_thread, ckpt, tmp_path_factory) -> dict:
     """An uninterrupted scan: its results, sorted results, and journal records."""
     out = tmp_path_factory.mktemp("reference")
     report = scan(ckpt, ScanOptions(out_dir=out, progress=False, device="cpu"))
-    _, records, _ = read_journal(report.paths["journal"])
-    return {"out": out, "results": json.loads(report.paths["results"].read_text()),
-            "sorted": json.loads(report.paths["sorted"].read_text()),
+    _, records, _ = read_journal(report.paths.journal)
+    return {"out": out, "results": json.loads(report.paths.results.read_text()),
+            "sorted": json.loads(report.paths.sorted.read_text()),
             "records": records, "planned": report.planned}
 
 
@@ -211,7 +213,7 @@ def test_ctrl_c_with_two_gram_workers_keeps_what_finished(ckpt, tmp_path):
     assert report.skipped == len(records) and report.skipped + report.scanned == ref.planned
     # same modules in the same order; floats to 1e-9 (the torch route's last bits can move with
     # the thread a matrix ran on, e.g. the buffer's alignment)
-    got, want = json.loads((out / RESULTS).read_text()), json.loads(ref.paths["results"].read_text())
+    got, want = json.loads((out / RESULTS).read_text()), json.loads(ref.paths.results.read_text())
     assert list(got) == list(want)
     for key, info in want.items():
         assert got[key]["type"] == info["type"]
@@ -220,7 +222,7 @@ def test_ctrl_c_with_two_gram_workers_keeps_what_finished(ckpt, tmp_path):
 
 def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = journal_mod._write_all
+    real = journal_mod.write_all
     calls = []
 
     def fills_up(fd, data):
@@ -230,7 +232,7 @@ def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    monkeypatch.setattr(journal_mod, "_write_all", fills_up)
+    monkeypatch.setattr(journal_mod, "write_all", fills_up)
     r = CliRunner().invoke(main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu",
                                   "--quiet"])
     assert r.exit_code == 1 and "Traceback" not in r.output
@@ -241,7 +243,7 @@ def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, 
     assert data.endswith(b"\n") and all(json.loads(x) for x in data.split(b"\n")[:-1])
     _, records, _ = read_journal(out / JOURNAL)
     assert len(records) == 4
-    monkeypatch.setattr(journal_mod, "_write_all", real)  # space freed
+    monkeypatch.setattr(journal_mod, "write_all", real)  # space freed
     r = CliRunner().invoke(main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu",
                                   "--quiet"])
     assert r.exit_code == 0 and "4 resumed from the journal" in r.stdout

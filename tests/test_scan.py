@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from reference import reference_snr
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream.naming import module_type
-from spectrum_stream.scan import ScanOptions
+from spectrum_stream.plan.naming import module_type
+from spectrum_stream.options import ScanOptions
 
 
 def all_matrices(folder: Path) -> dict[str, torch.Tensor]:
@@ -33,7 +33,7 @@ def test_every_module_matches_float64_reference(fixture, request, tmp_path):
     assert len(list(folder.glob("*.safetensors"))) > 1, "fixture should be sharded"
     report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
     expected = all_matrices(folder)
-    results = json.loads(report.paths["results"].read_text())  # python's own json, as axolotl
+    results = json.loads(report.paths.results.read_text())  # python's own json, as axolotl
     assert set(results) == set(expected)
     for key, w in expected.items():
         assert results[key]["type"] == module_type(key)
@@ -43,14 +43,14 @@ def test_every_module_matches_float64_reference(fixture, request, tmp_path):
 
 def test_results_format_and_sorted_file(llama_dir, tmp_path):
     report = scan(llama_dir, out_dir=tmp_path, progress=False)
-    assert report.paths["results"] == tmp_path / "snr_results_tiny-llama.json"
-    flat = json.loads(report.paths["results"].read_text())
+    assert report.paths.results == tmp_path / "snr_results_tiny-llama.json"
+    flat = json.loads(report.paths.results.read_text())
     for info in flat.values():
         assert set(info) == {"snr", "type"} and isinstance(info["snr"], float)
     assert flat["model.layers.2.mlp.down_proj"]["type"] == "mlp.down_proj"
     assert flat["lm_head"]["type"] == "lm_head"
     assert flat["model.embed_tokens"]["type"] == "model.embed_tokens"
-    ordered = json.loads(report.paths["sorted"].read_text())
+    ordered = json.loads(report.paths.sorted.read_text())
     assert set(ordered) == {info["type"] for info in flat.values()}
     for mods in ordered.values():
         values = list(mods.values())
@@ -75,7 +75,7 @@ def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
     by_file = scan(folder / "model.safetensors", out_dir=tmp_path / "b", progress=False, name="x")
     assert set(by_folder) == {"model.layers.0.mlp.up_proj"}
     assert by_folder == by_file.results
-    assert by_file.paths["results"].name == "snr_results_x.json"
+    assert by_file.paths.results.name == "snr_results_x.json"
 
 
 def test_include_and_exclude_filter_on_type_or_name(llama_dir, tmp_path):
@@ -109,7 +109,7 @@ def test_name_comes_from_config_or_folder(tmp_path, llama_dir):
     cfg["_name_or_path"] = "meta-llama/Tiny_Llama"
     (copy / "config.json").write_text(json.dumps(cfg))
     report = scan(copy, out_dir=tmp_path / "out", progress=False)
-    assert report.paths["results"].name == "snr_results_meta-llama-Tiny-Llama.json"
+    assert report.paths.results.name == "snr_results_meta-llama-Tiny-Llama.json"
 
 
 def test_cuda_requested_without_cuda_is_a_clear_error(llama_dir, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from spectrum_stream import SpectrumError
-from spectrum_stream.select import load_results, select, to_yaml, top_count, unfrozen_parameters
+from spectrum_stream.results.select import load_results, select, to_yaml, top_count, unfrozen_parameters
 
 
 def make_results(layers: int = 10, seed: int = 0) -> dict:

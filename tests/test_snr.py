@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from reference import reference_snr
-from spectrum_stream.spectrum import snr_from_singular_values, spectrum_stats
-from spectrum_stream.synthetic import planted_matrix
+from spectrum_stream.kernel.snr import snr_from_singular_values, spectrum_stats
+from spectrum_stream.examples.synthetic import planted_matrix
 
 SEED = int.from_bytes(os.urandom(4), "little")
 

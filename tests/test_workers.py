@@ -11,11 +11,13 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from spectrum_stream.checkpoint import open_local
+from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.errors import SpectrumError
-from spectrum_stream.journal import read_journal
-from spectrum_stream.scan import LocalSource, ScanOptions, scan, scan_checkpoint
-from spectrum_stream.workers import OrderedPool, default_workers
+from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.scan import scan, scan_checkpoint
+from spectrum_stream.source.shards import LocalSource
+from spectrum_stream.kernel.workers import OrderedPool, default_workers
 
 
 def blas_threads() -> list[int]:
@@ -23,7 +25,7 @@ def blas_threads() -> list[int]:
 
 
 def journal_keys(report) -> list[str]:
-    _, records, _ = read_journal(report.paths["journal"])
+    _, records, _ = read_journal(report.paths.journal)
     return list(records)
 
 
@@ -56,7 +58,7 @@ def test_a_shard_is_released_only_after_its_modules_are_journaled(llama_dir, tmp
             assert expected and expected <= records.keys(), shard
             released.append(shard)
 
-    from spectrum_stream.layout import plan
+    from spectrum_stream.plan.jobs import plan
     plan_jobs = plan(ckpt, None, None)
     scan_checkpoint(ckpt, CheckingSource(folder), opts)
     assert len(released) == len({job.main.shard for job in plan_jobs}) > 1
@@ -165,7 +167,7 @@ def test_cli_takes_workers(llama_dir, tmp_path):
 def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeypatch):
     """One shard, so nothing settles at a shard's end: the error must wait for the work handed out."""
     from spectrum_stream.scan import _Runner
-    from spectrum_stream.synthetic import write_planted_llama
+    from spectrum_stream.examples.synthetic import write_planted_llama
 
     folder = tmp_path / "one-shard"
     write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)
@@ -189,7 +191,7 @@ SLOW_FIRST_MATRIX = """
 import sys, time, torch
 import spectrum_stream.scan
 S = sys.modules["spectrum_stream.scan"]
-real, calls = S._Runner._stream_gram, []
+real, calls = S._Runner.stream_gram, []
 def slow_first(self, *args):
     calls.append(1)
     if len(calls) == 1:  # a minute of torch C++ work in this worker thread
@@ -198,7 +200,7 @@ def slow_first(self, *args):
         while time.monotonic() < end:
             torch.linalg.eigvalsh(x @ x.T)
     return real(self, *args)
-S._Runner._stream_gram = slow_first
+S._Runner.stream_gram = slow_first
 from spectrum_stream.cli import main
 main(sys.argv[1:])
 """
@@ -211,7 +213,7 @@ def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(tmp_path):
     import subprocess
     import sys
 
-    from spectrum_stream.synthetic import write_planted_llama
+    from spectrum_stream.examples.synthetic import write_planted_llama
 
     folder, out = tmp_path / "ckpt", tmp_path / "out"
     write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)

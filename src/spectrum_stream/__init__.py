@@ -1,11 +1,22 @@
-"""spectrum-stream: Spectrum SNR scans of huge checkpoints, one tensor at a time."""
+"""spectrum-stream: Spectrum SNR scans of huge checkpoints, one tensor at a time.
+
+The pipeline, one sub-package per stage (docs/architecture.md): source -> plan -> read -> kernel ->
+journal -> results, with scan.py the loop that drives them and cli/ on top. The library logs
+through `logging` (logger `spectrum_stream`) and installs no handler of its own.
+"""
+
+import logging
 
 from .errors import CheckpointError, ResumeError, SpectrumError
-from .hub import scan_hub
-from .scan import ScanOptions, ScanReport, scan
-from .select import select, to_yaml, unfrozen_parameters
+from .hub_scan import scan_hub
+from .options import ScanInterrupted, ScanOptions, ScanReport
+from .results.select import select, to_yaml, unfrozen_parameters
+from .scan import scan
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "CheckpointError", "ResumeError", "SpectrumError",
-    "ScanOptions", "ScanReport", "scan", "scan_hub", "select", "to_yaml", "unfrozen_parameters",
+    "ScanInterrupted", "ScanOptions", "ScanReport", "scan", "scan_hub", "select", "to_yaml",
+    "unfrozen_parameters",
 ]

@@ -9,7 +9,7 @@ class SpectrumError(Exception):
 
 
 class CheckpointError(SpectrumError):
-    """A checkpoint file or index that breaks the safetensors rules (DESIGN.md section 4)."""
+    """A checkpoint file or index that breaks the safetensors rules (docs/spec.md, "Checkpoint files")."""
 
 
 class ResumeError(SpectrumError):

@@ -1,0 +1,5 @@
+"""The command line on top of the pipeline: `spectrum-stream scan | select | rebuild | demo ...`."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,216 @@
+"""The `spectrum-stream` command line: a thin layer over scan(), select() and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import SpectrumError
+from . import logs
+
+
+def _fail(message: str, code: int = 1):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted() -> None:
+    """Exit 130; at once if a worker thread is still inside a decomposition nobody will journal
+    (the interpreter would wait for it, minutes on a big matrix)."""
+    from ..kernel.workers import workers_busy
+
+    if workers_busy():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
+
+
+class _Cli(click.Group):
+    """Turns expected failures into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        from ..options import ScanInterrupted
+
+        try:
+            return super().invoke(ctx)
+        except ScanInterrupted as stop:
+            r = stop.report
+            kept = r.skipped + r.scanned
+            click.echo(
+                f"interrupted: {kept} of {r.planned} modules are kept in "
+                f"{os.path.relpath(r.paths.journal)}; run the same command again to resume",
+                err=True)
+            _exit_interrupted()
+        except SpectrumError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            _exit_interrupted()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}")
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="spectrum-stream")
+def main():
+    """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
+
+
+_device = click.option("--device", default="auto", show_default=True,
+                       help="auto (the GPU when there is one), cpu, cuda or cuda:N.")
+_out_dir = click.option("--out-dir", type=click.Path(path_type=Path),
+                        default=Path("model_snr_results"), show_default=True,
+                        help="Where results, journal and lock go (axolotl looks in ./model_snr_results).")
+_quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
+
+
+@main.command()
+@click.argument("path")
+@_device
+@_out_dir
+@click.option("--name", help="Model name for the results file name (default: config.json's "
+              "_name_or_path, else the folder name).")
+@click.option("--include", metavar="REGEX", help="Scan only modules whose type or name matches.")
+@click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
+@click.option("--method", type=click.Choice(["exact", "gram"]), default="exact", show_default=True,
+              help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
+              "of the float64 Gram matrix, 1.8-2x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
+              "passes 1e-5 is redone exactly (noted in the journal).")
+@click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
+              metavar="MIB", help="Memory budget for batching same-shape matrices; with --method "
+              "gram, bigger matrices are read in blocks and never held whole in float32.")
+@click.option("--prefetch/--no-prefetch", default=None,
+              help="Read the next tensor while the current one is decomposed (default: on for "
+              "CUDA, off for CPU, where it measured no gain).")
+@click.option("--svd-driver", type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
+              help="CUDA only: cuSOLVER driver for --method exact (default: torch's choice).")
+@click.option("--max-gpu-mem", type=click.IntRange(min=1), metavar="MIB",
+              help="CUDA only: most memory a batch of matrices, or a block of a matrix read for "
+              "--method gram, may take on the GPU (the k x k Gram matrix comes on top).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="CPU only: matrices decomposed at once, the cores shared between them "
+              "(default: 2 with --method gram, where it measured faster; else 1). Each holds its "
+              "own batch or Gram matrix, so memory grows with N.")
+@click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
+@click.option("--revision", help="Hub: branch, tag or commit to scan (default: main).")
+@click.option("--token", help="Hub: access token for gated or private repos (default: HF_TOKEN "
+              "or your saved login).")
+@click.option("--delete-shards", is_flag=True, help="Hub: delete each shard from the Hugging Face "
+              "cache once all its modules are journaled.")
+@click.option("--max-disk", metavar="SIZE", help="Hub: most bytes of shards on disk at once, e.g. "
+              "40GB or 500MiB (implies --delete-shards).")
+@_quiet
+def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefetch, svd_driver,
+         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, quiet):
+    """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
+    repo ORG/NAME, shard by shard. An existing local path wins over a repo id."""
+    import re
+
+    from ..options import ScanOptions
+    from ..scan import scan as run_scan
+    from .summary import format_summary
+
+    logs.install(quiet)
+    for flag, rx in (("--include", include), ("--exclude", exclude)):
+        if rx:
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
+    opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include, exclude=exclude,
+                       method=method, fresh=fresh, batch_bytes=batch_mem * 1024**2,
+                       progress=not quiet, prefetch=prefetch, svd_driver=svd_driver,
+                       max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
+                       workers=workers)
+    from ..hub_scan import scan_hub
+    from ..source.hub.repo import is_hub_id
+    from ..units import parse_size
+
+    if is_hub_id(path):
+        report = scan_hub(path, opts, revision=revision, token=token, delete_shards=delete_shards,
+                          max_disk=parse_size(max_disk) if max_disk is not None else None)
+    else:
+        hub_only = [flag for flag, value in (("--revision", revision), ("--token", token),
+                    ("--delete-shards", delete_shards), ("--max-disk", max_disk)) if value]
+        if hub_only:
+            raise SpectrumError(f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
+                                "(ORG/NAME that is not a local path)")
+        report = run_scan(path, opts)
+    click.echo(format_summary(report))
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--top-percent", type=float, default=25.0, show_default=True,
+              help="Share of each type to unfreeze, highest SNR first.")
+@click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]),
+              default="per-expert", show_default=True,
+              help="per-expert: one type per expert index (the original tool); pooled: all "
+              "experts of a projection ranked together.")
+@click.option("--fused-experts", is_flag=True,
+              help="Name per-expert modules (experts.N.w1, experts.N.gate_proj ...) as the fused "
+              "parameters transformers >= 5 loads them into (experts.gate_up_proj$[N]).")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True, help="yaml: axolotl's unfrozen_parameters; json: a plain list.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
+def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
+    """Choose the modules to train from a RESULTS file written by `scan`."""
+    from ..results.files import atomic_write
+    from ..results.select import load_results, to_yaml, unfrozen_parameters
+
+    data = load_results(results)
+    if fmt == "yaml":
+        text = to_yaml(data, top_percent, expert_grouping, fused_experts)
+    else:
+        patterns = unfrozen_parameters(data, top_percent, expert_grouping, fused_experts)
+        text = json.dumps(patterns, indent=2) + "\n"
+    if output:
+        atomic_write(output, text.encode())
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("journal", type=click.Path(path_type=Path))
+def rebuild(journal):
+    """Write the results files again from a scan's JOURNAL (*.journal.jsonl), e.g. mid-scan."""
+    from ..results.files import rebuild_results
+
+    paths, results, failed = rebuild_results(journal)
+    click.echo(f"wrote {os.path.relpath(paths.results)} and "
+               f"{os.path.relpath(paths.sorted)}: {len(results)} modules, {len(failed)} failed")
+
+
+@main.command()
+@_device
+@_out_dir
+@click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")
+@_quiet
+def demo(device, out_dir, keep, quiet):
+    """Scan a small built-in Llama checkpoint with planted signal; no network needed."""
+    from ..examples.demo import run_demo
+    from .summary import format_summary
+
+    logs.install(quiet)
+    click.echo("Writing a 4-layer Llama-layout checkpoint with planted signal, then scanning it.",
+               err=True)
+    report, verdicts = run_demo(out_dir, device=device, progress=not quiet, keep=keep)
+    click.echo(format_summary(report))
+    hits = sum(v.lstrip().startswith("ok") for v in verdicts)
+    click.echo(f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first")
+    click.echo("\n".join(verdicts))
+    if hits != len(verdicts):
+        sys.exit(1)

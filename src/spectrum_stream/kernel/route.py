@@ -1,0 +1,115 @@
+"""Choosing the route to a matrix's spectrum, and the one fallback policy.
+
+exact: one batched svdvals call. gram: one float64 Gram matrix per matrix (from the whole matrix,
+or summed over blocks read straight from the file), one eigensolver call; a matrix whose error
+bound exceeds GRAM_TOLERANCE, or whose SNR is not finite, is redone exactly and says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import SpectrumError
+from ..read.loader import block_len, iter_col_blocks, iter_row_blocks
+from ..source.header import TensorEntry
+from .gram import accumulate_gram, gram_matrix, gram_spectrum, singular_values_from_gram
+from .snr import SpectrumStats, exact_singular_values, snr_from_singular_values
+
+METHODS = ("exact", "gram")
+GRAM_TOLERANCE = 1e-5  # worst-case relative SNR error allowed on the gram route (contract: 1e-4)
+
+
+@dataclass(frozen=True)
+class Decomposed:
+    """One matrix's statistics, its singular values, and how they were obtained (for the journal)."""
+
+    stats: SpectrumStats
+    method: str  # the route that produced `stats`: exact | gram
+    note: str | None = None  # why gram fell back to exact, when it did
+    values: torch.Tensor | None = None  # singular values, float32 on the CPU, descending
+
+
+class BadMatrix(SpectrumError):
+    """A matrix with no usable spectrum (NaN or Inf values): this module fails, the scan goes on."""
+
+
+def _values(s: torch.Tensor) -> torch.Tensor:
+    return s.detach().to(device="cpu", dtype=torch.float32)
+
+
+def exact(mats: list[torch.Tensor], driver: str | None = None) -> list[Decomposed]:
+    """Same-shape [m, n] float32 matrices through one batched svdvals call."""
+    batch = torch.stack(mats) if len(mats) > 1 else mats[0][None]
+    _, m, n = batch.shape
+    s = exact_singular_values(batch, driver)
+    return [Decomposed(st, "exact", values=_values(row))
+            for st, row in zip(snr_from_singular_values(s, m, n), s)]
+
+
+def _gram_accepted(stats: SpectrumStats, bound: float) -> bool:
+    """The fallback policy: gram's answer stands only within the tolerance, and finite."""
+    return bound <= GRAM_TOLERANCE and math.isfinite(stats.snr)
+
+
+def _redo_exact(whole: Callable[[], torch.Tensor], bound: float,
+                driver: str | None) -> Decomposed:
+    (done,) = exact([whole()], driver)
+    return Decomposed(done.stats, "exact", f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}",
+                      done.values)
+
+
+def _from_grams(grams: torch.Tensor, m: int, n: int,
+                wholes: list[Callable[[], torch.Tensor]], driver: str | None) -> list[Decomposed]:
+    s = singular_values_from_gram(grams)
+    stats, bounds = gram_spectrum(s, m, n)
+    return [Decomposed(st, "gram", values=_values(row)) if _gram_accepted(st, bound)
+            else _redo_exact(whole, bound, driver)
+            for st, bound, row, whole in zip(stats, bounds, s, wholes)]
+
+
+def decompose(mats: list[torch.Tensor], method: str = "exact",
+              driver: str | None = None) -> list[Decomposed]:
+    """Statistics of same-shape [m, n] float32 matrices held whole, by `method`."""
+    if method == "exact":
+        return exact(mats, driver)
+    m, n = mats[0].shape
+    grams = torch.stack([gram_matrix(w) for w in mats])
+    return _from_grams(grams, m, n, [lambda w=w: w for w in mats], driver)
+
+
+def decompose_each(mats: list[torch.Tensor], method: str,
+                   driver: str | None = None) -> list[Decomposed | str]:
+    """decompose() of a batch; if the batch fails, each matrix alone, so that one bad matrix fails
+    only itself (its entry is then the reason, a string)."""
+    try:
+        return list(decompose(mats, method, driver))
+    except RuntimeError:
+        pass
+    out: list[Decomposed | str] = []
+    for mat in mats:
+        try:
+            out.extend(decompose([mat], method, driver))
+        except RuntimeError as exc:
+            out.append(f"SVD failed ({exc})")
+    return out
+
+
+def streamed_gram(path: Path, entry: TensorEntry, shape: tuple[int, int], device: torch.device,
+                  block_bytes: int, whole: Callable[[], torch.Tensor],
+                  driver: str | None = None) -> Decomposed:
+    """The gram route for a matrix never held whole: its Gram matrix summed over float64 blocks
+    read straight from the file (`whole` reads it all, only for the exact fallback)."""
+    m, n = shape
+    if m >= n:
+        g = accumulate_gram(iter_row_blocks(path, entry, block_len(n, block_bytes)), n, True, device)
+    else:
+        g = accumulate_gram(iter_col_blocks(path, entry, block_len(m, block_bytes)), m, False, device)
+    # a NaN or Inf anywhere in W makes its row's or column's squares, a diagonal entry, non-finite
+    if not bool(torch.isfinite(g.diagonal()).all()):
+        raise BadMatrix("holds NaN or Inf values")
+    return _from_grams(g[None], m, n, [lambda: whole().reshape(shape)], driver)[0]

@@ -1,0 +1,73 @@
+"""The values a scan's callers hand in and get back: its options, its report, its interruption.
+
+Kept apart from the loop so that the summary, the demo and the CLI need not import the scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import SpectrumError
+from .kernel.route import METHODS
+
+if TYPE_CHECKING:
+    from .results.paths import ResultPaths
+
+DEFAULT_BATCH_BYTES = 256 * 1024**2
+
+
+@dataclass
+class ScanOptions:
+    """Settings of one scan; `method`, `include` and `exclude` are part of the resume fingerprint."""
+
+    out_dir: Path = Path("model_snr_results")
+    name: str | None = None
+    device: str = "auto"
+    include: str | None = None
+    exclude: str | None = None
+    method: str = "exact"
+    fresh: bool = False
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    progress: bool = True
+    prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
+    svd_driver: str | None = None  # CUDA only: gesvd | gesvdj | gesvda (None: torch's default)
+    max_gpu_mem: int | None = None  # CUDA only: bytes a batch, or a gram block, may take
+    workers: int | None = None  # CPU only: matrices decomposed at once (None: 2 for gram, else 1)
+
+    def check(self, device_type: str) -> None:
+        """Refuse settings that cannot work together on this device, with one line."""
+        if self.method not in METHODS:
+            raise SpectrumError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.svd_driver and device_type != "cuda":
+            raise SpectrumError(f"--svd-driver {self.svd_driver}: only for CUDA devices, not "
+                                f"{device_type}")
+        if self.workers is not None and (
+                self.workers < 1 or (self.workers > 1 and device_type != "cpu")):
+            raise SpectrumError(f"--workers {self.workers}: a count of 1 or more, above 1 only "
+                                f"on CPU (device {device_type})")
+
+
+@dataclass
+class ScanReport:
+    """What a scan did, for the summary and for callers of the API."""
+
+    model_name: str
+    paths: "ResultPaths"
+    device: str
+    planned: int = 0
+    skipped: int = 0
+    scanned: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    results: dict[str, dict] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class ScanInterrupted(SpectrumError):
+    """Ctrl-C or SIGTERM: finished modules are kept; the report says how far it got."""
+
+    def __init__(self, report: ScanReport):
+        super().__init__("scan interrupted")
+        self.report = report

@@ -1,0 +1,48 @@
+"""Reading the next tensor while the current one is being decomposed.
+
+One background thread runs `load` one item ahead of the consumer. Only one extra tensor is ever
+in memory, and errors travel with their item instead of killing the thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from ..errors import SpectrumError
+
+T = TypeVar("T")
+
+
+def _timed(load: Callable[[T], object], item: T) -> tuple[object, SpectrumError | None, float]:
+    t0 = time.perf_counter()
+    try:
+        return load(item), None, time.perf_counter() - t0
+    except SpectrumError as exc:
+        return None, exc, time.perf_counter() - t0
+    except RuntimeError as exc:  # torch: out of memory, a failed pinned copy: this module fails
+        return None, SpectrumError(f"cannot load ({exc})"), time.perf_counter() - t0
+
+
+def prefetched(items: Iterable[T], load: Callable[[T], object],
+               ahead: bool = True) -> Iterator[tuple[T, object, SpectrumError | None, float]]:
+    """Yield (item, load(item), error, seconds) in order; with `ahead`, item i+1 loads during i."""
+    if not ahead:
+        for item in items:
+            yield (item, *_timed(load, item))
+        return
+    source = iter(items)
+    queue: deque = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="spectrum-read") as pool:
+        def submit_next() -> None:
+            for item in source:
+                queue.append((item, pool.submit(_timed, load, item)))
+                return
+
+        submit_next()
+        while queue:
+            item, future = queue.popleft()
+            submit_next()  # the next read starts before the caller works on this item
+            yield (item, *future.result())

@@ -1,0 +1,150 @@
+"""Choosing the modules to train from a results file, and writing axolotl's `unfrozen_parameters`.
+
+Within each type, modules are sorted by SNR (highest first) and the first floor(count * P / 100)
+are kept, computed exactly (no float rounding at the boundary).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+
+from ..errors import SpectrumError
+
+GROUPINGS = ("per-expert", "pooled")
+_EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
+_ROW_RANGE = re.compile(r"\$\[[0-9]*(:[0-9]*)?\]$")
+_PER_EXPERT_KEY = re.compile(
+    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
+_FUSED_PROJ = {
+    "w1": "gate_up_proj(?#gate)", "gate_proj": "gate_up_proj(?#gate)",
+    "w3": "gate_up_proj(?#up)", "up_proj": "gate_up_proj(?#up)",
+    "w2": "down_proj", "down_proj": "down_proj",
+}
+
+
+def load_results(path: str | Path) -> dict[str, dict]:
+    """Read a flat results file ({key: {"snr", "type"}}) and check its shape."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpectrumError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:
+        raise SpectrumError(f"{path}: not JSON") from None
+    if not isinstance(doc, dict):
+        raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")
+    for key, info in doc.items():
+        ok = (
+            isinstance(info, dict)
+            and isinstance(info.get("type"), str)
+            and isinstance(info.get("snr"), int | float)
+            and not isinstance(info.get("snr"), bool)
+            and math.isfinite(info["snr"])
+        )
+        if not ok:
+            raise SpectrumError(f"{path}: entry {key!r} needs a finite number 'snr' and a string 'type'")
+    return doc
+
+
+def fused_param_pattern(key: str) -> str:
+    """A per-expert checkpoint key as a pattern for the fused expert parameters of transformers >= 5.
+
+    transformers 5 loads `experts.N.{gate,up,down}_proj` (Mixtral: `w1, w3, w2`) into one parameter
+    per layer, `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I], and renames
+    Mixtral's `block_sparse_moe` to `mlp`. Expert N is row N of those: `...gate_up_proj(?#gate)$[N]`.
+    Gate and up of one expert share that row, so either one unfreezes both. Other keys are returned
+    unchanged (after the `block_sparse_moe` rename).
+    """
+    key = key.replace(".block_sparse_moe.", ".mlp.")
+    m = _PER_EXPERT_KEY.match(key)
+    if m is None:
+        return key
+    return f"{m['experts']}.{_FUSED_PROJ[m['proj']]}$[{m['e']}]"
+
+
+def pooled_type(type_: str) -> str:
+    """The type with the expert index taken out, so all experts of a projection rank together."""
+    return _ROW_RANGE.sub("", _EXPERT_INDEX.sub(r"\1experts.*.", type_))
+
+
+def group(results: dict[str, dict], grouping: str = "per-expert") -> dict[str, list[tuple[str, float]]]:
+    """{type: [(key, snr), ...]} sorted by SNR descending (ties keep file order)."""
+    if grouping not in GROUPINGS:
+        raise SpectrumError(f"grouping {grouping!r}: expected one of {', '.join(GROUPINGS)}")
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for key, info in results.items():
+        t = info["type"] if grouping == "per-expert" else pooled_type(info["type"])
+        groups.setdefault(t, []).append((key, float(info["snr"])))
+    return {t: sorted(items, key=lambda kv: -kv[1]) for t, items in groups.items()}
+
+
+def top_count(count: int, top_percent: float) -> int:
+    """floor(count * P / 100), exactly."""
+    return math.floor(count * Fraction(str(top_percent)) / 100)
+
+
+def select(results: dict[str, dict], top_percent: float,
+           grouping: str = "per-expert") -> dict[str, list[str]]:
+    """{type: [selected keys]}: the top P percent of each type by SNR."""
+    if not 0 <= top_percent <= 100:
+        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    return {
+        t: [key for key, _ in items[: top_count(len(items), top_percent)]]
+        for t, items in group(results, grouping).items()
+    }
+
+
+def always_unfrozen(results: dict[str, dict]) -> list[str]:
+    """Anchored patterns for the model's embeddings and output head: the matrices outside layers.
+
+    Those are the modules whose type is their whole name (no layer index), e.g. `lm_head`,
+    `model.embed_tokens`, `transformer.wte`; only the ones this model has are named.
+    """
+    return [f"^{key}.weight$" for key, info in results.items() if info["type"] == key]
+
+
+def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping: str,
+                         fused_experts: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """(embedding/head patterns, {type: selected patterns not already among them})."""
+    head = always_unfrozen(results)
+    chosen = select(results, top_percent, grouping)
+    seen = set(head)
+    out: dict[str, list[str]] = {}
+    for t, keys in chosen.items():
+        out[t] = []
+        for key in keys:
+            pattern = fused_param_pattern(key) if fused_experts else key
+            if f"^{pattern}.weight$" not in seen and pattern not in seen:
+                seen.add(pattern)
+                out[t].append(pattern)
+    return head, out
+
+
+def unfrozen_parameters(results: dict[str, dict], top_percent: float,
+                        grouping: str = "per-expert", fused_experts: bool = False) -> list[str]:
+    """The pattern list for axolotl's `unfrozen_parameters`: embeddings and head, then the top P%.
+
+    `fused_experts`: write per-expert keys as patterns for transformers >= 5's fused expert
+    parameters (see fused_param_pattern).
+    """
+    head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
+    return head + [k for keys in chosen.values() for k in keys]
+
+
+def to_yaml(results: dict[str, dict], top_percent: float, grouping: str = "per-expert",
+            fused_experts: bool = False) -> str:
+    """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type."""
+    head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
+    names = ", names for fused experts" if fused_experts else ""
+    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({grouping}{names})",
+             "unfrozen_parameters:"]
+    lines += [f"- {json.dumps(p)}" for p in head]
+    for t, keys in chosen.items():
+        if keys:
+            lines.append(f"# {t}")
+            lines += [f"- {json.dumps(k)}" for k in keys]
+    return "\n".join(lines) + "\n"
