@@ -1,0 +1,170 @@
+"""The report's pictures, one PNG per function, drawn headless with matplotlib's Agg canvas.
+
+Every grid is one image artist (imshow on a numpy array) and every selection overlay one scatter,
+so a 20,000-module MoE draws in about the time of a small dense model. Pyplot is never imported:
+figures are built with the object API, which keeps them out of any global state and GUI backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from .grid import ExpertGrid, LayerGrid
+
+DPI = 100
+_LOG_SPAN = 30.0  # log colour once the finite values span more than this ratio
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Render and move into place, so a reader never sees half a PNG."""
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=DPI)
+    os.replace(tmp, path)
+    return path
+
+
+def _norm(*arrays: np.ndarray) -> tuple[Normalize, bool]:
+    """Log colour where the positive values span decades (zeros clip to the bottom), else linear."""
+    vals = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.array([])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return Normalize(0.0, 1.0), False
+    pos = vals[vals > 0]
+    if pos.size and vals.min() >= 0 and pos.max() / pos.min() > _LOG_SPAN:
+        return LogNorm(pos.min(), pos.max(), clip=True), True
+    lo, hi = float(vals.min()), float(vals.max())
+    return Normalize(lo, hi if hi > lo else lo + 1.0), False
+
+
+def _cmap(name: str = "viridis"):
+    # missing values: transparent, over the light grey axes background
+    return colormaps[name].with_extremes(bad="#ffffff00")
+
+
+def _thin_ticks(axis, labels: list, most: int) -> None:
+    """At most `most` integer ticks on an index axis, labelled with the real layer/expert numbers."""
+    axis.set_major_locator(MaxNLocator(nbins=most, integer=True, min_n_ticks=1))
+    axis.set_major_formatter(FuncFormatter(
+        lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""))
+
+
+def _fix_neg_for_log(values: np.ndarray, logged: bool, norm: Normalize) -> np.ndarray:
+    """LogNorm masks zeros and negatives; show them at the bottom of the scale instead."""
+    if not logged:
+        return values
+    out = values.copy()
+    finite = np.isfinite(out)
+    out[finite] = np.maximum(out[finite], norm.vmin)
+    return out
+
+
+def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "") -> Path:
+    """Layers x projections, selected cells marked by a dot (sized by the selected share of experts
+    where a cell pools experts); modules outside the layers get their own strip on top."""
+    rows, cols = grid.values.shape
+    norm, logged = _norm(grid.values, np.array([v for _, v, _ in grid.outside]))
+    width = max(6.5, 2.6 + 0.42 * max(cols, len(grid.outside)))
+    height = min(16.0, max(4.0, 2.8 + 0.13 * rows)) + (0.9 if grid.outside else 0.0)
+    fig = Figure(figsize=(width, height), layout="constrained")
+    if grid.outside:
+        top, ax = fig.subplots(2, 1, height_ratios=[0.9, max(3.0, height - 2.8)])
+        strip = np.array([[v for _, v, _ in grid.outside]], dtype=float)
+        top.imshow(_fix_neg_for_log(strip, logged, norm), cmap=_cmap(), norm=norm,
+                   aspect="auto", interpolation="nearest")
+        top.set_xticks(range(len(grid.outside)), [n for n, _, _ in grid.outside], fontsize=8)
+        top.set_yticks([])
+        top.set_title("outside the layers", fontsize=9, loc="left")
+        picked = [i for i, (_, _, m) in enumerate(grid.outside) if m > 0]
+        top.scatter(picked, [0] * len(picked), s=36, c="white", edgecolors="black", linewidths=0.8)
+    else:
+        ax = fig.subplots()
+    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
+                      aspect="auto", interpolation="nearest")
+    ax.set_facecolor("#eeeeee")
+    ax.set_xticks(range(cols), grid.columns, rotation=35, ha="right", rotation_mode="anchor",
+                  fontsize=8)
+    _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 24))
+    ax.set_ylabel("layer")
+    marks = np.nan_to_num(grid.marks, nan=0.0)
+    yy, xx = np.nonzero(marks > 0)
+    cell = min(1.0, 16.0 / max(rows, 1)) * 40
+    ax.scatter(xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black",
+               linewidths=0.6, label="selected")
+    pooled = [c for c, p in zip(grid.columns, grid.pooled) if p]
+    note = " (pooled columns: median over experts; dot size = share selected)" if pooled else ""
+    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    fig.suptitle((title + "\n" if title else "") + f"{label} by layer and module; dot = selected"
+                 + note, fontsize=10)
+    return _save(fig, path)
+
+
+def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
+    """Layers x experts for one projection; small dots mark the selected experts."""
+    rows, cols = grid.values.shape
+    norm, logged = _norm(grid.values)
+    width = min(14.0, max(6.5, 3.0 + 0.045 * cols))
+    height = min(10.0, max(3.2, 1.8 + 0.075 * rows))
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.subplots()
+    ax.set_facecolor("#eeeeee")
+    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
+                      aspect="auto", interpolation="nearest")
+    _thin_ticks(ax.xaxis, grid.experts, most=min(cols, 32))
+    _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 20))
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    yy, xx = np.nonzero(grid.selected)
+    dot = max(0.6, min(12.0, 2400.0 / max(rows * cols, 1) ** 0.75))
+    ax.scatter(xx, yy, s=dot, c="white", edgecolors="black", linewidths=0.3)
+    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    n_sel = int(grid.selected.sum())
+    ax.set_title(f"{grid.projection}: {label} per expert ({rows} layers x {cols} experts, "
+                 f"{n_sel} selected = dots)", fontsize=10)
+    return _save(fig, path)
+
+
+def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
+    """Marchenko-Pastur cut: sigma * (1 + sqrt(k / max(m, n))), sigma from the interquartile range
+    of the singular values (linear-interpolation quantiles), k = min(m, n)."""
+    q1, q3 = np.quantile(np.asarray(s, dtype=np.float64), [0.25, 0.75])
+    m, n = shape
+    return float((q3 - q1) / 1.349 * (1.0 + math.sqrt(min(m, n) / max(m, n))))
+
+
+def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarray,
+                                                           tuple[int, int] | None]],
+                   path: Path) -> Path:
+    """Histograms of singular values, one panel per (tag, key, snr, values, shape), with the
+    Marchenko-Pastur threshold where the shape is known: values right of it count as signal."""
+    fig = Figure(figsize=(5.2 * len(panels), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (tag, key, snr, s, shape) in zip(axes, panels):
+        s = np.asarray(s, dtype=np.float64)
+        s = s[np.isfinite(s)]
+        ax.hist(s, bins=int(min(80, max(10, s.size // 6))), color="#4c72b0")
+        ax.set_yscale("log")
+        ax.set_xlabel("singular value")
+        ax.set_ylabel("count")
+        name = key if len(key) <= 60 else "..." + key[-57:]
+        text = f"{tag}: {name}\nSNR {snr:.4g}, k = {s.size}"
+        if shape is not None and s.size:
+            cut = mp_threshold(s, shape)
+            ax.axvline(cut, color="#c44e52", linestyle="--", label=f"MP threshold {cut:.3g}")
+            ax.legend(fontsize=8, loc="upper right")
+            text += f", {int((s > cut).sum())} above threshold"
+        else:
+            text += " (shape unknown: no threshold)"
+        ax.set_title(text, fontsize=8, loc="left")
+    fig.suptitle(f"{projection}: singular values, best and worst module by SNR", fontsize=10)
+    return _save(fig, path)
+
