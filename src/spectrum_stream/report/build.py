@@ -46,19 +46,23 @@ def _type_summaries(entries: list[Entry]) -> list[TypeSummary]:
         snrs = snrs[np.isfinite(snrs)]
         stats = (snrs.min(), float(np.median(snrs)), snrs.max()) if snrs.size else (math.nan,) * 3
         chosen = [(e.key, e.snr, rank) for rank, e in enumerate(ranked, 1) if e.selected]
-        out.append(TypeSummary(t, len(items), float(stats[0]), stats[1], float(stats[2]), chosen))
+        out.append(TypeSummary(t, items[0].where.projection, len(items), float(stats[0]),
+                               stats[1], float(stats[2]), chosen))
     return out
 
 
 def _spectra_panels(entries: list[Entry], spectra: dict[str, np.ndarray],
                     shapes: dict[str, tuple[int, int]]) -> dict[str, list]:
     """{projection: panels} with the best and worst module (by SNR) among those with spectra."""
-    by_proj: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
+    by_proj: dict[str, list[Entry]] = {}
+    for e in entries:  # projections in results order, so figures follow the heatmap's columns
+        by_proj.setdefault(e.where.projection, [])
         if e.key in spectra and math.isfinite(e.snr):
             by_proj[e.where.projection].append(e)
     panels = {}
     for proj, items in by_proj.items():
+        if not items:
+            continue
         best = max(items, key=lambda e: e.snr)
         worst = min(items, key=lambda e: e.snr)
         chosen = [("best", best)] + ([("worst", worst)] if worst is not best else [])
@@ -106,7 +110,7 @@ def build_report(results: dict[str, dict], out_dir: str | Path, *, selected: set
     alpha = {k: _finite(m.get("alpha")) for k, m in (metrics or {}).items() if isinstance(m, dict)}
     if any(math.isfinite(v) for v in alpha.values()):
         layer_heatmap(layer_grid(entries, alpha), out / "alpha_heatmap.png", label="alpha",
-                      title=title)
+                      title=title, cmap="plasma")
         figures.append(("Power-law alpha by layer and module", "Heavy-tailed fit exponent of each "
                         "module's eigenvalues; about 2 reads as well trained, above 6 as "
                         "under-trained. Blank: no alpha for that module.", "alpha_heatmap.png"))

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from .grid import ExpertGrid, LayerGrid
 
@@ -68,27 +68,36 @@ def _fix_neg_for_log(values: np.ndarray, logged: bool, norm: Normalize) -> np.nd
     return out
 
 
-def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "") -> Path:
+def _outside_strip(ax, grid: LayerGrid, norm: Normalize, logged: bool, cmap) -> None:
+    """The modules outside the layers (embeddings, head) as one row of cells above the grid."""
+    strip = np.array([[v for _, v, _ in grid.outside]], dtype=float)
+    ax.imshow(_fix_neg_for_log(strip, logged, norm), cmap=cmap, norm=norm, aspect="auto",
+              interpolation="nearest")
+    ax.set_xticks(range(len(grid.outside)), [n for n, _, _ in grid.outside], fontsize=8)
+    ax.set_yticks([])
+    ax.set_facecolor("#eeeeee")
+    ax.set_title("outside the layers", fontsize=8, loc="left")
+    picked = [i for i, (_, _, m) in enumerate(grid.outside) if m > 0]
+    ax.scatter(picked, [0] * len(picked), s=36, c="white", edgecolors="black", linewidths=0.8)
+
+
+def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "",
+                  cmap: str = "viridis") -> Path:
     """Layers x projections, selected cells marked by a dot (sized by the selected share of experts
     where a cell pools experts); modules outside the layers get their own strip on top."""
     rows, cols = grid.values.shape
+    colours = _cmap(cmap)
     norm, logged = _norm(grid.values, np.array([v for _, v, _ in grid.outside]))
-    width = max(6.5, 2.6 + 0.42 * max(cols, len(grid.outside)))
-    height = min(16.0, max(4.0, 2.8 + 0.13 * rows)) + (0.9 if grid.outside else 0.0)
-    fig = Figure(figsize=(width, height), layout="constrained")
+    width = max(6.5, 2.8 + 0.42 * max(cols, len(grid.outside)))
+    body = min(14.0, max(3.0, 1.6 + 0.13 * rows))
+    strip = 0.45 if grid.outside else 0.0
+    fig = Figure(figsize=(width, body + strip + 1.9), layout="constrained")
     if grid.outside:
-        top, ax = fig.subplots(2, 1, height_ratios=[0.9, max(3.0, height - 2.8)])
-        strip = np.array([[v for _, v, _ in grid.outside]], dtype=float)
-        top.imshow(_fix_neg_for_log(strip, logged, norm), cmap=_cmap(), norm=norm,
-                   aspect="auto", interpolation="nearest")
-        top.set_xticks(range(len(grid.outside)), [n for n, _, _ in grid.outside], fontsize=8)
-        top.set_yticks([])
-        top.set_title("outside the layers", fontsize=9, loc="left")
-        picked = [i for i, (_, _, m) in enumerate(grid.outside) if m > 0]
-        top.scatter(picked, [0] * len(picked), s=36, c="white", edgecolors="black", linewidths=0.8)
+        top, ax = fig.subplots(2, 1, height_ratios=[strip, body])
+        _outside_strip(top, grid, norm, logged, colours)
     else:
         ax = fig.subplots()
-    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
+    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=colours, norm=norm,
                       aspect="auto", interpolation="nearest")
     ax.set_facecolor("#eeeeee")
     ax.set_xticks(range(cols), grid.columns, rotation=35, ha="right", rotation_mode="anchor",
@@ -99,37 +108,55 @@ def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "") -
     yy, xx = np.nonzero(marks > 0)
     cell = min(1.0, 16.0 / max(rows, 1)) * 40
     ax.scatter(xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black",
-               linewidths=0.6, label="selected")
-    pooled = [c for c, p in zip(grid.columns, grid.pooled) if p]
-    note = " (pooled columns: median over experts; dot size = share selected)" if pooled else ""
+               linewidths=0.6)
     fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9)
-    fig.suptitle((title + "\n" if title else "") + f"{label} by layer and module; dot = selected"
-                 + note, fontsize=10)
+    pooled = any(grid.pooled)
+    ax.set_title("dot: selected" + ("; expert columns: median over experts, dot area = share of "
+                                    "experts selected" if pooled else ""), fontsize=8, loc="left")
+    fig.suptitle(f"{title}: {label}" if title else f"{label} by layer and module", fontsize=10)
     return _save(fig, path)
 
 
+_SELECTION = ListedColormap(["#e6e6e6", "#d62728"]).with_extremes(bad="#ffffff00")
+DOTS_UP_TO = 64  # experts per row (and layers) up to which selected cells get dots, not a panel
+
+
 def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
-    """Layers x experts for one projection; small dots mark the selected experts."""
+    """Layers x experts for one projection. Selected experts are dots while cells are big enough to
+    hold one; past that, a second panel below shows the selection, red on grey, cell for cell."""
     rows, cols = grid.values.shape
     norm, logged = _norm(grid.values)
+    dots = cols <= DOTS_UP_TO and rows <= DOTS_UP_TO
     width = min(14.0, max(6.5, 3.0 + 0.045 * cols))
-    height = min(10.0, max(3.2, 1.8 + 0.075 * rows))
-    fig = Figure(figsize=(width, height), layout="constrained")
-    ax = fig.subplots()
-    ax.set_facecolor("#eeeeee")
-    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
-                      aspect="auto", interpolation="nearest")
-    _thin_ticks(ax.xaxis, grid.experts, most=min(cols, 32))
-    _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 20))
-    ax.set_xlabel("expert")
-    ax.set_ylabel("layer")
-    yy, xx = np.nonzero(grid.selected)
-    dot = max(0.6, min(12.0, 2400.0 / max(rows * cols, 1) ** 0.75))
-    ax.scatter(xx, yy, s=dot, c="white", edgecolors="black", linewidths=0.3)
-    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    panel = min(5.0, max(2.0, 0.6 + 0.06 * rows))
+    fig = Figure(figsize=(width, (panel if dots else 2 * panel) + 1.2), layout="constrained")
+    axes = [fig.subplots()] if dots else list(fig.subplots(2, 1, sharex=True))
     n_sel = int(grid.selected.sum())
-    ax.set_title(f"{grid.projection}: {label} per expert ({rows} layers x {cols} experts, "
-                 f"{n_sel} selected = dots)", fontsize=10)
+    image = axes[0].imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
+                           aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    if dots:
+        yy, xx = np.nonzero(grid.selected)
+        axes[0].scatter(xx, yy, s=min(30.0, 900.0 / max(rows, cols)), c="white",
+                        edgecolors="black", linewidths=0.5)
+        axes[0].set_title(f"{rows} layers x {cols} experts; dot: selected ({n_sel})",
+                          fontsize=8, loc="left")
+    else:
+        mask = np.where(np.isfinite(grid.values), grid.selected.astype(float), np.nan)
+        sel = axes[1].imshow(mask, cmap=_SELECTION, vmin=0, vmax=1, aspect="auto",
+                             interpolation="nearest")
+        bar = fig.colorbar(sel, ax=axes[1], ticks=[0.25, 0.75], shrink=0.9)
+        bar.ax.set_yticklabels(["not\nselected", "selected"], fontsize=8)
+        axes[0].set_title(f"{rows} layers x {cols} experts", fontsize=8, loc="left")
+        axes[1].set_title(f"selected: {n_sel} of {int(np.isfinite(grid.values).sum())}",
+                          fontsize=8, loc="left")
+    for ax in axes:
+        ax.set_facecolor("#eeeeee")
+        _thin_ticks(ax.xaxis, grid.experts, most=min(cols, 32))
+        _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 12 if not dots else 20))
+        ax.set_ylabel("layer")
+    axes[-1].set_xlabel("expert")
+    fig.suptitle(f"{grid.projection}: {label} per expert", fontsize=10)
     return _save(fig, path)
 
 
@@ -151,8 +178,14 @@ def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarr
     for ax, (tag, key, snr, s, shape) in zip(axes, panels):
         s = np.asarray(s, dtype=np.float64)
         s = s[np.isfinite(s)]
-        ax.hist(s, bins=int(min(80, max(10, s.size // 6))), color="#4c72b0")
-        ax.set_yscale("log")
+        nbins = int(min(80, max(10, s.size // 6)))
+        pos = s[s > 0]
+        if pos.size == s.size and s.size and pos.max() / pos.min() > _LOG_SPAN:
+            ax.set_xscale("log")  # a bulk near zero and a few large values: both stay visible
+            nbins = np.geomspace(pos.min(), pos.max(), nbins + 1)
+        ax.hist(s, bins=nbins, color="#4c72b0")
+        ax.set_yscale("log")  # the few values past the bulk stay visible
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("singular value")
         ax.set_ylabel("count")
         name = key if len(key) <= 60 else "..." + key[-57:]

@@ -27,6 +27,8 @@ dl.counts dt { color: #555; } dl.counts dd { margin: 0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 details { margin: .3em 0; } summary { cursor: pointer; }
+details.group > details, details.group > p { margin-left: 1.4em; }
+nav a { margin-right: 1em; }
 .muted { color: #777; }
 """
 
@@ -36,6 +38,7 @@ class TypeSummary:
     """One type's row in the overview and its selected modules as (key, snr, rank)."""
 
     type: str
+    projection: str
     count: int
     snr_min: float
     snr_median: float
@@ -77,24 +80,38 @@ def _overview(types: list[TypeSummary]) -> str:
     return f"<details><summary>all {len(types)} types</summary>{table}</details>"
 
 
+def _type_block(t: TypeSummary, is_open: bool) -> str:
+    summary = f"<code>{escape(t.type)}</code> &mdash; {len(t.selected)} of {t.count} selected"
+    if not t.selected:
+        return f"<p>{summary}</p>"
+    rows = "".join(
+        f"<tr><td><code>{escape(t.type)}</code></td><td><code>{escape(key)}</code></td>"
+        f"<td class=num>{_num(snr)}</td><td class=num>{rank} / {t.count}</td></tr>"
+        for key, snr, rank in t.selected)
+    table = ("<table><tr><th>type</th><th>selected key</th><th>SNR</th>"
+             f"<th>rank within type</th></tr>{rows}</table>")
+    return f"<details{' open' if is_open else ''}><summary>{summary}</summary>{table}</details>"
+
+
 def _selection(types: list[TypeSummary]) -> str:
-    """One block per type; long ones (or many types) collapsed into <details>."""
-    parts = []
+    """One block per type, grouped by projection: a projection with many types (one per expert)
+    gets an outer <details> so that 256 experts do not make 256 lines at the top level."""
+    groups: dict[str, list[TypeSummary]] = {}
     for t in types:
-        summary = (f"<code>{escape(t.type)}</code> &mdash; {len(t.selected)} of {t.count} "
-                   "selected")
-        if not t.selected:
-            parts.append(f"<p>{summary}</p>")
+        groups.setdefault(t.projection, []).append(t)
+    few = len(types) <= OPEN_TYPES
+    parts = []
+    for proj, members in groups.items():
+        if len(members) == 1:
+            t = members[0]
+            parts.append(_type_block(t, few and len(t.selected) <= OPEN_ROWS))
             continue
-        rows = "".join(
-            f"<tr><td><code>{escape(t.type)}</code></td><td><code>{escape(key)}</code></td>"
-            f"<td class=num>{_num(snr)}</td><td class=num>{rank} / {t.count}</td></tr>"
-            for key, snr, rank in t.selected)
-        table = ("<table><tr><th>type</th><th>selected key</th><th>SNR</th>"
-                 f"<th>rank within type</th></tr>{rows}</table>")
-        is_open = len(t.selected) <= OPEN_ROWS and len(types) <= OPEN_TYPES
-        parts.append(f"<details{' open' if is_open else ''}><summary>{summary}</summary>"
-                     f"{table}</details>")
+        n_sel = sum(len(t.selected) for t in members)
+        n_all = sum(t.count for t in members)
+        inner = "\n".join(_type_block(t, few and len(t.selected) <= OPEN_ROWS) for t in members)
+        parts.append(f"<details class=group><summary><code>{escape(proj)}</code> &mdash; "
+                     f"{len(members)} types, {n_sel} of {n_all} selected</summary>\n{inner}"
+                     "</details>")
     return "\n".join(parts)
 
 
@@ -102,7 +119,16 @@ def render(page: PageData) -> str:
     """The whole page as one string."""
     title = page.title or "Spectrum SNR report"
     counts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in page.counts)
-    figures = "\n".join(f"<h2>{escape(h)}</h2>\n{_figure(h, c, src)}" for h, c, src in page.figures)
+    figures = "\n".join(f"<h2 id=fig{i}>{escape(h)}</h2>\n{_figure(h, c, src)}"
+                        for i, (h, c, src) in enumerate(page.figures))
+    links, seen = [], set()
+    for i, (h, _, _) in enumerate(page.figures):  # one link per kind: "Experts: x" -> "Experts"
+        kind = h.split(":")[0]
+        if kind not in seen:
+            seen.add(kind)
+            links.append((f"#fig{i}", kind))
+    links += [("#types", "Types"), ("#selection", "Selection")]
+    nav = " ".join(f"<a href=\"{a}\">{escape(h)}</a>" for a, h in links)
     notes = "".join(f"<p class=muted>{escape(n)}</p>" for n in page.notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -112,10 +138,11 @@ def render(page: PageData) -> str:
 <h1>{escape(title)}</h1>
 <dl class=counts>{counts}</dl>
 {notes}
+<nav>{nav}</nav>
 {figures}
-<h2>Types</h2>
+<h2 id=types>Types</h2>
 {_overview(page.types)}
-<h2>Selection: top {escape(f"{page.top_percent:g}")}% by SNR within each type</h2>
+<h2 id=selection>Selection: top {escape(f"{page.top_percent:g}")}% by SNR within each type</h2>
 {_selection(page.types)}
 </body></html>
 """
