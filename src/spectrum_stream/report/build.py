@@ -57,7 +57,7 @@ def _spectra_panels(entries: list[Entry], spectra: dict[str, np.ndarray],
     by_proj: dict[str, list[Entry]] = {}
     for e in entries:  # projections in results order, so figures follow the heatmap's columns
         by_proj.setdefault(e.where.projection, [])
-        if e.key in spectra and math.isfinite(e.snr):
+        if e.key in spectra and np.size(spectra[e.key]) and math.isfinite(e.snr):
             by_proj[e.where.projection].append(e)
     panels = {}
     for proj, items in by_proj.items():

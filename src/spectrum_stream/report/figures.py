@@ -53,7 +53,7 @@ def _cmap(name: str = "viridis"):
 
 def _thin_ticks(axis, labels: list, most: int) -> None:
     """At most `most` integer ticks on an index axis, labelled with the real layer/expert numbers."""
-    axis.set_major_locator(MaxNLocator(nbins=most, integer=True, min_n_ticks=1))
+    axis.set_major_locator(MaxNLocator(nbins=max(1, most), integer=True, min_n_ticks=1))
     axis.set_major_formatter(FuncFormatter(
         lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""))
 
@@ -92,6 +92,17 @@ def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "",
     body = min(14.0, max(3.0, 1.6 + 0.13 * rows))
     strip = 0.45 if grid.outside else 0.0
     fig = Figure(figsize=(width, body + strip + 1.9), layout="constrained")
+    if rows == 0 or cols == 0:  # nothing inside layers: the strip alone, or a note
+        fig.set_size_inches(width, 2.8)
+        ax = fig.subplots()
+        if grid.outside:
+            _outside_strip(ax, grid, norm, logged, colours)
+            fig.colorbar(ax.images[0], ax=ax, label=label, orientation="horizontal")
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"no {label} values to show", ha="center", va="center")
+        fig.suptitle(f"{title}: {label}" if title else label, fontsize=10)
+        return _save(fig, path)
     if grid.outside:
         top, ax = fig.subplots(2, 1, height_ratios=[strip, body])
         _outside_strip(top, grid, norm, logged, colours)
@@ -109,7 +120,8 @@ def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "",
     cell = min(1.0, 16.0 / max(rows, 1)) * 40
     ax.scatter(xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black",
                linewidths=0.6)
-    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9,
+                 aspect=30)
     pooled = any(grid.pooled)
     ax.set_title("dot: selected" + ("; expert columns: median over experts, dot area = share of "
                                     "experts selected" if pooled else ""), fontsize=8, loc="left")
@@ -134,7 +146,8 @@ def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
     n_sel = int(grid.selected.sum())
     image = axes[0].imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
                            aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9)
+    fig.colorbar(image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9,
+                 aspect=30)
     if dots:
         yy, xx = np.nonzero(grid.selected)
         axes[0].scatter(xx, yy, s=min(30.0, 900.0 / max(rows, cols)), c="white",
