@@ -1,4 +1,4 @@
-"""The HTML report: key parsing, grids, and whole pages for dense, per-expert, fused and DBRX keys."""
+"""The HTML report: key parsing, grids, whole pages for dense, per-expert, fused and DBRX keys."""
 
 from __future__ import annotations
 

@@ -14,13 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .figures import expert_heatmap, layer_heatmap, spectra_figure
-from .grid import Entry, expert_grids, layer_grid
+from .grid import Entry, expert_grids, finite, layer_grid
 from .keys import parse_key
 from .page import PageData, TypeSummary, render
-
-
-def _finite(x) -> float:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else math.nan
 
 
 def _file_part(text: str) -> str:
@@ -30,7 +26,7 @@ def _file_part(text: str) -> str:
 
 def _entries(results: dict[str, dict], selected: set[str]) -> list[Entry]:
     return [Entry(key, str(info.get("type", key)), parse_key(key, str(info.get("type", key))),
-                  _finite(info.get("snr")), key in selected)
+                  finite(info.get("snr")), key in selected)
             for key, info in results.items()]
 
 
@@ -107,7 +103,7 @@ def build_report(results: dict[str, dict], out_dir: str | Path, *, selected: set
     figures.append(("SNR by layer and module", "Each cell is one module's SNR (pooled MoE columns: "
                     "the median over experts). Dots mark the selected modules.", "snr_heatmap.png"))
 
-    alpha = {k: _finite(m.get("alpha")) for k, m in (metrics or {}).items() if isinstance(m, dict)}
+    alpha = {k: finite(m.get("alpha")) for k, m in (metrics or {}).items() if isinstance(m, dict)}
     if any(math.isfinite(v) for v in alpha.values()):
         layer_heatmap(layer_grid(entries, alpha), out / "alpha_heatmap.png", label="alpha",
                       title=title, cmap="plasma")

@@ -52,7 +52,7 @@ def _cmap(name: str = "viridis"):
 
 
 def _thin_ticks(axis, labels: list, most: int) -> None:
-    """At most `most` integer ticks on an index axis, labelled with the real layer/expert numbers."""
+    """At most `most` integer ticks on an index axis, labelled with the real layer/expert number."""
     axis.set_major_locator(MaxNLocator(nbins=max(1, most), integer=True, min_n_ticks=1))
     axis.set_major_formatter(FuncFormatter(
         lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""))

@@ -52,7 +52,8 @@ class ExpertGrid:
     selected: np.ndarray
 
 
-def _finite(x: float | None) -> float:
+def finite(x: object) -> float:
+    """A finite number as float, anything else (None, NaN, inf, a string) as NaN: missing."""
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else math.nan
 
 
@@ -62,7 +63,7 @@ def layer_grid(entries: Iterable[Entry], value_of: dict[str, float] | None = Non
     outside: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     columns: dict[str, bool] = {}  # projection -> has experts (insertion order = first seen)
     for e in entries:
-        v = e.snr if value_of is None else _finite(value_of.get(e.key))
+        v = e.snr if value_of is None else finite(value_of.get(e.key))
         if e.where.layer is None:
             outside[e.where.projection].append((v, e.selected))
             continue
