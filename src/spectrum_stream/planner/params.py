@@ -25,6 +25,8 @@ _EXPERTS_PART = re.compile(r"(^|\.)experts(\.|$)")
 _PER_EXPERT = re.compile(
     r"^(?P<pre>.+)\.(?P<moe>block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
     r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+# saved in checkpoints but registered by transformers as buffers, never trained
+_BUFFERS = re.compile(r"(^|\.)e_score_correction_bias$")
 _GATE, _UP, _DOWN = ("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")
 
 
@@ -107,8 +109,9 @@ def fused_view(ckpt: Checkpoint) -> list[Param]:
     `experts.N.{gate,up,down}_proj` (Qwen2/Qwen3-MoE, DeepSeek) become one `experts.gate_up_proj`
     [E, 2I, H] (gate rows first, then up) and one `experts.down_proj` [E, H, I] per layer, placed
     where the first expert tensor was; Mixtral's `.block_sparse_moe.` is renamed `.mlp.`. A set of
-    experts that is incomplete or irregular is left per-expert."""
-    params = stored_view(ckpt)
+    experts that is incomplete or irregular is left per-expert. DeepSeek's router
+    `e_score_correction_bias` is a buffer there, not a parameter, and is left out."""
+    params = [p for p in stored_view(ckpt) if not _BUFFERS.search(p.name)]
     groups: dict[str, dict[tuple[int, str], Param]] = {}
     for p in params:
         m = _PER_EXPERT.match(p.name)
