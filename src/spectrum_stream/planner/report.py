@@ -32,7 +32,9 @@ def _method_entry(fp, gpus: int | None, gpu_mem: float, grad_params: int) -> dic
     counts = tuple(sorted(set(GPU_COUNTS) | ({gpus} if gpus else set())))
     fit = fits(fp, int(gpu_mem), counts)
     n = gpus or fewest_gpus(fit) or max(GPU_COUNTS)
+    more = fewest_gpus(fits(fp, int(gpu_mem), tuple(2**i for i in range(11))))
     return {"trainable_params": fp.trainable, "grad_params": grad_params, "gpus": n,
+            "fewest_gpus": more,
             "bytes_per_gpu": per_gpu(fp, n), "fits": fit}
 
 

@@ -34,8 +34,10 @@ def _verdict(m: dict, mem: float) -> str:
     f = m["fits"][str(m["gpus"])]
     if f["fits"]:
         return f"{m['gpus']} x {_gb(mem)} (fits with {_gb(f['margin'])} to spare each)"
-    return (f"does not fit on {m['gpus']} x {_gb(mem)} (needs {_gb(f['need'])} each; "
-            f"{_gb(-f['margin'])} short)")
+    more = (f"; {m['fewest_gpus']} x {_gb(mem)} would fit" if m.get("fewest_gpus")
+            else "; no GPU count up to 1024 fits")
+    return (f"does not fit on {m['gpus']} x {_gb(mem)} (needs {_gb(f['need'])} each, "
+            f"{_gb(-f['margin'])} short{more})")
 
 
 def format_plan_text(plan: dict) -> str:
