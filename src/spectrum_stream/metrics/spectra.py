@@ -1,0 +1,95 @@
+"""The spectra file: every scanned matrix's singular values, kept next to the results.
+
+Why keep them: the SNR throws the spectrum away, and a scan is the expensive part; with the
+singular values on disk any spectral metric (docs/metrics.md) can be computed later in seconds.
+Format: safetensors, one 1-D float32 tensor per module (descending), and `__metadata__` with
+format, version and the matrix shapes as JSON text {key: [m, n]}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from ..errors import SpectrumError
+from ..results import atomic_write
+
+FORMAT = "spectrum-stream/spectra"
+VERSION = "1"
+_RESULTS_PREFIX = "snr_results_"
+_SUFFIX = "_spectra.safetensors"
+
+
+def spectra_path(results_json_path) -> Path:
+    """`snr_results_<slug>.json` -> `snr_results_<slug>_spectra.safetensors` in the same folder."""
+    path = Path(results_json_path)
+    if not (path.name.startswith(_RESULTS_PREFIX) and path.suffix == ".json"):
+        raise SpectrumError(f"{path}: expected a results file named snr_results_<model>.json")
+    return path.with_name(path.stem + _SUFFIX)
+
+
+def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]) -> None:
+    """Write the singular values of each module (stored float32, descending) and its matrix shape."""
+    missing = sorted(set(spectra) - set(shapes))
+    if missing:
+        raise ValueError(f"no shape given for {missing[0]!r} ({len(missing)} module(s) without one)")
+    tensors = {key: np.ascontiguousarray(np.sort(np.asarray(s, dtype=np.float32).ravel())[::-1])
+               for key, s in spectra.items()}
+    meta_shapes = {key: [int(shapes[key][0]), int(shapes[key][1])] for key in spectra}
+    metadata = {"format": FORMAT, "version": VERSION, "shapes": json.dumps(meta_shapes)}
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def read_spectra(path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """({key: singular values}, {key: (m, n)}); SpectrumError naming the file if it is not ours."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpectrumError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    metadata = _metadata(path, data)
+    if metadata.get("format") != FORMAT:
+        raise SpectrumError(f"{path}: not a spectrum-stream spectra file")
+    if metadata.get("version") != VERSION:
+        raise SpectrumError(f"{path}: spectra file version {metadata.get('version')!r}, "
+                            f"this spectrum-stream reads version {VERSION}")
+    try:
+        spectra = load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise SpectrumError(f"{path}: damaged spectra file ({exc})") from None
+    shapes = _shapes(path, metadata.get("shapes"), spectra)
+    return spectra, shapes
+
+
+def _metadata(path: Path, data: bytes) -> dict:
+    """The `__metadata__` of a safetensors byte string, read from its JSON header."""
+    bad = SpectrumError(f"{path}: not a spectrum-stream spectra file (no safetensors header)")
+    if len(data) < 8:
+        raise bad
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise bad
+    try:
+        header = json.loads(data[8:8 + size])
+    except ValueError:
+        raise bad from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _shapes(path: Path, text, spectra: dict) -> dict[str, tuple[int, int]]:
+    """The shapes from the metadata, checked: one [m, n] per tensor, k = min(m, n) values."""
+    try:
+        raw = json.loads(text)
+        shapes = {key: (int(raw[key][0]), int(raw[key][1])) for key in spectra}
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise SpectrumError(f"{path}: spectra file without a valid shape for every module") from None
+    for key, s in spectra.items():
+        if s.ndim != 1 or s.size > min(shapes[key]):
+            raise SpectrumError(f"{path}: {key!r} holds {s.size} singular values for a "
+                                f"{shapes[key][0]}x{shapes[key][1]} matrix")
+    return shapes

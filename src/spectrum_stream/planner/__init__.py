@@ -1,0 +1,9 @@
+"""Planning a Spectrum fine-tune from checkpoint headers: scan cost and per-GPU training memory.
+
+See docs/planner.md.
+"""
+
+from .params import Param, fused_view, stored_view
+from .report import build_plan, format_plan_text
+
+__all__ = ["Param", "build_plan", "format_plan_text", "fused_view", "stored_view"]

@@ -1,0 +1,94 @@
+"""The plan: from a checkpoint's headers, what a scan costs and what each way of fine-tuning needs
+per GPU. `build_plan` returns the JSON document `spectrum-stream plan --format json` prints; its
+fields are documented in docs/planner.md, "The plan document"."""
+
+from __future__ import annotations
+
+import random
+
+from ..checkpoint import Checkpoint
+from ..layout import plan as scan_plan
+from ..select import unfrozen_parameters
+from .activations import activation_terms, model_dims
+from .memory import GPU_COUNTS, METHODS, fewest_gpus, fits, footprint, per_gpu
+from .params import View, stored_view
+from .scan_cost import scan_cost
+from .text import format_plan_text  # noqa: F401  (part of this module's interface)
+from .trainable import everything, totals, trained
+
+SYNTHETIC_SEED = 0
+
+
+def synthetic_results(ckpt: Checkpoint) -> dict[str, dict]:
+    """Stand-in results when there is no scan yet: every matrix the scan would report, with its
+    type and a seeded random SNR. Selecting from them keeps floor(count * P / 100) matrices of
+    each type, as a real selection does; which layers and experts are drawn is chance."""
+    rng = random.Random(SYNTHETIC_SEED)
+    return {spec.key: {"snr": rng.random(), "type": spec.type}
+            for job in scan_plan(ckpt) for spec in job.matrices}
+
+
+def _method_entry(fp, gpus: int | None, gpu_mem: float, grad_params: int) -> dict:
+    counts = tuple(sorted(set(GPU_COUNTS) | ({gpus} if gpus else set())))
+    fit = fits(fp, int(gpu_mem), counts)
+    n = gpus or fewest_gpus(fit) or max(GPU_COUNTS)
+    more = fewest_gpus(fits(fp, int(gpu_mem), tuple(2**i for i in range(11))))
+    return {"trainable_params": fp.trainable, "grad_params": grad_params, "gpus": n,
+            "fewest_gpus": more,
+            "bytes_per_gpu": per_gpu(fp, n), "fits": fit}
+
+
+def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_percent: float = 25,
+               gpus: int | None = None, gpu_mem: float = 80e9, seq_len: int = 2048,
+               micro_batch: int = 1, optimizer: str = "adamw", lora_rank: int = 16,
+               view: View = stored_view, grouping: str = "per-expert", rate: float | None = None,
+               rate_method: str = "exact") -> dict:
+    """Everything from headers alone; no weight bytes are read.
+
+    `results`: a results file's content ({key: {"snr", "type"}}); without it Spectrum's selection
+    is drawn from synthetic_results. `gpus`: the GPU count `bytes_per_gpu` is given for (default:
+    the fewest of 1, 2, 4, 8 that fits, else 8). `view`: the parameter view (stored_view, or
+    fused_view for what transformers >= 5 loads from per-expert MoE checkpoints). `rate`: a
+    measured m*n*k per second of `rate_method` for the scan time.
+    """
+    params = view(ckpt)
+    fused_names = bool(getattr(view, "fused_experts", False))
+    notes = []
+    synthetic = results is None
+    if synthetic:
+        results = synthetic_results(ckpt)
+        notes.append(
+            f"no results file: Spectrum-{top_percent:g}% is estimated by keeping floor(count * "
+            f"{top_percent:g} / 100) matrices of each type, drawn at random (seed {SYNTHETIC_SEED}); "
+            "for fused or row-ranged experts, which tensors receive gradients depends on the draw")
+    patterns = unfrozen_parameters(results, top_percent, grouping, fused_experts=fused_names)
+    chosen, unmatched = trained(params, patterns)
+    if unmatched:
+        notes.append(f"{len(unmatched)} of {len(patterns)} patterns match no parameter of this "
+                     f"view, e.g. {unmatched[0]!r}")
+    dims = model_dims(ckpt.config, params)
+    act_terms = activation_terms(dims, seq_len, micro_batch)
+    act = sum(act_terms.values())
+
+    full = everything(params)
+    methods = {}
+    for method in METHODS:
+        sel = full if method == "full" else chosen
+        fp = footprint(params, method, sel, optimizer, lora_rank, act)
+        grad = totals(sel)[1] if method in ("full", "spectrum") else fp.grads // 2
+        methods[method] = _method_entry(fp, gpus, gpu_mem, grad)
+    notes.append("activations are an estimate (gradient checkpointing; docs/planner.md)")
+    return {
+        "model": ckpt.name,
+        "params_total": sum(p.numel for p in params if p.is_float),
+        "settings": {
+            "top_percent": top_percent, "gpus": gpus, "gpu_mem": int(gpu_mem), "seq_len": seq_len,
+            "micro_batch": micro_batch, "optimizer": optimizer, "lora_rank": lora_rank,
+            "grouping": grouping, "view": getattr(view, "__name__", str(view)),
+            "results": "synthetic" if synthetic else "given",
+        },
+        "activations": act_terms,
+        "scan": scan_cost(ckpt, rate, rate_method),
+        "methods": methods,
+        "notes": notes,
+    }

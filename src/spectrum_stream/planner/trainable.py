@@ -1,0 +1,161 @@
+"""Which parameter elements receive gradients, for axolotl `unfrozen_parameters` patterns and LoRA.
+
+axolotl's rules (its `freeze_layers_except`): a pattern may end with a row range `[start:end]`,
+`[start:]`, `[:end]` or `[i]` on the parameter's first dimension; the rest is a regex whose dots
+are literal (a `.` not followed by `+`), applied with `re.match` (anchored at the start only). A
+parameter that any pattern matches gets `requires_grad`; when at least one matching pattern has a
+range, only the union of the ranges keeps its gradient (a hook zeroes the other rows), even if an
+unranged pattern matches it too. The optimizer still sees the whole tensor. docs/planner.md,
+"Trainable elements".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .params import Param
+
+_RANGE = re.compile(r"^(?P<body>.+)\[(?P<start>[0-9]*)(?::(?P<end>[0-9]*))?\]$")
+_COMMENT = re.compile(r"\(\?#[^)]*\)")
+_META = re.compile(r"[*+?{}\[\]\\|()^$]")
+_ROUTER = re.compile(r"(^|\.)(\w*gate|router(\.layer)?)(\.weight)?$")
+_IN_LAYER = re.compile(r"\.\d+\.")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One parsed pattern: its compiled name regex and optional row range (end None = to the end).
+
+    `literal` is the plain name prefix the regex stands for when it has no regex syntax left
+    (after comments, `^` and a trailing `$`), so thousands of patterns can be matched by lookup;
+    `exact` when that prefix must be the whole name.
+    """
+
+    raw: str
+    regex: re.Pattern
+    range: tuple[int, int | None] | None
+    literal: str | None
+    exact: bool
+
+
+def parse_pattern(raw: str) -> Pattern:
+    m = _RANGE.match(raw)
+    body, rng = raw, None
+    if m:
+        body = m["body"]
+        start, end = m["start"], m["end"]
+        if end is None and start.isdecimal():
+            rng = (int(start), int(start) + 1)
+        else:
+            rng = (int(start) if start else 0, int(end) if end else None)
+            if rng[1] is not None and rng[0] >= rng[1]:
+                raise ValueError(f"pattern {raw!r}: empty row range")
+    regex = re.compile(re.sub(r"\.(?!\+)", r"\\.", body))
+    plain = _COMMENT.sub("", body)
+    plain = plain[1:] if plain.startswith("^") else plain
+    exact = plain.endswith("$")
+    plain = plain[:-1] if exact else plain
+    literal = None if _META.search(plain) or not plain else plain
+    return Pattern(raw, regex, rng, literal, exact)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A parameter that receives a gradient, and how many rows of its dim 0 keep it."""
+
+    param: Param
+    rows: int
+
+    @property
+    def trainable(self) -> int:
+        """Elements in trained rows: what the optimizer actually changes."""
+        return self.param.numel * self.rows // self.param.rows
+
+    @property
+    def grad(self) -> int:
+        """Elements of the whole tensor: its gradient and optimizer state are allocated in full."""
+        return self.param.numel
+
+
+def _rows_kept(ranges: list[tuple[int, int | None]], rows: int, name: str) -> int:
+    spans = sorted((s, rows if e is None else e) for s, e in ranges)
+    for s, e in spans:
+        if s < 0 or e > rows > 0 or s >= e:
+            raise ValueError(f"row range {s}:{e} is outside parameter {name!r} ({rows} rows)")
+    kept, reach = 0, 0
+    for s, e in spans:
+        if e > reach:
+            kept += e - max(s, reach)
+            reach = e
+    return kept
+
+
+class PatternSet:
+    """Patterns indexed so that each parameter name is checked by lookup, plus a regex pass over
+    the few patterns that are real regexes."""
+
+    def __init__(self, patterns: list[str]):
+        self.patterns = [parse_pattern(p) for p in patterns]
+        self.exact: dict[str, list[Pattern]] = {}
+        self.prefix: dict[str, list[Pattern]] = {}
+        self.regexes: list[Pattern] = []
+        for p in self.patterns:
+            if p.literal is None:
+                self.regexes.append(p)
+            else:
+                (self.exact if p.exact else self.prefix).setdefault(p.literal, []).append(p)
+
+    def matching(self, name: str) -> list[Pattern]:
+        hits = list(self.exact.get(name, ()))
+        if self.prefix:
+            for i in range(1, len(name) + 1):
+                hits.extend(self.prefix.get(name[:i], ()))
+        hits.extend(p for p in self.regexes if p.regex.match(name))
+        return hits
+
+
+def trained(params: list[Param], patterns: list[str]) -> tuple[list[Trained], list[str]]:
+    """The parameters the patterns unfreeze, and the patterns that matched no parameter."""
+    ps = PatternSet(patterns)
+    used: set[str] = set()
+    out = []
+    for param in params:
+        hits = ps.matching(param.name)
+        if not hits:
+            continue
+        used.update(p.raw for p in hits)
+        ranges = [p.range for p in hits if p.range is not None]
+        rows = _rows_kept(ranges, param.rows, param.name) if ranges else param.rows
+        out.append(Trained(param, rows))
+    return out, [p.raw for p in ps.patterns if p.raw not in used]
+
+
+def everything(params: list[Param]) -> list[Trained]:
+    """Full fine-tuning: every floating-point parameter, all rows."""
+    return [Trained(p, p.rows) for p in params if p.is_float]
+
+
+def totals(items: list[Trained]) -> tuple[int, int]:
+    """(trainable_params, grad_params)."""
+    return sum(t.trainable for t in items), sum(t.grad for t in items)
+
+
+# --- LoRA ----------------------------------------------------------------------------------------
+
+def lora_targets(params: list[Param]) -> list[Param]:
+    """The matrices LoRA adapts: every floating-point weight of two or more dimensions inside the
+    layers (a name with a `.N.` layer index): attention and MLP projections, shared and routed
+    experts. Routers (`gate`, `*_gate`, `router`), embeddings and the output head are left out."""
+    return [p for p in params
+            if p.is_float and len(p.shape) >= 2 and _IN_LAYER.search(p.name)
+            and not _ROUTER.search(p.name)]
+
+
+def lora_params(param: Param, rank: int) -> int:
+    """r * (in + out) per expert: A is [r, in], B is [out, r]. A 3-D fused expert [E, out, in]
+    and a DBRX-style [E * out, in] tensor hold `experts` matrices."""
+    e = param.experts
+    out_dim = param.shape[-2] if len(param.shape) == 3 else param.shape[0] // e
+    in_dim = param.shape[-1] if len(param.shape) == 3 else param.numel // param.shape[0]
+    return e * rank * (in_dim + out_dim)
