@@ -21,15 +21,15 @@ import pytest
 import torch
 
 import planner_shapes
-from spectrum_stream.checkpoint import open_local
-from spectrum_stream.layout import plan as scan_plan
+from spectrum_stream.source.checkpoint import open_local
+from spectrum_stream.plan.jobs import plan as scan_plan
 from spectrum_stream.planner import build_plan, format_plan_text, fused_view, stored_view
 from spectrum_stream.planner.memory import (
     GPU_COUNTS, NF4_BYTES, OVERHEAD_FIXED, OVERHEAD_FRACTION, fits, footprint, per_gpu,
 )
 from spectrum_stream.planner.params import Param
 from spectrum_stream.planner.trainable import Trained, lora_params, totals, trained
-from spectrum_stream.select import unfrozen_parameters
+from spectrum_stream.results.select import unfrozen_parameters
 
 PERCENT = 50
 

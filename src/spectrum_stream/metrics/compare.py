@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpectrumError
-from ..select import group, select
+from ..results.select import group, select
 
 
 def spearman(x, y) -> float:

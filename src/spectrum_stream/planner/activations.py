@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..layout import _config_int
+from ..plan.config import config_int
 from .params import Param
 
 ACT_BYTES = 2  # bf16 activations
@@ -34,7 +34,7 @@ class ModelDims:
 
 def _first(config: dict, *keys: str) -> int | None:
     for key in keys:
-        value = _config_int(config, *key.split("/"))
+        value = config_int(config, *key.split("/"))
         if value is not None:
             return value
     return None

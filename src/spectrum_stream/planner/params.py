@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..checkpoint import Checkpoint
-from ..dtypes import DTYPE_BITS, FLOAT_DTYPES
-from ..layout import BLOCKS_SUFFIX, SCALES_SUFFIX, _config_int, is_companion
+from ..source.checkpoint import Checkpoint
+from ..source.dtypes import DTYPE_BITS, FLOAT_DTYPES
+from ..plan.config import config_int
+from ..plan.quantized import BLOCKS_SUFFIX, SCALES_SUFFIX, is_companion
 
 MXFP4_BYTES = 0.5 + 1 / 32  # two FP4 codes per byte, one scale byte per 32 values
 
@@ -58,7 +59,7 @@ View = Callable[[Checkpoint], list[Param]]
 
 def _experts_of(name: str, shape: tuple[int, ...], config: dict) -> int:
     if len(shape) == 2 and _DBRX_EXPERTS.search(name):
-        return _config_int(config, "ffn_config", "moe_num_experts") or 1
+        return config_int(config, "ffn_config", "moe_num_experts") or 1
     if len(shape) == 3 and _EXPERTS_PART.search(name):
         return shape[0]
     return 1

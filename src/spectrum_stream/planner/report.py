@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import random
 
-from ..checkpoint import Checkpoint
-from ..layout import plan as scan_plan
-from ..select import unfrozen_parameters
+from ..source.checkpoint import Checkpoint
+from ..plan.jobs import plan as scan_plan
+from ..results.select import unfrozen_parameters
 from .activations import activation_terms, model_dims
 from .memory import GPU_COUNTS, METHODS, fewest_gpus, fits, footprint, per_gpu
 from .params import View, stored_view
