@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spectrum_stream.journal import journal as journal_mod
-from spectrum_stream.results import files as results_mod
+from spectrum_stream.results import atomic as results_mod
 from spectrum_stream.errors import ResumeError, SpectrumError
 from spectrum_stream.journal.journal import Journal, read_journal
 from spectrum_stream.journal.lock import ScanLock

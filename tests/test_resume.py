@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.cli import main
 from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.journal.lock import ScanLock
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan
@@ -32,6 +34,7 @@ NAME = "planted"
 JOURNAL = f"snr_results_{NAME}.journal.jsonl"
 RESULTS = f"snr_results_{NAME}.json"
 SORTED = f"snr_results_{NAME}_sorted.json"
+SPECTRA = f"snr_results_{NAME}_spectra.safetensors"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,6 +63,7 @@ def reference(one_thread, ckpt, tmp_path_factory) -> dict:
     _, records, _ = read_journal(report.paths.journal)
     return {"out": out, "results": json.loads(report.paths.results.read_text()),
             "sorted": json.loads(report.paths.sorted.read_text()),
+            "spectra": read_spectra(report.paths.spectra),
             "records": records, "planned": report.planned}
 
 
@@ -98,9 +102,21 @@ def start_and_stop(cmd: list[str], out: Path, lines: int, sig: int, delay: float
     return None if proc.returncode == 0 else result
 
 
+def assert_same_spectra(out: Path, reference: dict, keys=None) -> None:
+    """Every kept module's singular values, once each, equal to the uninterrupted scan's."""
+    spectra, shapes = read_spectra(out / SPECTRA)
+    ref_spectra, ref_shapes = reference["spectra"]
+    keys = set(ref_spectra) if keys is None else set(keys)
+    assert set(spectra) == keys
+    for key in keys:
+        assert shapes[key] == ref_shapes[key]
+        assert np.array_equal(spectra[key], ref_spectra[key]), key
+
+
 def assert_same_results(out: Path, reference: dict) -> None:
     assert json.loads((out / RESULTS).read_text()) == reference["results"]
     assert json.loads((out / SORTED).read_text()) == reference["sorted"]
+    assert_same_spectra(out, reference)
 
 
 def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, reference, tmp_path):
@@ -131,6 +147,7 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, refe
         assert r.exit_code == 0 and f"{len(records)} modules, 0 failed" in r.stdout
         assert json.loads((out / RESULTS).read_text()) == {
             k: v for k, v in reference["results"].items() if k in records}
+        assert_same_spectra(out, reference, keys=records)
     assert kills >= 3, "the scan was too fast for the kills to land mid-scan"
     kept_keys = set(read_journal(out / JOURNAL)[1])
     kept = len(kept_keys)
@@ -159,6 +176,8 @@ def test_progress_bar_starts_where_it_stopped(ckpt, reference, tmp_path):
     out = tmp_path / "cut"
     out.mkdir()
     (out / JOURNAL).write_bytes(b"\n".join(lines[:1 + k]) + b"\n" + lines[1 + k][:15])  # + torn
+    log = f"snr_results_{NAME}.spectra.bin"  # the values the first k lines point to, and more
+    shutil.copy(reference["out"] / log, out / log)
     done = [json.loads(x) for x in lines[1:1 + k]]
     every = [json.loads(x) for x in lines[1:-1]]
     size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]  # noqa: E731 (bfloat16)
@@ -255,7 +274,8 @@ def test_rerun_after_success_skips_everything_and_fresh_starts_over(ckpt, refere
     args = ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu", "--quiet"]
     planned = reference["planned"]
     out.mkdir()
-    shutil.copy(reference["out"] / JOURNAL, out / JOURNAL)  # a finished scan, results lost
+    for name in (JOURNAL, f"snr_results_{NAME}.spectra.bin"):  # a finished scan, results lost
+        shutil.copy(reference["out"] / name, out / name)
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and f"0 modules this run, {planned} resumed" in r.stdout
     assert_same_results(out, reference)

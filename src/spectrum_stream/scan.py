@@ -23,6 +23,7 @@ from .errors import SpectrumError
 from .journal.journal import Journal, finished_in
 from .journal.lock import ScanLock
 from .journal.records import failure_of, module_record
+from .journal.spectra_log import SpectraLog
 from .kernel.gram import GRAM_BLOCK_BYTES
 from .kernel.route import Decomposed, decompose_each, streamed_gram
 from .kernel.workers import OrderedPool, default_workers, threads_per_worker
@@ -91,9 +92,9 @@ class _Outcome:
 class _Runner:
     """The loop over jobs, with same-shape batching and per-shard release."""
 
-    def __init__(self, journal: Journal, source: ShardSource, device: torch.device,
-                 opts: ScanOptions, report: ScanReport):
-        self.journal, self.source, self.device = journal, source, device
+    def __init__(self, journal: Journal, spectra: SpectraLog, source: ShardSource,
+                 device: torch.device, opts: ScanOptions, report: ScanReport):
+        self.journal, self.spectra, self.source, self.device = journal, spectra, source, device
         self.opts, self.report = opts, report
         self.pending: list[tuple[MatrixSpec, torch.Tensor, TensorJob, float]] = []
         self.pending_bytes = 0
@@ -108,9 +109,13 @@ class _Runner:
     def record(self, o: _Outcome) -> None:
         stats = o.result.stats if o.result is not None else None
         failure = o.failure or failure_of(stats)
+        spectrum = None
+        if failure is None and o.result.values is not None:  # values first, then the line
+            spectrum = self.spectra.append(o.result.values.numpy())
         rec = module_record(o.spec, o.job, seconds=o.seconds, device=str(self.device),
                             method=o.result.method if o.result else self.opts.method,
-                            stats=stats, failure=failure, note=o.result and o.result.note)
+                            stats=stats, failure=failure, note=o.result and o.result.note,
+                            spectrum=spectrum)
         if failure is not None:
             log.warning("%s: %s: %s; left out of the results", o.job.main.shard, o.spec.key,
                         failure)
@@ -266,6 +271,7 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
     started = time.perf_counter()
     with ScanLock(p.paths.lock):
         journal = Journal.open(p.paths.journal, p.header, fresh=opts.fresh)
+        spectra = SpectraLog(p.paths.spectra_log, fresh=opts.fresh)
         finished = journal.finished()  # under the lock: what is on disk now
         report.skipped = sum(1 for j in p.jobs for s in j.matrices if s.key in finished)
         initial = sum(j.nbytes for j in p.jobs if all(s.key in finished for s in j.matrices))
@@ -273,12 +279,13 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
                    unit_scale=True, unit_divisor=1024, desc=f"scan {p.name}", file=sys.stderr,
                    disable=not opts.progress, dynamic_ncols=True)
         try:
-            _Runner(journal, source, device, opts, report).run(p.jobs, finished, bar)
+            _Runner(journal, spectra, source, device, opts, report).run(p.jobs, finished, bar)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
             bar.close()
             journal.close()
+            spectra.close()
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:

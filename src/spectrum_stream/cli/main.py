@@ -167,7 +167,7 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
 def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     """Choose the modules to train from a RESULTS file written by `scan`."""
-    from ..results.files import atomic_write
+    from ..results.atomic import atomic_write
     from ..results.select import load_results, to_yaml, unfrozen_parameters
 
     data = load_results(results)

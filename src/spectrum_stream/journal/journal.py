@@ -21,6 +21,7 @@ import orjson
 from ..errors import ResumeError, SpectrumError
 
 JOURNAL_VERSION = 1
+JOURNAL_SUFFIX = ".journal.jsonl"
 
 
 def write_all(fd: int, data: bytes) -> None:

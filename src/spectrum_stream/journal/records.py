@@ -24,7 +24,7 @@ def failure_of(stats: SpectrumStats | None) -> str | None:
 
 def module_record(spec: MatrixSpec, job: TensorJob, *, seconds: float, method: str, device: str,
                   stats: SpectrumStats | None = None, failure: str | None = None,
-                  note: str | None = None) -> dict:
+                  note: str | None = None, spectrum: list[int] | None = None) -> dict:
     """The journal line of one module: status ok with its statistics, or failed with the reason."""
     rec = {
         "key": spec.key, "type": spec.type, "tensor": job.main.name,
@@ -38,4 +38,6 @@ def module_record(spec: MatrixSpec, job: TensorJob, *, seconds: float, method: s
     rec.update(seconds=round(seconds, 6), method=method, device=device)
     if note:
         rec["fallback"] = note
+    if spectrum is not None:
+        rec["spectrum"] = spectrum  # [offset, count, crc32] in the spectra log (spectra_log.py)
     return rec

@@ -1,7 +1,7 @@
 """Spectral metrics beyond the SNR, the spectra file they are computed from, and scan comparison."""
 
 from .compare import compare_results, format_compare_text, load_published_results, spearman
-from .spectra import read_spectra, spectra_path, write_spectra
+from ..results.spectra import read_spectra, spectra_path, write_spectra
 from .spectral import metrics_rows, spectral_metrics, write_table
 
 __all__ = [

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from ..errors import SpectrumError
-from ..results.files import atomic_write
+from ..results.atomic import atomic_write
 from .powerlaw import fit_power_law
 
 METRIC_NAMES = ("alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm",

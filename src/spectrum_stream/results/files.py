@@ -6,43 +6,18 @@ view of the journal: `rebuild_results(journal_path)` writes them again from it a
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import secrets
 from pathlib import Path
 
 import orjson
 
 from ..errors import SpectrumError
-from ..journal.journal import fsync_dir, read_journal, write_all
+from ..journal.journal import read_journal
+from ..journal.spectra_log import read_spectrum
+from .atomic import atomic_write
 from .paths import ResultPaths
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old file or the new one, never half.
-
-    Raises SpectrumError naming `path` when it cannot be written (no space, no permission).
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode follows the umask
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            what = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                    else exc.strerror or str(exc))
-            raise SpectrumError(f"{path}: cannot write ({what})") from None
-        raise
-    fsync_dir(path.parent)
+from .spectra import write_spectra
 
 
 def compat_results(records) -> dict[str, dict]:
@@ -66,11 +41,31 @@ def sorted_by_type(results: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def write_results(records, paths: ResultPaths) -> dict[str, dict]:
-    """Write both results files from journal records; returns the flat results."""
+    """Write the results files from journal records; returns the flat results.
+
+    The spectra file is written last: the JSON files other tools read come first.
+    """
+    records = list(records)
     results = compat_results(records)
     atomic_write(paths.results, orjson.dumps(results, option=orjson.OPT_INDENT_2))
     atomic_write(paths.sorted, orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2))
+    write_spectra_file(records, results, paths)
     return results
+
+
+def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths) -> int:
+    """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
+    journal from before spectra were kept has none for its modules). Returns how many."""
+    spectra, shapes = {}, {}
+    if paths.spectra_log.is_file():
+        for rec in records:
+            key = rec.get("key")
+            if key in results and "spectrum" in rec and isinstance(rec.get("shape"), list):
+                values = read_spectrum(paths.spectra_log, rec["spectrum"])
+                if values is not None:
+                    spectra[key], shapes[key] = values, tuple(rec["shape"])
+    write_spectra(paths.spectra, spectra, shapes)
+    return len(spectra)
 
 
 def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[str, dict],

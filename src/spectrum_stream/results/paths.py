@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpectrumError
+from ..journal.journal import JOURNAL_SUFFIX
+from ..journal.spectra_log import spectra_log_path
 from ..plan.naming import slug
-
-JOURNAL_SUFFIX = ".journal.jsonl"
 
 
 @dataclass(frozen=True)
@@ -23,14 +23,16 @@ class ResultPaths:
     sorted: Path  # {type: {key: snr}}, highest first
     journal: Path  # one line per finished module
     lock: Path  # held while a scan writes here
-    spectra: Path  # every module's singular values (safetensors)
+    spectra: Path  # every module's singular values (safetensors), written with the results
+    spectra_log: Path  # the same values as the scan appends them, beside the journal
 
     @classmethod
     def beside(cls, folder: Path, base: str) -> "ResultPaths":
         folder = Path(folder)
         return cls(results=folder / f"{base}.json", sorted=folder / f"{base}_sorted.json",
                    journal=folder / f"{base}{JOURNAL_SUFFIX}", lock=folder / f"{base}.lock",
-                   spectra=folder / f"{base}_spectra.safetensors")
+                   spectra=folder / f"{base}_spectra.safetensors",
+                   spectra_log=spectra_log_path(folder / f"{base}{JOURNAL_SUFFIX}"))
 
     @classmethod
     def for_model(cls, out_dir: Path, model_name: str) -> "ResultPaths":

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from ..errors import SpectrumError
-from ..results.files import atomic_write
+from .atomic import atomic_write
 
 FORMAT = "spectrum-stream/spectra"
 VERSION = "1"
