@@ -115,13 +115,14 @@ def _ks_distances(logs, alphas, tail_len, wanted) -> np.ndarray:
     order = candidates[np.argsort(bounds, kind="stable")]
     best = math.inf
     done = 0
+    rows = 8  # small blocks first: the best few candidates usually settle it
     while done < order.size and ds[order[done]] <= best:
-        rows = max(1, _BLOCK_ELEMENTS // logs.size)
         block = order[done:done + rows]
         block = block[ds[block] <= best]
         done += rows
         ds[block] = _full_gaps(logs, alphas, tail_len, block)
         best = min(best, float(ds[block].min()))
+        rows = min(2 * rows, max(1, _BLOCK_ELEMENTS // logs.size))
     return ds
 
 
