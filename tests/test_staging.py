@@ -4,6 +4,7 @@ out-of-memory fallback, and the float64 warning."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -92,11 +93,16 @@ def test_read_ahead_runs_init_on_its_thread():
 def fake_cuda(monkeypatch):
     """torch.cuda.set_device/current_device recorded per thread (no GPU needed)."""
     calls: list[tuple[str, object]] = []
-    current = {"dev": 0}
+
+    @contextlib.contextmanager
+    def device(d):
+        calls.append((threading.current_thread().name, d))
+        yield
+        calls.append((threading.current_thread().name, "restored"))
+
     monkeypatch.setattr(torch.cuda, "set_device",
-                        lambda d: calls.append((threading.current_thread().name, d))
-                        or current.update(dev=d))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: current["dev"])
+                        lambda d: calls.append((threading.current_thread().name, d)))
+    monkeypatch.setattr(torch.cuda, "device", device)
     return calls
 
 
@@ -108,7 +114,7 @@ def test_bind_thread_and_on_device_set_the_cuda_device(fake_cuda):
     device_mod.bind_thread(CPU)  # no CUDA call for the CPU
     with device_mod.on_device(CPU):
         pass
-    assert [d for _, d in fake_cuda] == [dev, 0, dev]  # enter, restore, bind
+    assert [d for _, d in fake_cuda] == [dev, "restored", dev]  # enter, restore, bind
 
 
 def test_the_prefetch_thread_binds_before_it_reads(fake_cuda):

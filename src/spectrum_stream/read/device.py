@@ -42,13 +42,10 @@ def bind_thread(device: torch.device) -> None:
 
 @contextmanager
 def on_device(device: torch.device) -> Iterator[None]:
-    """bind_thread for the caller's own thread, restoring its current device afterwards."""
+    """bind_thread for the caller's own thread, restoring its current device afterwards
+    (torch.cuda.device restores without creating a context on the previous GPU)."""
     if device.type != "cuda":
         yield
         return
-    previous = torch.cuda.current_device()
-    torch.cuda.set_device(device)
-    try:
+    with torch.cuda.device(device):
         yield
-    finally:
-        torch.cuda.set_device(previous)
