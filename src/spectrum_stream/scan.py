@@ -150,8 +150,8 @@ class _Runner:
         mats = [m for _, m, _, _ in batch]
         results = decompose_each(mats, self.opts.method, self.opts.svd_driver)
         if self.device.type == "cuda" and mats[0].device.type == "cpu":
-            results = [r if isinstance(r, str) or r.note == ON_CPU_NOTE else with_note(r, PAST_CAP_NOTE)
-                       for r in results]
+            results = [r if isinstance(r, str) or r.note == ON_CPU_NOTE
+                       else with_note(r, PAST_CAP_NOTE) for r in results]
         share = (time.perf_counter() - t0) / len(batch)
         return [_Outcome(spec, job, read_s + share, failure=r) if isinstance(r, str)
                 else _Outcome(spec, job, read_s + share, r)
