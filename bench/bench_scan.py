@@ -55,6 +55,7 @@ def main() -> None:
     base = run_child([str(Path(__file__).parent / "full_load_baseline.py"), str(folder)])
     base_snr = base["out"]["snr"]
     rows.append({"approach": "full load (transformers, float32)", **_fmt(base, base, size_mb)})
+    print(f"# done: {json.dumps(rows[-1])}", flush=True)
     for variant in args.methods.split(","):
         method, flags = variant_args(variant)
         with tempfile.TemporaryDirectory() as out:
@@ -71,6 +72,7 @@ def main() -> None:
         rows.append({"approach": " ".join(["spectrum-stream --method", method, *flags,
                                            f"({args.device})"]),
                      **_fmt(r, base, size_mb), "scan": scan_s, "max_rel_diff": f"{worst:.1e}"})
+        print(f"# done: {json.dumps(rows[-1])}", flush=True)  # kept if the step is killed
     exact = next((r["scan"] for r in rows[1:] if r["approach"].startswith(
         "spectrum-stream --method exact (")), None)
     for r in rows[1:]:

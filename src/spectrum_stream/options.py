@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .errors import SpectrumError
 from .kernel.route import METHODS
+from .kernel.snr import APPROXIMATE_DRIVERS
 
 if TYPE_CHECKING:
     from .results.paths import ResultPaths
@@ -32,14 +33,18 @@ class ScanOptions:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     progress: bool = True
     prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
-    svd_driver: str | None = None  # CUDA only: gesvd | gesvdj | gesvda (None: torch's default)
-    max_gpu_mem: int | None = None  # CUDA only: bytes a batch, or a gram block, may take
+    svd_driver: str | None = None  # CUDA only: gesvd | gesvdj (None: gesvd for k >= 512)
+    max_gpu_mem: int | None = None  # CUDA only: cap on device bytes (None: 90% of free memory)
     workers: int | None = None  # CPU only: matrices decomposed at once (None: 2 for gram, else 1)
 
     def check(self, device_type: str) -> None:
         """Refuse settings that cannot work together on this device, with one line."""
         if self.method not in METHODS:
             raise SpectrumError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.svd_driver in APPROXIMATE_DRIVERS:
+            raise SpectrumError(f"--svd-driver {self.svd_driver}: cuSOLVER's approximate driver "
+                                "(no accuracy guarantee), so its values could not be journaled as "
+                                "exact; use gesvd or gesvdj")
         if self.svd_driver and device_type != "cuda":
             raise SpectrumError(f"--svd-driver {self.svd_driver}: only for CUDA devices, not "
                                 f"{device_type}")

@@ -24,14 +24,15 @@ from .journal.journal import Journal, finished_in
 from .journal.lock import ScanLock
 from .journal.records import failure_of, module_record
 from .journal.spectra_log import SpectraLog
-from .kernel.gram import GRAM_BLOCK_BYTES
-from .kernel.route import Decomposed, decompose_each, streamed_gram
+from .kernel import memory
+from .kernel.calibrate import float64_ratio, float64_warning
+from .kernel.route import ON_CPU_NOTE, Decomposed, decompose_each, streamed_gram, with_note
 from .kernel.workers import OrderedPool, default_workers, threads_per_worker
 from .options import ScanInterrupted, ScanOptions, ScanReport
 from .plan.jobs import plan
 from .plan.specs import MatrixSpec, TensorJob
 from .read.decode import decode
-from .read.device import resolve_device
+from .read.device import bind_thread, on_device, resolve_device
 from .read.prefetch import prefetched
 from .results.files import write_results
 from .results.paths import ResultPaths
@@ -40,6 +41,8 @@ from .source.shards import LocalSource, ShardSource
 
 log = logging.getLogger(__name__)
 _STREAM = object()  # load() result for a matrix the gram route reads in blocks itself
+CPU = torch.device("cpu")
+PAST_CAP_NOTE = "past the GPU memory cap: decomposed on the CPU"
 
 
 @dataclass
@@ -98,11 +101,15 @@ class _Runner:
         self.opts, self.report = opts, report
         self.pending: list[tuple[MatrixSpec, torch.Tensor, TensorJob, float]] = []
         self.pending_bytes = 0
-        self.budget = opts.batch_bytes
-        self.block_bytes = GRAM_BLOCK_BYTES
-        if device.type == "cuda" and opts.max_gpu_mem:
-            self.budget = min(self.budget, opts.max_gpu_mem)
-            self.block_bytes = min(self.block_bytes, opts.max_gpu_mem)
+        self.budget = opts.batch_bytes  # host memory for a batch on the CPU
+        self.gpu_budget, self.reserve = 0, 0  # device cap; room kept for a prefetched tensor
+        if device.type == "cuda":
+            self.gpu_budget = memory.device_budget(opts.max_gpu_mem,
+                                                   torch.cuda.mem_get_info(device)[0])
+            if opts.method == "gram":
+                warning = float64_warning(float64_ratio(device), torch.cuda.get_device_name(device))
+                if warning:
+                    log.warning(warning)
         self.pool = OrderedPool(opts.workers or default_workers(device, opts.method))
 
     # -- journaling ------------------------------------------------------------------------
@@ -145,8 +152,11 @@ class _Runner:
 
     def decompose_batch(self, batch) -> list[_Outcome]:
         t0 = time.perf_counter()
-        results = decompose_each([m for _, m, _, _ in batch], self.opts.method,
-                                 self.opts.svd_driver)
+        mats = [m for _, m, _, _ in batch]
+        results = decompose_each(mats, self.opts.method, self.opts.svd_driver)
+        if self.device.type == "cuda" and mats[0].device.type == "cpu":
+            results = [r if isinstance(r, str) or r.note == ON_CPU_NOTE
+                       else with_note(r, PAST_CAP_NOTE) for r in results]
         share = (time.perf_counter() - t0) / len(batch)
         return [_Outcome(spec, job, read_s + share, failure=r) if isinstance(r, str)
                 else _Outcome(spec, job, read_s + share, r)
@@ -161,39 +171,83 @@ class _Runner:
         if not math.isfinite(float(mat.sum())) and not bool(torch.isfinite(mat).all()):
             self.record(_Outcome(spec, job, read_s, failure="holds NaN or Inf values"))
             return
+        if self.pending and self.pending[0][1].device != mat.device:
+            self.flush()
         self.make_room(tuple(mat.shape), _batch_bytes(mat.shape))
         self.pending.append((spec, mat, job, read_s))
         self.pending_bytes += _batch_bytes(mat.shape)
 
-    def make_room(self, shape: tuple[int, ...], nbytes: int) -> None:
-        """Flush the pending batch unless a matrix of this shape and size can join it."""
-        if self.pending and (
-            tuple(self.pending[0][1].shape) != shape
-            or self.pending_bytes + nbytes > self.budget
-        ):
+    def make_room(self, shape: tuple[int, ...], nbytes: int, count: int = 1) -> None:
+        """Flush the pending batch unless `count` matrices of this shape and size can join it
+        (on the GPU: within the device cap, counted by kernel/memory.py)."""
+        if not self.pending:
+            return
+        if tuple(self.pending[0][1].shape) != shape:
+            self.flush()
+        elif self.pending[0][1].device.type == "cuda":
+            need = memory.whole_bytes(shape, self.opts.method, len(self.pending) + count,
+                                      self.opts.svd_driver)
+            if need + self.reserve > self.gpu_budget:
+                self.flush()
+        elif self.pending_bytes + nbytes > self.budget:
             self.flush()
 
     # -- reading ---------------------------------------------------------------------------
-    def streams(self, job: TensorJob) -> bool:
-        """Gram route reading a plain matrix in float64 blocks straight from the file.
+    def placement(self, job: TensorJob) -> memory.Placement:
+        """Whole, streamed in blocks, or on the CPU.
 
-        Always on CPU (no float32 copy to make: faster and smaller); on a GPU only for a matrix
-        past the budget, since there a whole prefetched tensor keeps the device busy.
+        On CPU the gram route always reads a plain matrix in float64 blocks straight from the
+        file (no float32 copy to make: faster and smaller). On a GPU the device memory decides
+        (kernel/memory.py): whole if the route fits the cap beside a prefetched tensor, else
+        streamed (gram, a plain matrix), else the CPU.
         """
         spec = job.matrices[0]
-        return (self.opts.method == "gram" and job.decode == "plain" and len(job.matrices) == 1
-                and not spec.index and math.prod(spec.shape) > 0
-                and (self.device.type == "cpu" or 4 * math.prod(spec.shape) > self.budget))
+        numel = math.prod(spec.shape)
+        single = (job.decode == "plain" and len(job.matrices) == 1 and not spec.index
+                  and numel > 0)
+        if self.device.type != "cuda":
+            stream = self.opts.method == "gram" and single
+            return memory.Placement("stream" if stream else "whole", 0)
+        entry = job.main.entry
+        itemsize = max(1, entry.nbytes // max(1, math.prod(entry.shape)))
+        return memory.place(spec.shape, self.opts.method, self.gpu_budget,
+                            batch=len(job.matrices), driver=self.opts.svd_driver,
+                            reserve=self.reserve, can_stream=single, raw_itemsize=itemsize)
 
     def load(self, job: TensorJob):
-        return _STREAM if self.streams(job) else decode(job, self.source.path, self.device)
+        where = self.placement(job).where
+        if where == "stream":
+            return _STREAM
+        if where == "cpu":
+            return decode(job, self.source.path, CPU)
+        try:
+            return decode(job, self.source.path, self.device)
+        except torch.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            return decode(job, self.source.path, CPU)
 
     def stream_gram(self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path]) -> list[_Outcome]:
         t0 = time.perf_counter()
+        exact_fits = self.device.type != "cuda" or memory.place(
+            spec.shape, "exact", self.gpu_budget, driver=self.opts.svd_driver,
+            reserve=self.reserve).where == "whole"
+
+        def run(device: torch.device, block_bytes: int) -> Decomposed:
+            whole_on = device if exact_fits else CPU  # the exact fallback, only where it fits
+            return streamed_gram(
+                paths[job.main.shard], job.main.entry, spec.shape, device, block_bytes,
+                lambda: decode(job, paths.__getitem__, whole_on), self.opts.svd_driver)
+
         try:
-            result = streamed_gram(
-                paths[job.main.shard], job.main.entry, spec.shape, self.device, self.block_bytes,
-                lambda: decode(job, paths.__getitem__, self.device), self.opts.svd_driver)
+            try:
+                result = run(self.device, self.placement(job).block_bytes)
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                result = with_note(run(CPU, memory.GRAM_BLOCK_BYTES), ON_CPU_NOTE)
         except (RuntimeError, SpectrumError) as exc:
             failure = str(exc) if isinstance(exc, SpectrumError) else f"decomposition failed ({exc})"
             return [_Outcome(spec, job, time.perf_counter() - t0, failure=failure)]
@@ -240,12 +294,19 @@ class _Runner:
         self.source.prepare(list(dict.fromkeys(s for job in jobs for s in job.shards)))
         work = [(job, [s for s in job.matrices if s.key not in finished]) for job in jobs]
         ahead = self.opts.prefetch if self.opts.prefetch is not None else self.device.type == "cuda"
-        loads = prefetched([job for job, todo in work if todo], self.load, ahead)
+        if ahead and self.device.type == "cuda":
+            self.reserve = memory.prefetch_reserve(
+                [(memory.whole_bytes(j.matrices[0].shape, self.opts.method, len(j.matrices),
+                                     self.opts.svd_driver),
+                  memory.load_bytes(j.matrices[0].shape, len(j.matrices), j.decode))
+                 for j, todo in work if todo], self.gpu_budget)
+        loads = prefetched([job for job, todo in work if todo], self.load, ahead,
+                           init=lambda: bind_thread(self.device))
         for job, todo in work:
             if todo:
                 # decide before using the next tensor, so a finished batch does not sit beside it
                 # (with --prefetch one more tensor is always in flight, on top of the budget)
-                self.make_room(todo[0].shape, sum(_batch_bytes(t.shape) for t in todo))
+                self.make_room(todo[0].shape, sum(_batch_bytes(t.shape) for t in todo), len(todo))
                 _, loaded, error, read_s = next(loads)
                 self.consume(job, todo, loaded, error, read_s)
                 del loaded
@@ -279,7 +340,9 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
                    unit_scale=True, unit_divisor=1024, desc=f"scan {p.name}", file=sys.stderr,
                    disable=not opts.progress, dynamic_ncols=True)
         try:
-            _Runner(journal, spectra, source, device, opts, report).run(p.jobs, finished, bar)
+            with on_device(device):  # this thread's current CUDA device; read threads bind theirs
+                _Runner(journal, spectra, source, device, opts, report).run(p.jobs, finished,
+                                                                            bar)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:

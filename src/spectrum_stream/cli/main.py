@@ -95,10 +95,11 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
               help="Read the next tensor while the current one is decomposed (default: on for "
               "CUDA, off for CPU, where it measured no gain).")
 @click.option("--svd-driver", type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
-              help="CUDA only: cuSOLVER driver for --method exact (default: torch's choice).")
+              help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
+              "512+ columns, torch's choice below). gesvda is approximate and refused.")
 @click.option("--max-gpu-mem", type=click.IntRange(min=1), metavar="MIB",
-              help="CUDA only: most memory a batch of matrices, or a block of a matrix read for "
-              "--method gram, may take on the GPU (the k x k Gram matrix comes on top).")
+              help="CUDA only: cap on GPU memory (default: 90% of what is free). A matrix whose route "
+              "needs more is read in blocks (--method gram) or decomposed on the CPU (exact).")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="CPU only: matrices decomposed at once, the cores shared between them "
               "(default: 2 with --method gram, where it measured faster; else 1). Each holds its "

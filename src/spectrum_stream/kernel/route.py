@@ -7,6 +7,8 @@ bound exceeds GRAM_TOLERANCE, or whose SNR is not finite, is redone exactly and 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import SpectrumError
-from ..read.loader import block_len, iter_col_blocks, iter_row_blocks
+from ..read.loader import block_len, iter_col_blocks, iter_row_blocks, staged_blocks
 from ..source.header import TensorEntry
 from .gram import accumulate_gram, gram_matrix, gram_spectrum, singular_values_from_gram
 from .snr import SpectrumStats, exact_singular_values, snr_from_singular_values
@@ -82,21 +84,43 @@ def decompose(mats: list[torch.Tensor], method: str = "exact",
     return _from_grams(grams, m, n, [lambda w=w: w for w in mats], driver)
 
 
+ON_CPU_NOTE = "out of GPU memory: decomposed on the CPU"
+
+
+def with_note(d: Decomposed, note: str) -> Decomposed:
+    return dataclasses.replace(d, note=f"{d.note}; {note}" if d.note else note)
+
+
+def _alone(mat: torch.Tensor, method: str, driver: str | None,
+           error: RuntimeError | None = None) -> Decomposed | str:
+    """One matrix (`error`: what its batch-of-one call already raised); out of memory on the
+    device, it is decomposed on the CPU, never retried at the same size."""
+    try:
+        if error is not None:
+            raise error
+        return decompose([mat], method, driver)[0]
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        try:
+            return with_note(decompose([mat.to("cpu")], method)[0], ON_CPU_NOTE)
+        except RuntimeError as exc:
+            return f"SVD failed ({exc})"
+    except RuntimeError as exc:
+        return f"SVD failed ({exc})"
+
+
 def decompose_each(mats: list[torch.Tensor], method: str,
                    driver: str | None = None) -> list[Decomposed | str]:
     """decompose() of a batch; if the batch fails, each matrix alone, so that one bad matrix fails
-    only itself (its entry is then the reason, a string)."""
+    only itself (its entry is then the reason, a string). A matrix out of GPU memory on its own
+    goes to the CPU (the same route there)."""
     try:
         return list(decompose(mats, method, driver))
-    except RuntimeError:
-        pass
-    out: list[Decomposed | str] = []
-    for mat in mats:
-        try:
-            out.extend(decompose([mat], method, driver))
-        except RuntimeError as exc:
-            out.append(f"SVD failed ({exc})")
-    return out
+    except RuntimeError as exc:
+        if len(mats) == 1:
+            return [_alone(mats[0], method, driver, exc)]
+    return [_alone(mat, method, driver) for mat in mats]
 
 
 def streamed_gram(path: Path, entry: TensorEntry, shape: tuple[int, int], device: torch.device,
@@ -106,9 +130,11 @@ def streamed_gram(path: Path, entry: TensorEntry, shape: tuple[int, int], device
     read straight from the file (`whole` reads it all, only for the exact fallback)."""
     m, n = shape
     if m >= n:
-        g = accumulate_gram(iter_row_blocks(path, entry, block_len(n, block_bytes)), n, True, device)
+        blocks, k = iter_row_blocks(path, entry, block_len(n, block_bytes)), n
     else:
-        g = accumulate_gram(iter_col_blocks(path, entry, block_len(m, block_bytes)), m, False, device)
+        blocks, k = iter_col_blocks(path, entry, block_len(m, block_bytes)), m
+    with contextlib.closing(iter(staged_blocks(blocks, device))) as staged:
+        g = accumulate_gram(staged, k, m >= n, device)
     # a NaN or Inf anywhere in W makes its row's or column's squares, a diagonal entry, non-finite
     if not bool(torch.isfinite(g.diagonal()).all()):
         raise BadMatrix("holds NaN or Inf values")

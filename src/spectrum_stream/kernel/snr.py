@@ -51,9 +51,33 @@ def spectrum_stats(batch: torch.Tensor) -> list[SpectrumStats]:
     return snr_from_singular_values(singular_values(batch), m, n)
 
 
-def exact_singular_values(batch: torch.Tensor, driver: str | None = None) -> torch.Tensor:
+QR_MIN_RATIO = 2  # a matrix at least this tall is decomposed through its QR's R factor (on CUDA)
+GESVD_MIN_K = 512  # CUDA: gesvd from this k up (gesvdj, torch's default, allocates U and is
+# called possibly unstable for large matrices by torch's docs); bench/bench_kernels.py measures it
+APPROXIMATE_DRIVERS = ("gesvda",)  # cuSOLVER's approximate driver: never journaled as exact
+
+
+def default_driver(device_type: str, k: int) -> str | None:
+    """The cuSOLVER driver for a k-column problem when --svd-driver is not given (None: torch's)."""
+    return "gesvd" if device_type == "cuda" and k >= GESVD_MIN_K else None
+
+
+def r_factor(batch: torch.Tensor) -> torch.Tensor:
+    """[B, n, n] R of the QR of tall [B, m, n] matrices: the same singular values, and an SVD
+    of k x k instead of m x k (the bidiagonalization is the costly part)."""
+    return torch.linalg.qr(batch, mode="r")[1]
+
+
+def exact_singular_values(batch: torch.Tensor, driver: str | None = None,
+                          qr: bool | None = None) -> torch.Tensor:
     """svdvals of a [B, m, n] batch, on its tall orientation (same values; LAPACK is up to 3x
-    faster there). `driver` is cuSOLVER's, CUDA only."""
+    faster there). A matrix at least QR_MIN_RATIO times taller than wide goes through its R
+    factor when `qr` (default: on CUDA; CPU LAPACK does that itself). `driver` is cuSOLVER's,
+    used on CUDA only (a CPU fallback ignores it; default: `default_driver`)."""
     if batch.shape[-2] < batch.shape[-1]:
         batch = batch.mT
+    cuda = batch.device.type == "cuda"
+    if (cuda if qr is None else qr) and batch.shape[-2] >= QR_MIN_RATIO * batch.shape[-1]:
+        batch = r_factor(batch)
+    driver = (driver or default_driver("cuda", batch.shape[-1])) if cuda else None
     return torch.linalg.svdvals(batch, driver=driver) if driver else singular_values(batch)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from ..errors import SpectrumError
@@ -27,3 +30,22 @@ def resolve_device(spec: str = "auto") -> torch.device:
             )
         return device
     raise SpectrumError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def bind_thread(device: torch.device) -> None:
+    """Make `device` the calling thread's current CUDA device (each thread has its own, GPU 0
+    by default): without it a thread's pinned allocations, streams and solver handles land on
+    GPU 0 even when the scan runs on cuda:1. Every thread that touches CUDA calls this first."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+@contextmanager
+def on_device(device: torch.device) -> Iterator[None]:
+    """bind_thread for the caller's own thread, restoring its current device afterwards
+    (torch.cuda.device restores without creating a context on the previous GPU)."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        yield

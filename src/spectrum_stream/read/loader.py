@@ -6,6 +6,7 @@ memory follows the tensor being scanned, not the shard (docs/spec.md, "Memory").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from ..errors import SpectrumError
 from ..source.dtypes import torch_dtype
 from ..source.header import TensorEntry
+from .device import bind_thread
+from .staging import StagingPool, copy_through, read_ahead
 
 
 def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
@@ -36,18 +39,22 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
 def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The raw tensor on `device`, in its own dtype (for dequantizers that work on the device).
 
-    To a GPU the bytes go through page-locked memory on a side stream, so that a copy started by
-    the prefetch thread overlaps the decomposition running on the default stream.
+    To a GPU the bytes go through the device's few page-locked buffers (read/staging.py), on a
+    side stream, so that a copy started by a reading thread overlaps the decomposition running
+    on the default stream, and page-locked memory stays bounded.
     """
     if device.type != "cuda":
         return raw.to(device)
-    staged = raw.contiguous().pin_memory()
-    stream = _copy_stream(device)
-    with torch.cuda.stream(stream):
-        out = staged.to(device, non_blocking=True)
-    stream.synchronize()
-    out.record_stream(torch.cuda.default_stream(device))
-    return out
+    return copy_through(raw, device, staging_pool(device), _copy_stream(device))
+
+
+def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Iterable[torch.Tensor]:
+    """Blocks of a matrix streamed to `device`: on a GPU, each read and copied by a thread one
+    block ahead of the caller (bound to the device first); on CPU, as they are."""
+    if device.type != "cuda":
+        return blocks
+    return read_ahead((to_device(b, device) for b in blocks), depth=1,
+                      init=lambda: bind_thread(device))
 
 
 def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -60,6 +67,14 @@ def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 _COPY_STREAMS: dict = {}
+_STAGING: dict = {}
+
+
+def staging_pool(device: torch.device) -> StagingPool:
+    """The device's bounded pool of page-locked buffers (made on first use)."""
+    if device not in _STAGING:
+        _STAGING[device] = StagingPool()
+    return _STAGING[device]
 
 
 def _copy_stream(device: torch.device):
