@@ -109,7 +109,12 @@ def test_matrices_past_the_budget_are_streamed_in_blocks(planted_dir, tmp_path, 
 def test_prefetch_gives_the_same_results(planted_dir, tmp_path, method):
     runs = [scan(planted_dir, ScanOptions(out_dir=tmp_path / str(p), progress=False, method=method,
                                           prefetch=p)).results for p in (False, True)]
-    assert runs[0] == runs[1]
+    if method == "exact":
+        assert runs[0] == runs[1]
+    else:  # two gram workers share OpenBLAS, whose summation order follows its thread use
+        assert runs[0].keys() == runs[1].keys()
+        for key, info in runs[0].items():
+            assert abs(runs[1][key]["snr"] - info["snr"]) <= 1e-12 * abs(info["snr"]), key
 
 
 def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
