@@ -14,3 +14,11 @@ class CheckpointError(SpectrumError):
 
 class ResumeError(SpectrumError):
     """A journal that cannot be resumed with this checkpoint or these settings."""
+
+
+class AlreadyReported(SpectrumError):
+    """Another rank has said what went wrong: exit non-zero without a line of our own."""
+
+    def __init__(self, message: str = "reported by another rank", code: int = 1):
+        super().__init__(message)
+        self.code = code

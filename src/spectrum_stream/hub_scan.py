@@ -140,29 +140,25 @@ def _quiet_library_logs():
 def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | None = None,
              token: str | None = None, delete_shards: bool = False, max_disk: int | None = None,
              endpoint: str | None = None, cache_dir: str | Path | None = None,
-             estimate: bool = True) -> ScanReport:
+             estimate: bool = True, group=None) -> ScanReport:
     """Scan a Hub model repo shard by shard; resumes from the journal like a local scan.
 
     `max_disk` (bytes) implies `delete_shards`. `endpoint` and `cache_dir` default to
     huggingface_hub's (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE); `token` to HF_TOKEN or the saved login.
     The plan is logged at INFO level (logger `spectrum_stream`), warnings at WARNING.
+    `group` (a distributed.group.Group, under torchrun): this rank scans its share of whole shards,
+    downloading only those; `max_disk` is then per node, split evenly between its ranks.
     """
     opts = opts or ScanOptions()
     delete = delete_shards or max_disk is not None
     with _quiet_library_logs():
+        if group is not None:
+            return _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir,
+                                delete, max_disk)
         device = resolve_device(opts.device)
         ckpt, repo = open_hub(repo_id, revision, token, endpoint, cache_dir)
         p = hub_plan(plan_scan(ckpt, opts), repo)
-        if max_disk is not None and p.needed:
-            biggest = max(p.needed, key=lambda s: ckpt.shards[s].size)
-            if ckpt.shards[biggest].size > max_disk:
-                raise SpectrumError(
-                    f"--max-disk {human_bytes(max_disk)} is smaller than shard {biggest} "
-                    f"({human_bytes(ckpt.shards[biggest].size)}); raise it to at least that")
-            if p.need_at_once > max_disk:
-                raise SpectrumError(
-                    f"--max-disk {human_bytes(max_disk)} is too small: the scan needs shards "
-                    f"{', '.join(p.need_shards)} on disk at once ({human_bytes(p.need_at_once)})")
+        _check_disk(p, ckpt, max_disk)
         rate = None
         if estimate and p.flops:
             rate = svd_rate(device, int(min(1024, max(64, max(
@@ -178,4 +174,53 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
                 f"{exc.reason}; {kept} modules are kept in {os.path.relpath(p.scan.paths.journal)} "
                 "(results written); run the same command again to resume") from None
         finally:
+            source.close()
+
+
+def _check_disk(p: HubPlan, ckpt: Checkpoint, max_disk: int | None, what: str = "") -> None:
+    """Refuse a --max-disk budget the scan cannot keep (`what` says whose budget it is)."""
+    if max_disk is None or not p.needed:
+        return
+    biggest = max(p.needed, key=lambda s: ckpt.shards[s].size)
+    if ckpt.shards[biggest].size > max_disk:
+        raise SpectrumError(
+            f"--max-disk {human_bytes(max_disk)}{what} is smaller than shard {biggest} "
+            f"({human_bytes(ckpt.shards[biggest].size)}); raise it to at least that")
+    if p.need_at_once > max_disk:
+        raise SpectrumError(
+            f"--max-disk {human_bytes(max_disk)}{what} is too small: the scan needs shards "
+            f"{', '.join(p.need_shards)} on disk at once ({human_bytes(p.need_at_once)})")
+
+
+def _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir, delete,
+                 max_disk) -> ScanReport:
+    """One rank of a Hub scan under torchrun: its own whole shards, in the node's shared cache."""
+    import dataclasses
+
+    from .distributed.env import node_share
+    from .distributed.ranked import scan_ranked
+
+    ckpt, repo = group.agree(lambda: open_hub(repo_id, revision, token, endpoint, cache_dir))
+    p = group.agree(lambda: plan_scan(ckpt, opts))
+    budget = node_share(max_disk, group.ranks)
+    what = (f" (this rank's part of --max-disk {human_bytes(max_disk)} for "
+            f"{group.ranks.local_world} ranks on a node)" if max_disk is not None else "")
+    sources: list[HubSource] = []
+
+    def source_for(jobs, finished):
+        hp = hub_plan(dataclasses.replace(p, jobs=jobs, finished=finished), repo)
+        _check_disk(hp, ckpt, budget, what)
+        if group.rank == 0:
+            for line in plan_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
+                log.info("rank 0: %s", line)
+            if max_disk is not None:
+                log.info("--max-disk %s is per node: each of its %d ranks keeps within %s",
+                         human_bytes(max_disk), group.ranks.local_world, human_bytes(budget))
+        sources.append(HubSource(repo, ckpt, hp.needed, delete, budget))
+        return sources[-1]
+
+    try:
+        return scan_ranked(p, group, opts, source_for, allow_split=False)
+    finally:
+        for source in sources:
             source.close()

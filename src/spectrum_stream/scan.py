@@ -20,10 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import SpectrumError
-from .journal.journal import Journal, finished_in
+from .journal.journal import Journal
+from .journal.ranks import finished_everywhere, fold_rank_journals
 from .journal.lock import ScanLock
 from .journal.records import failure_of, module_record
-from .journal.spectra_log import SpectraLog
+from .journal.spectra_log import SpectraLog, spectra_log_path
 from .kernel import memory
 from .kernel.calibrate import float64_ratio, float64_warning
 from .kernel.route import ON_CPU_NOTE, Decomposed, decompose_each, streamed_gram, with_note
@@ -72,7 +73,7 @@ def plan_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanPlan:
         "checkpoint": ckpt.fingerprint(),
         "settings": {"method": opts.method, "include": opts.include, "exclude": opts.exclude},
     }
-    finished = set() if opts.fresh else finished_in(paths.journal)
+    finished = set() if opts.fresh else finished_everywhere(paths.journal)
     return ScanPlan(ckpt, name, jobs, paths, header, finished)
 
 
@@ -323,6 +324,33 @@ class _Runner:
         loads.close()
 
 
+def in_plan_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
+    """Journal records in plan order (any the plan lacks last): results files look the same
+    however the work was split or resumed."""
+    order = {s.key: i for i, s in enumerate(s for j in jobs for s in j.matrices)}
+    return sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
+
+
+def run_jobs(name: str, jobs: list[TensorJob], journal: Journal, finished: set[str],
+             source: ShardSource, device: torch.device, opts: ScanOptions, report: ScanReport,
+             desc: str | None = None) -> None:
+    """Scan `jobs` into `journal`, skipping `finished` keys; Ctrl-C sets report.interrupted."""
+    report.skipped = sum(1 for j in jobs for s in j.matrices if s.key in finished)
+    initial = sum(j.nbytes for j in jobs if all(s.key in finished for s in j.matrices))
+    bar = tqdm(total=sum(j.nbytes for j in jobs), initial=initial, unit="B",
+               unit_scale=True, unit_divisor=1024, desc=desc or f"scan {name}", file=sys.stderr,
+               disable=not opts.progress, dynamic_ncols=True)
+    spectra = SpectraLog(spectra_log_path(journal.path), fresh=opts.fresh)
+    try:
+        with on_device(device):  # this thread's current CUDA device; read threads bind theirs
+            _Runner(journal, spectra, source, device, opts, report).run(jobs, finished, bar)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        bar.close()
+        spectra.close()
+
+
 def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
     """Carry out a plan with shards from `source`; resumes from the journal unless fresh."""
     device = resolve_device(opts.device)
@@ -332,27 +360,20 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
     started = time.perf_counter()
     with ScanLock(p.paths.lock):
         journal = Journal.open(p.paths.journal, p.header, fresh=opts.fresh)
-        spectra = SpectraLog(p.paths.spectra_log, fresh=opts.fresh)
-        finished = journal.finished()  # under the lock: what is on disk now
-        report.skipped = sum(1 for j in p.jobs for s in j.matrices if s.key in finished)
-        initial = sum(j.nbytes for j in p.jobs if all(s.key in finished for s in j.matrices))
-        bar = tqdm(total=sum(j.nbytes for j in p.jobs), initial=initial, unit="B",
-                   unit_scale=True, unit_divisor=1024, desc=f"scan {p.name}", file=sys.stderr,
-                   disable=not opts.progress, dynamic_ncols=True)
         try:
-            with on_device(device):  # this thread's current CUDA device; read threads bind theirs
-                _Runner(journal, spectra, source, device, opts, report).run(p.jobs, finished,
-                                                                            bar)
-        except KeyboardInterrupt:
-            report.interrupted = True
-        finally:
-            bar.close()
+            fold_rank_journals(journal, fresh=opts.fresh)  # a multi-rank scan's journals
+        except BaseException:
             journal.close()
-            spectra.close()
+            raise
+        finished = journal.finished()  # under the lock: what is on disk now
+        try:
+            run_jobs(p.name, p.jobs, journal, finished, source, device, opts, report)
+        finally:
+            journal.close()
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
-                report.results = write_results(journal.records.values(), p.paths)
+                report.results = write_results(in_plan_order(journal.records, p.jobs), p.paths)
             except SpectrumError:
                 if pending is None:
                     raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import SpectrumError
+from ..errors import AlreadyReported, SpectrumError
 from . import logs
 
 
@@ -44,7 +44,12 @@ class _Cli(click.Group):
 
         try:
             return super().invoke(ctx)
+        except AlreadyReported as quiet:  # another rank printed the line
+            sys.exit(quiet.code)
         except ScanInterrupted as stop:
+            if getattr(stop, "line", None):  # every rank's journal, under torchrun
+                click.echo(stop.line, err=True)
+                _exit_interrupted()
             r = stop.report
             kept = r.skipped + r.scanned
             click.echo(
@@ -112,44 +117,81 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
               "cache once all its modules are journaled.")
 @click.option("--max-disk", metavar="SIZE", help="Hub: most bytes of shards on disk at once, e.g. "
               "40GB or 500MiB (implies --delete-shards).")
+@click.option("--peer-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              metavar="SECONDS", help="Under torchrun: how long a rank waits for a silent peer, "
+              "and for each exchange between ranks, before it stops the run.")
 @_quiet
 def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefetch, svd_driver,
-         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, quiet):
+         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, peer_timeout, quiet):
     """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
-    repo ORG/NAME, shard by shard. An existing local path wins over a repo id."""
+    repo ORG/NAME, shard by shard. An existing local path wins over a repo id.
+
+    Under torchrun (`torchrun --nproc-per-node N -m spectrum_stream scan ...`) the ranks split the
+    work by cost; `--device cuda` is then each rank's cuda:LOCAL_RANK, `--max-disk` is per node."""
     import re
 
+    from ..distributed.env import from_env
     from ..options import ScanOptions
     from ..scan import scan as run_scan
     from .summary import format_summary
 
+    ranks = from_env()
+    group = None
+    if ranks is not None:  # one rank of a torchrun job: only rank 0 shows a bar and the summary
+        import torch
+
+        from ..distributed.env import rank_device
+        from ..distributed.group import Group
+
+        device = rank_device(device, ranks, torch.cuda.is_available())
+        quiet = quiet or ranks.rank != 0
+        group = Group.start(ranks, device, peer_timeout)
     logs.install(quiet)
-    for flag, rx in (("--include", include), ("--exclude", exclude)):
-        if rx:
-            try:
-                re.compile(rx)
-            except re.error as exc:
-                raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
-    opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include, exclude=exclude,
-                       method=method, fresh=fresh, batch_bytes=batch_mem * 1024**2,
-                       progress=not quiet, prefetch=prefetch, svd_driver=svd_driver,
-                       max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
-                       workers=workers)
     from ..hub_scan import scan_hub
     from ..source.hub.repo import is_hub_id
     from ..units import parse_size
 
-    if is_hub_id(path):
-        report = scan_hub(path, opts, revision=revision, token=token, delete_shards=delete_shards,
-                          max_disk=parse_size(max_disk) if max_disk is not None else None)
-    else:
+    def check() -> bool:
+        for flag, rx in (("--include", include), ("--exclude", exclude)):
+            if rx:
+                try:
+                    re.compile(rx)
+                except re.error as exc:
+                    raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
+        hub = is_hub_id(path)
         hub_only = [flag for flag, value in (("--revision", revision), ("--token", token),
                     ("--delete-shards", delete_shards), ("--max-disk", max_disk)) if value]
-        if hub_only:
+        if hub_only and not hub:
             raise SpectrumError(f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
                                 "(ORG/NAME that is not a local path)")
-        report = run_scan(path, opts)
-    click.echo(format_summary(report))
+        if max_disk is not None:
+            parse_size(max_disk)
+        return hub
+
+    try:
+        hub = group.agree(check) if group else check()
+        opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include,
+                           exclude=exclude, method=method, fresh=fresh,
+                           batch_bytes=batch_mem * 1024**2, progress=not quiet, prefetch=prefetch,
+                           svd_driver=svd_driver,
+                           max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
+                           workers=workers)
+        if hub:
+            report = scan_hub(path, opts, revision=revision, token=token,
+                              delete_shards=delete_shards,
+                              max_disk=parse_size(max_disk) if max_disk is not None else None,
+                              group=group)
+        elif group is not None:
+            from ..distributed.ranked import scan_local_ranked
+
+            report = scan_local_ranked(path, opts, group)
+        else:
+            report = run_scan(path, opts)
+        if group is None or group.rank == 0:
+            click.echo(format_summary(report))
+    finally:
+        if group is not None:
+            group.close()
 
 
 @main.command()

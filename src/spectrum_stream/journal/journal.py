@@ -134,8 +134,8 @@ class Journal:
         fsync_dir(path.parent)
         return journal
 
-    def _write(self, doc: dict) -> None:
-        line = orjson.dumps(doc) + b"\n"
+    def _write(self, doc: dict | None, lines: bytes | None = None) -> None:
+        line = orjson.dumps(doc) + b"\n" if lines is None else lines
         try:
             write_all(self._fd, line)
             _fsync(self._fd)
@@ -153,6 +153,13 @@ class Journal:
         """Record one finished (or failed) module durably."""
         self._write(record)
         self.records[record["key"]] = record
+
+    def extend(self, records: list[dict]) -> None:
+        """Record many modules with one write and one fsync (merging other journals in)."""
+        if records:
+            self._write(None, b"".join(orjson.dumps(r) + b"\n" for r in records))
+            for rec in records:
+                self.records[rec["key"]] = rec
 
     def finished(self) -> set[str]:
         """Keys of modules whose SNR is journaled; failed modules are not finished (retried)."""

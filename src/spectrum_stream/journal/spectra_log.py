@@ -2,7 +2,9 @@
 
 An append-only file beside the journal (`<base>.spectra.bin`, docs/spec.md "The journal") holds
 the float32 values back to back. A module's values are written and fsync'd *before* its journal
-line, and the line records where they are (`"spectrum": [offset, count, crc32]`). So:
+line, and the line records where they are (`"spectrum": [file, offset, count, crc32]`, the file
+named relative to the journal's folder, so that a line folded into another journal, e.g. from a
+rank's journal into the main one, still finds its values). So:
 - a crash between the two leaves values no line points to: harmless, the module is redone and its
   values are appended again at the end, where the new line points;
 - a torn write is never referenced (its line was never written);
@@ -55,7 +57,7 @@ class SpectraLog:
             raise SpectrumError(f"{self.path}: cannot write spectra ({what}); every module "
                                 "before this one is kept, fix this and run again to resume"
                                 ) from None
-        return [offset, len(data) // 4, zlib.crc32(data)]
+        return [self.path.name, offset, len(data) // 4, zlib.crc32(data)]
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -63,11 +65,15 @@ class SpectraLog:
             self._fd = -1
 
 
-def read_spectrum(path: Path, ref) -> np.ndarray | None:
-    """The values a journal line points to, or None when they are missing or do not match."""
+def read_spectrum(folder: Path, ref) -> np.ndarray | None:
+    """The values a journal line points to (its log file in `folder`), or None when they are
+    missing or do not match."""
     try:
-        offset, count, crc = (int(x) for x in ref)
-        with open(path, "rb") as f:
+        name, offset, count, crc = ref
+        offset, count, crc = int(offset), int(count), int(crc)
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(SUFFIX):
+            return None
+        with open(Path(folder) / name, "rb") as f:
             f.seek(offset)
             data = f.read(4 * count)
     except (OSError, TypeError, ValueError):
@@ -75,3 +81,17 @@ def read_spectrum(path: Path, ref) -> np.ndarray | None:
     if count < 0 or len(data) != 4 * count or zlib.crc32(data) != crc:
         return None
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def relocate(records, values_of, log: SpectraLog) -> list[dict]:
+    """Copies of `records` whose values (`values_of(record)`, None when lost) now sit in `log`:
+    what folding lines into another journal needs, across folders and nodes."""
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        values = values_of(rec) if "spectrum" in rec else None
+        rec.pop("spectrum", None)
+        if values is not None:
+            rec["spectrum"] = log.append(values)
+        out.append(rec)
+    return out

@@ -14,6 +14,7 @@ import orjson
 
 from ..errors import SpectrumError
 from ..journal.journal import read_journal
+from ..journal.ranks import main_journal_of, rank_journals, read_all
 from ..journal.spectra_log import read_spectrum
 from .atomic import atomic_write
 from .paths import ResultPaths
@@ -57,13 +58,12 @@ def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths) ->
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
     spectra, shapes = {}, {}
-    if paths.spectra_log.is_file():
-        for rec in records:
-            key = rec.get("key")
-            if key in results and "spectrum" in rec and isinstance(rec.get("shape"), list):
-                values = read_spectrum(paths.spectra_log, rec["spectrum"])
-                if values is not None:
-                    spectra[key], shapes[key] = values, tuple(rec["shape"])
+    for rec in records:
+        key = rec.get("key")
+        if key in results and "spectrum" in rec and isinstance(rec.get("shape"), list):
+            values = read_spectrum(paths.journal.parent, rec["spectrum"])
+            if values is not None:
+                spectra[key], shapes[key] = values, tuple(rec["shape"])
     write_spectra(paths.spectra, spectra, shapes)
     return len(spectra)
 
@@ -74,12 +74,18 @@ def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[
 
     Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
     Safe beside a live scan: it reads whole lines only, and the files are replaced atomically.
+    The rank journals of a multi-rank scan beside it are merged in (a rank journal given stands
+    for its main journal).
     """
-    paths = ResultPaths.for_journal(Path(journal_path))
-    if not paths.journal.is_file():
+    paths = ResultPaths.for_journal(main_journal_of(Path(journal_path)))
+    ranks = rank_journals(paths.journal)
+    if not paths.journal.is_file() and not ranks:
         raise SpectrumError(f"{paths.journal}: no such journal")
-    header, records, _ = read_journal(paths.journal)
-    if header is None:
-        raise SpectrumError(f"{paths.journal}: the journal is empty")
+    if paths.journal.is_file():
+        header, _, _ = read_journal(paths.journal)  # not a journal: refused, as ever
+        if header is None and not ranks:
+            raise SpectrumError(f"{paths.journal}: the journal is empty")
+    records = read_all(paths.journal)  # the main journal and the rank journals of its scan
     failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
     return paths, write_results(records.values(), paths), failed
+
