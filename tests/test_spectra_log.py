@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spectrum_stream.journal.spectra_log import SpectraLog, read_spectrum, spectra_log_path
+from spectrum_stream.journal.spectra_log import (SpectraLog, read_spectrum, relocate,
+                                                 spectra_log_path)
 
 
 def test_values_come_back_for_their_own_reference_only(tmp_path):
@@ -14,12 +15,15 @@ def test_values_come_back_for_their_own_reference_only(tmp_path):
     a, b = rng.random(5, dtype=np.float32), rng.random(3, dtype=np.float32)
     ra, rb = log.append(a), log.append(b)
     log.close()
-    assert np.array_equal(read_spectrum(path, ra), a) and np.array_equal(read_spectrum(path, rb), b)
+    assert ra[0] == rb[0] == "x.spectra.bin"
+    assert np.array_equal(read_spectrum(tmp_path, ra), a)
+    assert np.array_equal(read_spectrum(tmp_path, rb), b)
     # a reference pointing at other bytes (another module's, or a shifted offset) is refused
-    assert read_spectrum(path, [ra[0], rb[1], rb[2]]) is None
-    assert read_spectrum(path, [ra[0] + 4, ra[1], ra[2]]) is None
-    assert read_spectrum(path, [rb[0], rb[1] + 1, rb[2]]) is None  # past the end
-    assert read_spectrum(path, "garbage") is None
+    assert read_spectrum(tmp_path, [ra[0], ra[1], rb[2], rb[3]]) is None
+    assert read_spectrum(tmp_path, [ra[0], ra[1] + 4, ra[2], ra[3]]) is None
+    assert read_spectrum(tmp_path, [rb[0], rb[1], rb[2] + 1, rb[3]]) is None  # past the end
+    assert read_spectrum(tmp_path, ["../x.spectra.bin", *ra[1:]]) is None  # only beside it
+    assert read_spectrum(tmp_path, "garbage") is None
 
 
 def test_a_torn_write_is_skipped_and_later_values_land_after_it(tmp_path):
@@ -32,13 +36,30 @@ def test_a_torn_write_is_skipped_and_later_values_land_after_it(tmp_path):
     log = SpectraLog(path)
     second = log.append(np.arange(6, dtype=np.float32))
     log.close()
-    assert second[0] == 16 + 3
-    assert np.array_equal(read_spectrum(path, first), np.arange(4, dtype=np.float32))
-    assert np.array_equal(read_spectrum(path, second), np.arange(6, dtype=np.float32))
+    assert second[1] == 16 + 3
+    assert np.array_equal(read_spectrum(tmp_path, first), np.arange(4, dtype=np.float32))
+    assert np.array_equal(read_spectrum(tmp_path, second), np.arange(6, dtype=np.float32))
     SpectraLog(path, fresh=True).close()
     assert path.stat().st_size == 0
+
+
+def test_relocated_lines_point_into_the_new_log(tmp_path):
+    src = SpectraLog(tmp_path / "a.spectra.bin")
+    recs = [{"key": "m1", "spectrum": src.append(np.ones(3, dtype=np.float32))},
+            {"key": "m2", "spectrum": ["a.spectra.bin", 999, 3, 0]},  # values lost
+            {"key": "m3"}]  # a failed module: no values
+    src.close()
+    dst = SpectraLog(tmp_path / "b.spectra.bin")
+    moved = relocate(recs, lambda rec: read_spectrum(tmp_path, rec["spectrum"]), dst)
+    dst.close()
+    assert moved[0]["spectrum"][0] == "b.spectra.bin"
+    assert np.array_equal(read_spectrum(tmp_path, moved[0]["spectrum"]), np.ones(3))
+    assert "spectrum" not in moved[1] and "spectrum" not in moved[2]
+    assert recs[0]["spectrum"][0] == "a.spectra.bin"  # the originals are left as they were
 
 
 def test_the_log_is_named_after_its_journal(tmp_path):
     assert spectra_log_path(tmp_path / "snr_results_m.journal.jsonl") == \
         tmp_path / "snr_results_m.spectra.bin"
+    assert spectra_log_path(tmp_path / "snr_results_m.rank1-of-2.journal.jsonl") == \
+        tmp_path / "snr_results_m.rank1-of-2.spectra.bin"
