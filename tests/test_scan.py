@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from reference import reference_snr
+from reference import all_matrices, reference_snr
 from spectrum_stream import SpectrumError, scan
 from spectrum_stream.plan.naming import module_type
 from spectrum_stream.options import ScanOptions
-
-
-def all_matrices(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor with 2+ dimensions, read with safetensors itself (independent of our reader)."""
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as s:
-            for name in s.keys():
-                t = s.get_tensor(name)
-                if t.dim() >= 2:
-                    out[name.removesuffix(".weight")] = t.float()
-    return out
 
 
 @pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_dir"])
