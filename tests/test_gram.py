@@ -173,11 +173,12 @@ def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
 
     folder = tmp_path / "bad"
     folder.mkdir()
-    nan = torch.randn(40, 60)
+    gen = torch.Generator().manual_seed(11)
+    nan = torch.randn(40, 60, generator=gen)
     nan[3, 7] = float("nan")
     save_file({"model.layers.0.mlp.up_proj.weight": nan,
                "model.layers.1.mlp.up_proj.weight": torch.zeros(40, 60),
-               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60)},
+               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60, generator=gen)},
               str(folder / "model.safetensors"))
     report = scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, method="gram"))
     failed = dict(report.failed)

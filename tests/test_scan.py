@@ -52,7 +52,7 @@ def test_tied_model_has_no_lm_head(qwen2_dir, tmp_path):
 def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
     from safetensors.torch import save_file
 
-    w = torch.randn(30, 50)
+    w = torch.randn(30, 50, generator=torch.Generator().manual_seed(12))
     folder = tmp_path / "one"
     folder.mkdir()
     save_file({"model.layers.0.mlp.up_proj.weight": w, "norm.weight": torch.ones(5)},
