@@ -269,3 +269,18 @@ def test_in_a_real_process_too(tmp_path):
     assert len(lines) == 1 and str(folder / "model.safetensors") in lines[0]
     assert "'model.layers.0.mlp.up_proj.weight'" in lines[0]
     assert "its data ends 1 bytes past the end of the file (truncated file)" in lines[0]
+
+
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_a_pickle_checkpoint_is_refused_saying_why_and_how_to_convert(tmp_path, given):
+    folder = tmp_path / "old-model"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not unpickled, never opened")
+    target = folder if given == "folder" else folder / "pytorch_model.bin"
+    out = tmp_path / "out"
+    result = run_cli(scan_args(target, out))
+    assert result.exit_code == 1
+    line = assert_one_line_error(result, str(target), "pickle", "convert it to safetensors",
+                                 "save_pretrained")
+    assert line.startswith(f"error: {target}: ")
+    assert not out.exists()
