@@ -163,9 +163,11 @@ def test_which_plain_matrices_the_runner_streams():
 def test_prefetch_gives_the_same_results(planted_dir, tmp_path, method):
     """Identical floats: one worker, so each matrix is decomposed on the same thread either way
     (with two, the last bits of the gram route can move with the thread a matrix ran on)."""
+    four_layers = r"layers\.[0-3]\.|embed|lm_head"
     runs = [scan(planted_dir, ScanOptions(out_dir=tmp_path / str(p), progress=False, method=method,
-                                          prefetch=p, workers=1)).results for p in (False, True)]
-    assert runs[0] == runs[1]
+                                          prefetch=p, workers=1, include=four_layers)).results
+            for p in (False, True)]
+    assert runs[0] == runs[1] and len(runs[0]) == 4 * 7 + 2
 
 
 def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
