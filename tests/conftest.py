@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+import spectrum_stream
 
 sys.path.insert(0, str(Path(__file__).parent))
 from moe_models import (  # noqa: E402,F401  (session fixtures shared by every test module)
@@ -16,6 +20,20 @@ from moe_models import (  # noqa: E402,F401  (session fixtures shared by every t
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Scan subprocesses (`python -m spectrum_stream`, some with another cwd) run the package under
+# test, not whatever a relative PYTHONPATH=src or an editable install elsewhere would find.
+_SRC = str(Path(spectrum_stream.__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC)])
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global random state, whatever ran before it: a test that
+    draws from torch, numpy or random without its own generator still reproduces."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 def _save(model, folder: Path, shard: str = "40KB") -> Path:
@@ -60,3 +78,23 @@ def svd_batch_sizes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(spectrum, "singular_values", counting)
     return sizes
+
+
+PLANTED = dict(layers=6, hidden=192, intermediate=384, vocab=384)  # 44 matrices, bfloat16
+
+
+@pytest.fixture(scope="session")
+def planted_dir(request, tmp_path_factory) -> Path:
+    """The planted-signal Llama (examples/synthetic.py, seed 0) every test shares: 6 layers of
+    known ranks, 44 matrices (enough for a kill to land mid-scan), results named "planted".
+
+    3 shards by default; a test needing another count says so with
+    `@pytest.mark.parametrize("planted_dir", [1], indirect=True)` (written once per count).
+    Tests only read it: copy it before changing anything.
+    """
+    from spectrum_stream.examples.synthetic import write_planted_llama
+
+    shards = getattr(request, "param", 3)
+    folder = tmp_path_factory.mktemp(f"planted-{shards}-shards") / "planted"
+    write_planted_llama(folder, shards=shards, **PLANTED)
+    return folder

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -40,3 +42,18 @@ def reference_snr(matrix) -> float:
     if n_noise == 0:
         noise = 1.0
     return signal / noise / s[0]
+
+
+def all_matrices(folder: Path) -> dict:
+    """Every tensor with 2+ dimensions as float32 torch tensors by module key, read with
+    safetensors itself (independent of the package's reader)."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as s:
+            for name in s.keys():
+                t = s.get_tensor(name)
+                if t.dim() >= 2:
+                    out[name.removesuffix(".weight")] = t.float()
+    return out

@@ -98,16 +98,19 @@ def break_second_shard(folder: Path, case: str) -> None:
 
 # case -> (the file the message must name, whether it must name the tensor, words it must say)
 CASES = {
-    "truncated shard": (SHARDS[1], True, "truncated"),
-    "header length past the end": (SHARDS[1], False, "past the end"),
-    "file too short": (SHARDS[1], False, "too short"),
-    "header not JSON": (SHARDS[1], False, "not valid UTF-8 JSON"),
-    "duplicate names": (SHARDS[1], True, "duplicate"),
-    "overlapping offsets": (SHARDS[1], True, "overlaps"),
-    "gapped offsets": (SHARDS[1], True, "gap of 8 bytes"),
-    "wrong byte length": (SHARDS[1], True, "expected 352"),
+    "truncated shard": (SHARDS[1], True,
+                        "its data ends 40 bytes past the end of the file (truncated file)"),
+    "header length past the end": (SHARDS[1], False,
+                                   "header length 10000 runs past the end of the"),
+    "file too short": (SHARDS[1], False, "file is 2 bytes, too short for a header"),
+    "header not JSON": (SHARDS[1], False, "header is not valid UTF-8 JSON"),
+    "duplicate names": (SHARDS[1], True, "duplicate tensor name"),
+    "overlapping offsets": (SHARDS[1], True, "data overlaps the tensor before it"),
+    "gapped offsets": (SHARDS[1], True, "gap of 8 bytes before its data"),
+    "wrong byte length": (SHARDS[1], True, "384 bytes for F32 [8, 11], expected 352"),
     "unsupported dtype": (SHARDS[1], True, "unsupported dtype 'Q4_K'"),
-    "index names a missing shard": ("model.safetensors.index.json", False, SHARDS[1]),
+    "index names a missing shard": ("model.safetensors.index.json", False,
+                                    f"names shard {SHARDS[1]!r}, which is missing"),
     "index names a tensor the shard lacks": (SHARDS[1], True, "does not hold it"),
     "index is not JSON": ("model.safetensors.index.json", False, "not a safetensors index"),
     "config.json is not JSON": ("config.json", False, "not readable JSON"),
@@ -152,7 +155,8 @@ def test_a_bad_single_file_is_named_too(tmp_path):
     path = tmp_path / "model.safetensors"
     header, data = header_of(tensors_of(0))
     write_shard(path, header, data[:-4])
-    assert_one_line_error(run_cli(scan_args(path, tmp_path / "out")), str(path), "truncated")
+    assert_one_line_error(run_cli(scan_args(path, tmp_path / "out")), str(path),
+                          "its data ends 4 bytes past the end of the file (truncated file)")
 
 
 def scanned_once(tmp_path):
@@ -263,4 +267,20 @@ def test_in_a_real_process_too(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(folder / "model.safetensors") in lines[0]
-    assert "'model.layers.0.mlp.up_proj.weight'" in lines[0] and "truncated" in lines[0]
+    assert "'model.layers.0.mlp.up_proj.weight'" in lines[0]
+    assert "its data ends 1 bytes past the end of the file (truncated file)" in lines[0]
+
+
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_a_pickle_checkpoint_is_refused_saying_why_and_how_to_convert(tmp_path, given):
+    folder = tmp_path / "old-model"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not unpickled, never opened")
+    target = folder if given == "folder" else folder / "pytorch_model.bin"
+    out = tmp_path / "out"
+    result = run_cli(scan_args(target, out))
+    assert result.exit_code == 1
+    line = assert_one_line_error(result, str(target), "pickle", "convert it to safetensors",
+                                 "save_pretrained")
+    assert line.startswith(f"error: {target}: ")
+    assert not out.exists()

@@ -9,23 +9,16 @@ import sys
 import pytest
 import torch
 
-from reference import reference_snr
+from reference import all_matrices, reference_snr
 from spectrum_stream import scan
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.results.select import select
 from spectrum_stream.kernel.gram import gram_stats
 from spectrum_stream.kernel.route import GRAM_TOLERANCE, decompose
-from spectrum_stream.examples.synthetic import planted_matrix, write_planted_llama
+from spectrum_stream.examples.synthetic import planted_matrix
 
 CHECKPOINTS = ["llama_dir", "qwen2_dir", "mixtral_dir", "qwen2_moe_dir", "dbrx_dir", "llama4_dir",
                "gpt_oss_dir", "fused_qwen2_moe_dir", "fused_mixtral_dir", "planted_dir"]
-
-
-@pytest.fixture(scope="session")
-def planted_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("planted") / "planted-llama"
-    write_planted_llama(folder, layers=4, hidden=128, intermediate=256, vocab=256)
-    return folder
 
 
 def journal_lines(report):
@@ -90,31 +83,91 @@ def test_fallback_is_written_to_the_journal(tmp_path):
     assert "fallback" not in by_key["model.layers.1.mlp.up_proj"]
 
 
-def test_matrices_past_the_budget_are_streamed_in_blocks(planted_dir, tmp_path, monkeypatch):
-    """With a budget smaller than any matrix, gram never decodes a whole matrix, same results."""
+def routes_taken(monkeypatch) -> dict[str, list[str]]:
+    """Instruments the runner: tensors decoded whole (`decode`) and matrices summed from blocks
+    read straight from the file (`streamed_gram`), by tensor name."""
     scan_mod = sys.modules["spectrum_stream.scan"]  # the package's `scan` attribute is the function
-    whole = scan(planted_dir, ScanOptions(out_dir=tmp_path / "a", progress=False, method="gram"))
-    decoded = []
-    real_decode = scan_mod.decode
-    monkeypatch.setattr(scan_mod, "decode", lambda job, *a: decoded.append(job) or real_decode(job, *a))
-    streamed = scan(planted_dir, ScanOptions(out_dir=tmp_path / "b", progress=False, method="gram",
-                                             batch_bytes=1024))
-    assert decoded == [], "a matrix past the budget was read whole"
-    assert streamed.results.keys() == whole.results.keys()
+    taken: dict[str, list[str]] = {"whole": [], "streamed": []}
+    real_decode, real_streamed = scan_mod.decode, scan_mod.streamed_gram
+
+    def decode(job, *args):
+        taken["whole"].append(job.main.name)
+        return real_decode(job, *args)
+
+    def streamed_gram(path, entry, *args):
+        taken["streamed"].append(entry.name)
+        return real_streamed(path, entry, *args)
+
+    monkeypatch.setattr(scan_mod, "decode", decode)
+    monkeypatch.setattr(scan_mod, "streamed_gram", streamed_gram)
+    return taken
+
+
+def reference_snrs(folder) -> dict[str, float]:
+    return {key: reference_snr(w.numpy()) for key, w in all_matrices(folder).items()}
+
+
+def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch):
+    """The same checkpoint through both gram routes, each one checked to be the route taken:
+    whole (a float32 copy, as on a GPU for a matrix within the budget, forced here) and streamed
+    (float64 blocks from the file: always on CPU, here with a budget smaller than any matrix)."""
+    from spectrum_stream.scan import _Runner
+
+    taken = routes_taken(monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(_Runner, "streams", lambda self, job: False)
+        whole = scan(planted_dir, ScanOptions(out_dir=tmp_path / "a", progress=False,
+                                              device="cpu", method="gram"))
+    tensors = [name + ".weight" for name in whole.results]
+    assert sorted(taken["whole"]) == sorted(tensors) and taken["streamed"] == []
+    taken["whole"].clear()
+
+    streamed = scan(planted_dir, ScanOptions(out_dir=tmp_path / "b", progress=False,
+                                             device="cpu", method="gram", batch_bytes=1024))
+    assert taken["whole"] == [], "a matrix past the budget was read whole"
+    assert sorted(taken["streamed"]) == sorted(tensors)
+
+    assert {r["method"] for r in journal_lines(whole) + journal_lines(streamed)} == {"gram"}
+    assert streamed.results.keys() == whole.results.keys() and len(whole.results) == 44
+    reference = reference_snrs(planted_dir)
     for key, info in whole.results.items():
+        # both are float64 sums of the same float64 products, only in another order
         assert abs(streamed.results[key]["snr"] - info["snr"]) <= 1e-6 * info["snr"], key
+        for got in (info["snr"], streamed.results[key]["snr"]):
+            assert abs(got - reference[key]) <= 1e-4 * reference[key], key
+
+
+def test_which_plain_matrices_the_runner_streams():
+    """The gram route reads a plain matrix in blocks always on a CPU, on a GPU only past the
+    budget; never for --method exact. (The decision alone: no GPU needed to check it.)"""
+    from types import SimpleNamespace
+
+    from spectrum_stream.scan import _Runner
+
+    def streams(device: str, method: str, shape, budget: int, decode: str = "plain") -> bool:
+        opts = ScanOptions(method=method, batch_bytes=budget, workers=1, progress=False)
+        runner = _Runner(None, None, torch.device(device), opts, None)
+        job = SimpleNamespace(decode=decode, matrices=[SimpleNamespace(shape=shape, index=None)])
+        return runner.streams(job)
+
+    big = 4 * 100 * 80 + 1  # one byte more than the matrix's float32 copy
+    assert streams("cpu", "gram", (100, 80), big)
+    assert not streams("cuda", "gram", (100, 80), big)
+    assert streams("cuda", "gram", (100, 80), big - 2)
+    assert not streams("cpu", "exact", (100, 80), 1)
+    assert not streams("cpu", "gram", (100, 80), big, decode="fp8_block")
+    assert not streams("cpu", "gram", (0, 80), big)
 
 
 @pytest.mark.parametrize("method", ["exact", "gram"])
 def test_prefetch_gives_the_same_results(planted_dir, tmp_path, method):
+    """Identical floats: one worker, so each matrix is decomposed on the same thread either way
+    (with two, the last bits of the gram route can move with the thread a matrix ran on)."""
+    four_layers = r"layers\.[0-3]\.|embed|lm_head"
     runs = [scan(planted_dir, ScanOptions(out_dir=tmp_path / str(p), progress=False, method=method,
-                                          prefetch=p)).results for p in (False, True)]
-    if method == "exact":
-        assert runs[0] == runs[1]
-    else:  # two gram workers share OpenBLAS, whose summation order follows its thread use
-        assert runs[0].keys() == runs[1].keys()
-        for key, info in runs[0].items():
-            assert abs(runs[1][key]["snr"] - info["snr"]) <= 1e-12 * abs(info["snr"]), key
+                                          prefetch=p, workers=1, include=four_layers)).results
+            for p in (False, True)]
+    assert runs[0] == runs[1] and len(runs[0]) == 4 * 7 + 2
 
 
 def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
@@ -122,11 +175,12 @@ def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
 
     folder = tmp_path / "bad"
     folder.mkdir()
-    nan = torch.randn(40, 60)
+    gen = torch.Generator().manual_seed(11)
+    nan = torch.randn(40, 60, generator=gen)
     nan[3, 7] = float("nan")
     save_file({"model.layers.0.mlp.up_proj.weight": nan,
                "model.layers.1.mlp.up_proj.weight": torch.zeros(40, 60),
-               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60)},
+               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60, generator=gen)},
               str(folder / "model.safetensors"))
     report = scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, method="gram"))
     failed = dict(report.failed)

@@ -16,9 +16,11 @@ from safetensors.torch import save_file
 
 from spectrum_stream.source.dtypes import DTYPE_BITS, nbytes_for
 from spectrum_stream.errors import CheckpointError
-from spectrum_stream.source.header import parse_header, read_header
+from spectrum_stream.source.header import MAX_HEADER_BYTES, parse_header, read_header
+from test_header import RULES
 
-FUZZ = settings(max_examples=200, deadline=None)
+# derandomized: the same examples on every run, so that a failure reproduces (and none flakes)
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
 
 
 def _valid_file() -> bytes:
@@ -38,6 +40,13 @@ VALID_DATA_SIZE = len(VALID) - 8 - N
 VALID_DOC = json.loads(VALID_RAW)
 
 
+def assert_one_rule(message: str, expected: tuple[str, ...] | None = None) -> None:
+    """The message is one known rule's (and, given `expected`, one of those)."""
+    fired = [rule for rule in RULES if rule in message]
+    assert len(fired) == 1, (fired, message)
+    assert expected is None or fired[0] in expected, (expected, message)
+
+
 def check(raw: bytes, data_size: int) -> None:
     """parse_header either refuses with CheckpointError or returns entries that obey every rule."""
     start = 8 + len(raw)
@@ -45,6 +54,7 @@ def check(raw: bytes, data_size: int) -> None:
         entries, metadata = parse_header(raw, data_size, start, "fuzz.safetensors")
     except CheckpointError as exc:
         assert str(exc).startswith("fuzz.safetensors: ") and "\n" not in str(exc)
+        assert_one_rule(str(exc))
         return
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     cursor = start
@@ -134,15 +144,26 @@ def test_byte_level_mutations_of_a_valid_header(data):
 def test_whole_files_through_read_header(data):
     """The length prefix and the file's end too: random, cut, padded or rewritten files."""
     kind = data.draw(st.sampled_from(["random", "cut", "pad", "length"]))
+    expected = None  # the rule that must refuse the file, where the change decides it
     if kind == "random":
         blob = data.draw(st.binary(max_size=200))
+        if len(blob) < 8:
+            expected = ("too short for a header",)
     elif kind == "cut":
         blob = VALID[: data.draw(st.integers(0, len(VALID) - 1))]
+        expected = (("too short for a header",) if len(blob) < 8
+                    else ("runs past the end",) if len(blob) < 8 + N
+                    else ("past the end of the file (truncated file)", "tensors cover"))
     elif kind == "pad":
         blob = VALID + data.draw(st.binary(min_size=1, max_size=16))
+        expected = ("tensors cover",)
     else:
         n = data.draw(st.integers(0, 2**64 - 1) | st.integers(0, len(VALID) + 8))
         blob = struct.pack("<Q", n) + VALID[8:]
+        if n > MAX_HEADER_BYTES:
+            expected = ("is absurd",)
+        elif 8 + n > len(blob):
+            expected = ("runs past the end",)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "f.safetensors"
         path.write_bytes(blob)
@@ -150,7 +171,9 @@ def test_whole_files_through_read_header(data):
             header = read_header(path)
         except CheckpointError as exc:
             assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+            assert_one_rule(str(exc), expected)
             return
+        assert expected is None, f"{kind}: accepted"
         assert header.size == len(blob)
         assert max((e.end for e in header.tensors.values()), default=8 + N) == len(blob)
 

@@ -28,7 +28,6 @@ from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.journal.lock import ScanLock
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan
-from spectrum_stream.examples.synthetic import write_planted_llama
 
 NAME = "planted"
 JOURNAL = f"snr_results_{NAME}.journal.jsonl"
@@ -48,11 +47,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """6 layers, 44 small matrices over 3 shards: enough modules for kills to land mid-scan."""
-    folder = tmp_path_factory.mktemp("resume") / NAME
-    write_planted_llama(folder, layers=6, hidden=192, intermediate=384, vocab=384, shards=3)
-    return folder
+def ckpt(planted_dir) -> Path:
+    """conftest's planted checkpoint: 44 small matrices over 3 shards, enough modules for kills
+    to land mid-scan."""
+    assert planted_dir.name == NAME and len(list(planted_dir.glob("*.safetensors"))) == 3
+    return planted_dir
 
 
 @pytest.fixture(scope="module")

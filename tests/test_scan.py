@@ -7,24 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from reference import reference_snr
+from reference import all_matrices, reference_snr
 from spectrum_stream import SpectrumError, scan
 from spectrum_stream.plan.naming import module_type
 from spectrum_stream.options import ScanOptions
-
-
-def all_matrices(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor with 2+ dimensions, read with safetensors itself (independent of our reader)."""
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as s:
-            for name in s.keys():
-                t = s.get_tensor(name)
-                if t.dim() >= 2:
-                    out[name.removesuffix(".weight")] = t.float()
-    return out
 
 
 @pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_dir"])
@@ -66,7 +53,7 @@ def test_tied_model_has_no_lm_head(qwen2_dir, tmp_path):
 def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
     from safetensors.torch import save_file
 
-    w = torch.randn(30, 50)
+    w = torch.randn(30, 50, generator=torch.Generator().manual_seed(12))
     folder = tmp_path / "one"
     folder.mkdir()
     save_file({"model.layers.0.mlp.up_proj.weight": w, "norm.weight": torch.ones(5)},
@@ -137,3 +124,105 @@ def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(llama_dir, tmp_pat
     assert [k for k, _ in report.failed] == ["model.layers.1.mlp.up_proj"]
     assert "out of memory" in report.failed[0][1]
     assert len(report.results) == 3 * 7 + 2 - 1
+
+
+def test_keyword_overrides_apply_to_the_options_and_unknown_ones_are_refused(tmp_path):
+    """scan(path, opts, **overrides): the keywords replace fields of `opts`, which stays as it was."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    w = torch.randn(20, 30, generator=torch.Generator().manual_seed(14))
+    save_file({"model.layers.0.mlp.up_proj.weight": w}, str(folder / "model.safetensors"))
+    opts = ScanOptions(out_dir=tmp_path / "from-opts", progress=False, device="auto")
+    report = scan(folder, opts, device="cpu", out_dir=tmp_path / "override")
+    assert report.device == "cpu"
+    assert report.paths.results == tmp_path / "override" / "snr_results_one.json"
+    assert report.paths.results.is_file() and not (tmp_path / "from-opts").exists()
+    assert opts.out_dir == tmp_path / "from-opts" and opts.device == "auto"
+    with pytest.raises(TypeError, match="no_such_option"):
+        scan(folder, opts, no_such_option=1)
+    assert not (tmp_path / "from-opts").exists()
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float8_e4m3fnuz, "F8_E4M3FNUZ"),
+                                         (torch.float8_e5m2fnuz, "F8_E5M2FNUZ")])
+def test_fnuz_fp8_tensors_are_read_and_scanned(tmp_path, dtype, name):
+    """AMD's FP8 variants (no scale tensor): the SNR of the values the file holds, dequantized."""
+    from safetensors.torch import save_file
+
+    from spectrum_stream.source.header import read_header
+
+    folder = tmp_path / "fnuz"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(15)
+    stored = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 80, generator=gen).to(dtype)
+              for i in range(2)}
+    save_file(stored, str(folder / "model.safetensors"))
+    header = read_header(folder / "model.safetensors")
+    assert {e.dtype for e in header.tensors.values()} == {name}
+    for method in ("exact", "gram"):
+        report = scan(folder, out_dir=tmp_path / method, progress=False, device="cpu",
+                      method=method)
+        assert not report.failed and len(report.results) == 2
+        for tensor, q in stored.items():
+            ref = reference_snr(q.to(torch.float64).numpy())
+            got = report.results[tensor.removesuffix(".weight")]["snr"]
+            assert abs(got - ref) <= 1e-4 * ref, (method, tensor)
+
+
+@pytest.fixture
+def library_logging_as_shipped():
+    """The package logger as an API caller finds it: only its NullHandler, propagating (an
+    earlier CLI test in this process installs the CLI's handler and stops propagation)."""
+    import logging
+
+    logger = logging.getLogger("spectrum_stream")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    for h in list(logger.handlers):
+        if not isinstance(h, logging.NullHandler):
+            logger.removeHandler(h)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    yield logger
+    logger.handlers[:] = saved[0]
+    logger.propagate = saved[1]
+    logger.setLevel(saved[2])
+
+
+def nan_checkpoint(folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(16)
+    bad = torch.randn(16, 12, generator=gen)
+    bad[3, 4] = float("nan")
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(16, 12, generator=gen),
+               "model.layers.1.mlp.up_proj.weight": bad}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_api_callers_see_warnings_through_logging(tmp_path, caplog, library_logging_as_shipped):
+    import logging
+
+    folder = nan_checkpoint(tmp_path / "nan")
+    with caplog.at_level(logging.WARNING):
+        report = scan(folder, out_dir=tmp_path / "out", progress=False, device="cpu")
+    assert [k for k, _ in report.failed] == ["model.layers.1.mlp.up_proj"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and r.name.startswith("spectrum_stream.")]
+    assert len(warnings) == 1, caplog.records
+    message = warnings[0].getMessage()
+    assert "model.layers.1.mlp.up_proj" in message and "NaN or Inf" in message
+
+
+def test_the_library_itself_prints_nothing(tmp_path, capsys, library_logging_as_shipped):
+    """No handler installed by the caller: the warning goes nowhere (the package's NullHandler
+    keeps logging's last-resort handler off stderr), and nothing else is printed either."""
+    import logging
+
+    assert any(isinstance(h, logging.NullHandler) for h in library_logging_as_shipped.handlers)
+    folder = nan_checkpoint(tmp_path / "nan")
+    report = scan(folder, out_dir=tmp_path / "out", progress=False, device="cpu")
+    assert len(report.failed) == 1
+    assert capsys.readouterr() == ("", "")

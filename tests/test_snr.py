@@ -1,4 +1,4 @@
-"""The SNR kernel against the float64 reference, on fresh random inputs and planted signal."""
+"""The SNR kernel against the float64 reference, on seeded random inputs and planted signal."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from reference import reference_snr
 from spectrum_stream.kernel.snr import snr_from_singular_values, spectrum_stats
 from spectrum_stream.examples.synthetic import planted_matrix
 
-SEED = int.from_bytes(os.urandom(4), "little")
+# fixed, so that a failure reproduces; SPECTRUM_TEST_SEED=<n> explores other inputs
+SEED = int(os.environ.get("SPECTRUM_TEST_SEED", "20240611"))
 
 
 def rel_err(a: float, b: float) -> float:
@@ -20,7 +21,7 @@ def rel_err(a: float, b: float) -> float:
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 130), (130, 48), (7, 200), (256, 96)])
-def test_matches_float64_reference_on_fresh_random_matrices(shape):
+def test_matches_float64_reference_on_random_matrices(shape):
     rng = np.random.default_rng(SEED)
     for trial in range(3):
         w = rng.standard_normal(shape) * rng.uniform(0.01, 2.0)

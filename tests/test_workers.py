@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,44 @@ def test_workers_need_a_cpu_and_a_positive_count(llama_dir, tmp_path):
     assert default_workers(torch.device("cpu"), "gram") == min(2, torch.get_num_threads())
 
 
+def finished(future, timeout: float = 10) -> bool:
+    """Wait, at most `timeout` seconds, for a call the pool runs to finish."""
+    done, _ = futures.wait([future], timeout=timeout)
+    return bool(done)
+
+
+def interrupt_main_thread_once_it_waits(inside: str, timeout: float = 10) -> threading.Thread:
+    """Send SIGINT to the main thread once it blocks in a lock wait (threading's `wait`, as
+    Future.result does) somewhere under a call of the function named `inside`, not before: a
+    signal landing too early would end the test instead. Gives up after `timeout` seconds (the
+    test then fails: no KeyboardInterrupt)."""
+    import signal
+    import sys
+
+    main = threading.main_thread()
+
+    def waiting_inside() -> bool:
+        frame = sys._current_frames().get(main.ident)
+        if frame is None or frame.f_code.co_name != "wait" or \
+                frame.f_code.co_filename != threading.__file__:
+            return False
+        while frame is not None and frame.f_code.co_name != inside:
+            frame = frame.f_back
+        return frame is not None
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if waiting_inside():
+                signal.pthread_kill(main.ident, signal.SIGINT)
+                return
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=watch)
+    sender.start()
+    return sender
+
+
 def test_pool_delivers_in_submit_order_on_the_callers_thread():
     pool = OrderedPool(2)
     first_may_end = threading.Event()
@@ -132,9 +171,7 @@ def test_deliver_finished_stops_at_the_first_still_running():
     delivered = []
     pool.submit(lambda: 1, delivered.append)
     pool.submit(lambda: gate.wait(10) and 2, delivered.append)
-    deadline = time.monotonic() + 10
-    while not pool.inflight[0][0].done() and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert finished(pool.inflight[0][0])
     pool.deliver_finished()
     assert delivered == [1] and len(pool.inflight) == 1
     gate.set()
@@ -164,13 +201,11 @@ def test_cli_takes_workers(llama_dir, tmp_path):
     assert r.exit_code == 2 and "--workers" in r.stderr
 
 
-def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeypatch):
+@pytest.mark.parametrize("planted_dir", [1], indirect=True)
+def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_path, monkeypatch):
     """One shard, so nothing settles at a shard's end: the error must wait for the work handed out."""
     from spectrum_stream.scan import _Runner
-    from spectrum_stream.examples.synthetic import write_planted_llama
 
-    folder = tmp_path / "one-shard"
-    write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)
     real, calls = _Runner.consume, []
 
     def consume_then_fail(self, job, todo, *rest):
@@ -181,55 +216,75 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(tmp_path, monkeyp
 
     monkeypatch.setattr(_Runner, "consume", consume_then_fail)
     with pytest.raises(OSError, match="went away"):
-        scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, device="cpu",
-                                 method="gram", workers=2))
-    _, records, _ = read_journal(tmp_path / "out" / "snr_results_one-shard.journal.jsonl")
+        scan(planted_dir, ScanOptions(out_dir=tmp_path / "out", progress=False, device="cpu",
+                                      method="gram", workers=2))
+    _, records, _ = read_journal(tmp_path / "out" / "snr_results_planted.journal.jsonl")
     assert list(records) == calls[:5]
 
 
-SLOW_FIRST_MATRIX = """
-import sys, time, torch
+BUSY_FIRST_MATRIX = """
+import sys, threading, time, torch
 import spectrum_stream.scan
 S = sys.modules["spectrum_stream.scan"]
 real, calls = S._Runner.stream_gram, []
-def slow_first(self, *args):
+main = threading.main_thread()
+
+def say_busy_once_the_main_thread_waits():
+    # Ctrl-C must find the caller waiting on the worker's call: a signal landing just before the
+    # wait's lock call is only seen once that call ends (a CPython limitation), so wait for it
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        frame = sys._current_frames().get(main.ident)
+        if frame is not None and frame.f_code.co_name == "wait":
+            while frame is not None and frame.f_code.co_name != "_deliver_oldest":
+                frame = frame.f_back
+            if frame is not None:
+                time.sleep(0.05)  # well inside the lock call by now
+                print("busy", flush=True)
+                return
+        time.sleep(0.001)
+
+def busy_first(self, *args):
     calls.append(1)
-    if len(calls) == 1:  # a minute of torch C++ work in this worker thread
+    if len(calls) == 1:  # torch C++ work in this worker thread, longer than the test waits
         x = torch.randn(600, 600, dtype=torch.float64)
-        end = time.monotonic() + 60
+        threading.Thread(target=say_busy_once_the_main_thread_waits, daemon=True).start()
+        end = time.monotonic() + 300  # bounded, so that a stray process ends on its own
         while time.monotonic() < end:
             torch.linalg.eigvalsh(x @ x.T)
     return real(self, *args)
-S._Runner.stream_gram = slow_first
-from spectrum_stream.cli import main
-main(sys.argv[1:])
+S._Runner.stream_gram = busy_first
+from spectrum_stream.cli import main as cli
+cli(sys.argv[1:])
 """
 
 
-def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(tmp_path):
-    """The interpreter would wait for the worker's minute-long call (a daemon thread instead
-    aborts inside torch at exit): the CLI says how to resume and exits 130 at once."""
+@pytest.mark.parametrize("planted_dir", [1], indirect=True)
+def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(planted_dir, tmp_path):
+    """The interpreter would wait for the worker's call, which outlasts the test (a daemon thread
+    instead aborts inside torch at exit): the CLI says how to resume and exits 130 without it."""
+    import select
     import signal
     import subprocess
     import sys
 
-    from spectrum_stream.examples.synthetic import write_planted_llama
-
-    folder, out = tmp_path / "ckpt", tmp_path / "out"
-    write_planted_llama(folder, layers=2, hidden=64, intermediate=128, vocab=128, shards=1)
-    cmd = [sys.executable, "-c", SLOW_FIRST_MATRIX, "scan", str(folder), "--out-dir", str(out),
-           "--device", "cpu", "--method", "gram", "--workers", "2", "--quiet"]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", BUSY_FIRST_MATRIX, "scan", str(planted_dir), "--out-dir",
+           str(out), "--device", "cpu", "--method", "gram", "--workers", "2", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    journal = out / "snr_results_ckpt.journal.jsonl"
-    deadline = time.monotonic() + 30
-    while not journal.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(2)  # the first matrix is in its minute of torch work now
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=50)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout.readline() == "busy\n", "the worker never started"
+        proc.send_signal(signal.SIGINT)  # the first matrix is inside torch now
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C did not end the scan while a worker was busy inside torch")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stderr
-    assert time.monotonic() - t0 < 20
     assert stderr.startswith("interrupted: 0 of ") and "terminate called" not in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1
 
@@ -237,18 +292,16 @@ def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(tmp_path):
 def test_ctrl_c_while_waiting_keeps_the_oldest_call_and_the_order():
     """Ctrl-C lands while the caller waits on the oldest call: nothing after it is delivered
     until it is, so the journal stays a prefix of the plan."""
-    import signal
-
     pool = OrderedPool(2)
     gate, delivered = threading.Event(), []
     pool.submit(lambda: gate.wait(10) and "slow", delivered.append)
     pool.submit(lambda: "fast", delivered.append)
-    while not pool.inflight[1][0].done():
-        time.sleep(0.001)
-    main = threading.main_thread().ident  # a real signal, to the main thread: it wakes the wait
-    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
+    assert finished(pool.inflight[1][0])
+    # a real signal, to the main thread, once it waits on the oldest call: it wakes the wait
+    sender = interrupt_main_thread_once_it_waits(inside="drain")
     with pytest.raises(KeyboardInterrupt):
         pool.drain()
+    sender.join(10)
     pool.deliver_finished()
     assert delivered == [] and len(pool.inflight) == 2
     gate.set()
@@ -268,8 +321,7 @@ def test_a_delivery_cut_short_stops_later_deliveries():
     pool.submit(lambda: 2, delivered.append)
     with pytest.raises(KeyboardInterrupt):
         pool.drain()
-    while not pool.inflight[0][0].done():
-        time.sleep(0.001)
+    assert finished(pool.inflight[0][0])
     pool.deliver_finished()
     assert delivered == []
     pool.close()
