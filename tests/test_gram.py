@@ -111,11 +111,12 @@ def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch
     """The same checkpoint through both gram routes, each one checked to be the route taken:
     whole (a float32 copy, as on a GPU for a matrix within the budget, forced here) and streamed
     (float64 blocks from the file: always on CPU, here with a budget smaller than any matrix)."""
+    from spectrum_stream.kernel.memory import Placement
     from spectrum_stream.scan import _Runner
 
     taken = routes_taken(monkeypatch)
     with monkeypatch.context() as m:
-        m.setattr(_Runner, "streams", lambda self, job: False)
+        m.setattr(_Runner, "placement", lambda self, job: Placement("whole", 0))
         whole = scan(planted_dir, ScanOptions(out_dir=tmp_path / "a", progress=False,
                                               device="cpu", method="gram"))
     tensors = [name + ".weight" for name in whole.results]
@@ -138,25 +139,22 @@ def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch
 
 
 def test_which_plain_matrices_the_runner_streams():
-    """The gram route reads a plain matrix in blocks always on a CPU, on a GPU only past the
-    budget; never for --method exact. (The decision alone: no GPU needed to check it.)"""
+    """On a CPU the gram route reads every plain matrix in blocks; never for --method exact,
+    quantized or empty matrices. (On a GPU device memory decides: tests/test_gpu_plan.py.)"""
     from types import SimpleNamespace
 
     from spectrum_stream.scan import _Runner
 
-    def streams(device: str, method: str, shape, budget: int, decode: str = "plain") -> bool:
-        opts = ScanOptions(method=method, batch_bytes=budget, workers=1, progress=False)
-        runner = _Runner(None, None, torch.device(device), opts, None)
+    def streams(method: str, shape, decode: str = "plain") -> bool:
+        opts = ScanOptions(method=method, workers=1, progress=False)
+        runner = _Runner(None, None, None, torch.device("cpu"), opts, None)
         job = SimpleNamespace(decode=decode, matrices=[SimpleNamespace(shape=shape, index=None)])
-        return runner.streams(job)
+        return runner.placement(job).where == "stream"
 
-    big = 4 * 100 * 80 + 1  # one byte more than the matrix's float32 copy
-    assert streams("cpu", "gram", (100, 80), big)
-    assert not streams("cuda", "gram", (100, 80), big)
-    assert streams("cuda", "gram", (100, 80), big - 2)
-    assert not streams("cpu", "exact", (100, 80), 1)
-    assert not streams("cpu", "gram", (100, 80), big, decode="fp8_block")
-    assert not streams("cpu", "gram", (0, 80), big)
+    assert streams("gram", (100, 80))
+    assert not streams("exact", (100, 80))
+    assert not streams("gram", (100, 80), decode="fp8_block")
+    assert not streams("gram", (0, 80))
 
 
 @pytest.mark.parametrize("method", ["exact", "gram"])
