@@ -110,7 +110,7 @@ CASES = {
     "index names a missing shard": ("model.safetensors.index.json", False, SHARDS[1]),
     "index names a tensor the shard lacks": (SHARDS[1], True, "does not hold it"),
     "index is not JSON": ("model.safetensors.index.json", False, "not a safetensors index"),
-    "config.json is not JSON": ("config.json", False, "not readable JSON"),
+    "config.json is not JSON": ("config.json", False, "not a model config: invalid JSON"),
 }
 
 
