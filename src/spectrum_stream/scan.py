@@ -23,6 +23,7 @@ from .errors import SpectrumError
 from .journal.journal import Journal, finished_in
 from .journal.lock import ScanLock
 from .journal.records import failure_of, module_record
+from .kernel import memory
 from .kernel.gram import GRAM_BLOCK_BYTES
 from .kernel.route import Decomposed, decompose_each, streamed_gram
 from .kernel.workers import OrderedPool, default_workers, threads_per_worker
@@ -36,6 +37,7 @@ from .results.files import write_results
 from .results.paths import ResultPaths
 from .source.checkpoint import Checkpoint, open_local
 from .source.shards import LocalSource, ShardSource
+from .units import human_bytes
 
 log = logging.getLogger(__name__)
 _STREAM = object()  # load() result for a matrix the gram route reads in blocks itself
@@ -181,7 +183,25 @@ class _Runner:
                 and (self.device.type == "cpu" or 4 * math.prod(spec.shape) > self.budget))
 
     def load(self, job: TensorJob):
-        return _STREAM if self.streams(job) else decode(job, self.source.path, self.device)
+        streamed = self.streams(job)
+        self.check_memory(job, streamed)
+        return _STREAM if streamed else decode(job, self.source.path, self.device)
+
+    def check_memory(self, job: TensorJob, streamed: bool) -> None:
+        """Fail this job's modules, with the reason, when their decomposition cannot fit in the
+        memory the machine has left (instead of the OOM killer ending the whole scan)."""
+        method = self.opts.method
+        copies = 0 if streamed else sum(4 * math.prod(s.shape) for s in job.matrices)
+        work = max(memory.decomposition_bytes(s.shape, method, streamed, self.block_bytes)
+                   - (0 if streamed else 4 * math.prod(s.shape)) for s in job.matrices)
+        need = copies + work
+        have = memory.available_bytes(self.device)
+        if have is not None and need > have:
+            what = ("float32 copies + LAPACK workspace" if method == "exact"
+                    else "float64 Gram matrix + blocks")
+            raise SpectrumError(
+                f"needs about {human_bytes(need)} of memory to decompose (--method {method}: "
+                f"{what}), only {human_bytes(have)} available on {self.device}")
 
     def stream_gram(self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path]) -> list[_Outcome]:
         t0 = time.perf_counter()
