@@ -302,7 +302,9 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
-                report.results = write_results(journal.records.values(), p.paths)
+                planned = {s.key for j in p.jobs for s in j.matrices}  # not a stray journal key
+                report.results = write_results(
+                    (r for k, r in journal.records.items() if k in planned), p.paths)
             except SpectrumError:
                 if pending is None:
                     raise
