@@ -6,7 +6,8 @@ Index, config.json, shard headers, the journal and results files of small checkp
 one `error:` line naming the file; never a traceback, never a hang (each run has a deadline), and
 never a lost journal line.
 
-CI runs a fixed, derandomized set of examples per family (about half a minute in all). For a
+CI runs a fixed, derandomized set of 40 examples per family (about 20 s in all, most of it the
+two real processes). For a
 longer local run with fresh random examples:
 
     SPECTRUM_FUZZ_EXAMPLES=500 PYTHONPATH=src python -m pytest tests/test_fuzz_e2e.py
@@ -40,7 +41,7 @@ from spectrum_stream.cli import main
 from test_bad_input import SHARDS, make_checkpoint
 
 LONG = os.environ.get("SPECTRUM_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(LONG or 12), deadline=None, derandomize=LONG is None,
+FUZZ = settings(max_examples=int(LONG or 40), deadline=None, derandomize=LONG is None,
                 database=None, suppress_health_check=list(HealthCheck))
 DEADLINE_S = 120  # a run past this is a hang: the test fails instead of CI waiting forever
 INDEX = "model.safetensors.index.json"
@@ -98,11 +99,13 @@ def copy_of(folder: Path):
 
 # -- mutations ------------------------------------------------------------------------------------
 
+def _containers(inner):
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=10)
+    _containers, max_leaves=10)
 
 
 def bomb(depth: int, opener: str) -> bytes:
@@ -369,11 +372,9 @@ def test_mutated_results_file_for_select(data):
 def test_hostile_inputs_in_a_real_process(base, tmp_path):
     folder, _, _ = base
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    cases = [(INDEX, bomb(200_000, "["), "depth limit"),
-             (INDEX, json.dumps({"weight_map": {"x.weight": "../../etc/passwd"}}).encode(),
+    cases = [(INDEX, json.dumps({"weight_map": {"x.weight": "../../etc/passwd"}}).encode(),
               "inside the checkpoint folder"),
-             ("config.json", bomb(200_000, '{"a":'), "depth limit"),
-             ("config.json", b"[]", "must be an object")]
+             ("config.json", bomb(200_000, '{"a":'), "depth limit")]
     for i, (victim, raw, says) in enumerate(cases):
         work = tmp_path / f"case{i}"
         shutil.copytree(folder, work)
