@@ -85,7 +85,8 @@ def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
         if real.is_relative_to(snapshot.parent / "blobs"):
             return path
     raise CheckpointError(f"{where}: shard {shard!r} is a symlink to {real}, outside the "
-                          "checkpoint folder; refused")
+                          "checkpoint folder; refused (copy the file into the folder, or scan "
+                          "the folder it is in)")
 
 
 def load_index(index_path: Path) -> dict[str, str]:
