@@ -18,6 +18,11 @@ from moe_models import (  # noqa: E402,F401  (session fixtures shared by every t
     dbrx_dir, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir, llama4_dir, mixtral_dir,
     qwen2_moe_dir,
 )
+# subprocesses (some run from a temp folder) import this checkout's package, not an installed one
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC] + [str(Path(x).resolve()) for x in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if x and str(Path(x).resolve()) != _SRC])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Scan subprocesses (`python -m spectrum_stream`, some with another cwd) run the package under

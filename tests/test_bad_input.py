@@ -113,7 +113,7 @@ CASES = {
                                     f"names shard {SHARDS[1]!r}, which is missing"),
     "index names a tensor the shard lacks": (SHARDS[1], True, "does not hold it"),
     "index is not JSON": ("model.safetensors.index.json", False, "not a safetensors index"),
-    "config.json is not JSON": ("config.json", False, "not readable JSON"),
+    "config.json is not JSON": ("config.json", False, "not a model config: invalid JSON"),
 }
 
 

@@ -481,3 +481,36 @@ def test_prefetching_reader_stays_within_max_disk(hub, hf, llama_dir, local):
     assert not [line for line in said if "over the budget" in line]
     assert on_disk == [0] * len(on_disk) and len(on_disk) == len(shard_names(llama_dir))
     same_results(report.results, local.results)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "a\\b.safetensors", ""])
+def test_hostile_index_is_refused_before_any_shard_request(hub, hf, llama_dir, tmp_path, shard):
+    """The Hub source applies the local rule to index names before any header or download."""
+    hostile = tmp_path / "hostile"
+    shutil.copytree(llama_dir, hostile)
+    index = hostile / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    first = next(iter(doc["weight_map"]))
+    doc["weight_map"][first] = shard
+    index.write_text(json.dumps(doc))
+    hub.add_repo("tiny/hostile", hostile)
+    hub.reset()
+    result = cli("tiny/hostile", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert "model.safetensors.index.json" in line and "inside the checkpoint folder" in line
+    asked = [r.filename for r in hub.log if r.filename]
+    assert not [f for f in asked if f.endswith(".safetensors") or f == shard], asked
+
+
+def test_json_bomb_config_from_the_hub_is_one_line(hub, hf, llama_dir, tmp_path):
+    bomb = tmp_path / "bomb"
+    shutil.copytree(llama_dir, bomb)
+    (bomb / "config.json").write_text("[" * 200_000 + "]" * 200_000)
+    hub.add_repo("tiny/bomb", bomb)
+    hub.reset()
+    result = cli("tiny/bomb", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1
+    line = only_line(result.stderr)
+    assert "config.json: not a model config" in line and "depth limit" in line
+    assert not [r for r in hub.log if r.filename and r.filename.endswith(".safetensors")]

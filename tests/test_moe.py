@@ -161,12 +161,12 @@ def test_dbrx_without_its_config_is_a_clear_error(tmp_path):
 def test_dbrx_config_that_does_not_fit_the_tensor(tmp_path):
     cfg = {"ffn_config": {"moe_num_experts": 4, "ffn_hidden_size": 25}}
     folder = _write_dbrx_like(tmp_path / "dbrx", cfg)
-    with pytest.raises(SpectrumError, match=r"4 experts of 25 rows"):
+    with pytest.raises(SpectrumError, match=r"moe_num_experts \(4\) times ffn_config.ffn_hidden_size \(25\) is 100 rows"):
         scan(folder, out_dir=tmp_path / "out", progress=False)
     result = CliRunner().invoke(cli, ["scan", str(folder), "--out-dir", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert "4 experts of 25 rows" in result.output
+    assert "is 100 rows, but 'transformer.blocks.0.ffn.experts.mlp.w1' has 96" in result.output
 
 
 def test_odd_gate_up_is_a_clear_error(tmp_path):

@@ -25,7 +25,7 @@ from .journal.ranks import finished_everywhere, fold_rank_journals
 from .journal.lock import ScanLock
 from .journal.records import failure_of, module_record
 from .journal.spectra_log import SpectraLog, spectra_log_path
-from .kernel import memory
+from .kernel import host_memory, memory
 from .kernel.calibrate import float64_ratio, float64_warning
 from .kernel.route import ON_CPU_NOTE, Decomposed, decompose_each, streamed_gram, with_note
 from .kernel.workers import OrderedPool, default_workers, threads_per_worker
@@ -39,6 +39,7 @@ from .results.files import write_results
 from .results.paths import ResultPaths
 from .source.checkpoint import Checkpoint, open_local
 from .source.shards import LocalSource, ShardSource
+from .units import human_bytes
 
 log = logging.getLogger(__name__)
 _STREAM = object()  # load() result for a matrix the gram route reads in blocks itself
@@ -217,6 +218,8 @@ class _Runner:
 
     def load(self, job: TensorJob):
         where = self.placement(job).where
+        if where == "cpu" or self.device.type != "cuda":
+            self.check_memory(job, where == "stream")
         if where == "stream":
             return _STREAM
         if where == "cpu":
@@ -228,6 +231,23 @@ class _Runner:
                 raise
             torch.cuda.empty_cache()
             return decode(job, self.source.path, CPU)
+
+    def check_memory(self, job: TensorJob, streamed: bool) -> None:
+        """Fail this job's modules, with the reason, when their decomposition on the CPU cannot
+        fit in the RAM the machine has left (instead of the OOM killer ending the whole scan);
+        on a GPU, kernel/memory.py's accounting decides instead."""
+        method = self.opts.method
+        copies = 0 if streamed else sum(4 * math.prod(s.shape) for s in job.matrices)
+        work = max(host_memory.decomposition_bytes(s.shape, method, streamed)
+                   - (0 if streamed else 4 * math.prod(s.shape)) for s in job.matrices)
+        need = copies + work
+        have = host_memory.available_bytes()
+        if have is not None and need > have:
+            what = ("float32 copies + LAPACK workspace" if method == "exact"
+                    else "float64 Gram matrix + blocks")
+            raise SpectrumError(
+                f"needs about {human_bytes(need)} of memory to decompose (--method {method}: "
+                f"{what}), only {human_bytes(have)} available in RAM")
 
     def stream_gram(self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path]) -> list[_Outcome]:
         t0 = time.perf_counter()
@@ -325,10 +345,10 @@ class _Runner:
 
 
 def in_plan_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
-    """Journal records in plan order (any the plan lacks last): results files look the same
-    however the work was split or resumed."""
+    """Journal records in plan order: results files look the same however the work was split or
+    resumed. A key the plan lacks (a damaged line) is left out: it is not this checkpoint's."""
     order = {s.key: i for i, s in enumerate(s for j in jobs for s in j.matrices)}
-    return sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
+    return sorted((r for r in records.values() if r["key"] in order), key=lambda r: order[r["key"]])
 
 
 def run_jobs(name: str, jobs: list[TensorJob], journal: Journal, finished: set[str],

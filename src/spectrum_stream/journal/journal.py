@@ -19,9 +19,16 @@ from pathlib import Path
 import orjson
 
 from ..errors import ResumeError, SpectrumError
+from ..source.jsonfile import (JsonFileError, Mismatch, anything, integer, list_of, mapping, number, obj,
+                               parse_json, string)
 
 JOURNAL_VERSION = 1
 JOURNAL_SUFFIX = ".journal.jsonl"
+MAX_LINE_BYTES = 64 * 1024**2  # one module's line, spectra included; a longer one is garbage
+HEADER_SCHEMA = obj({"journal": integer(), "checkpoint": list_of(obj({"shard": string}))},
+                    {"settings": mapping(anything)})
+RECORD_SCHEMA = obj({"key": string, "status": string})
+OK_RECORD_SCHEMA = obj({"key": string, "type": string, "snr": number})
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -185,21 +192,23 @@ def read_journal(path: Path) -> tuple[dict | None, dict[str, dict], int]:
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
     header = None
     records: dict[str, dict] = {}
-    for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            doc = None
-        if number == 1:
-            if not (isinstance(doc, dict) and "journal" in doc and "checkpoint" in doc):
+    for lineno, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if lineno == 1:
+            try:
+                header = parse_json(line, path, "a journal header", HEADER_SCHEMA, MAX_LINE_BYTES)
+            except JsonFileError as exc:
                 raise ResumeError(
-                    f"{path}: not a spectrum-stream journal (line 1 is no journal header); "
+                    f"{path}: not a spectrum-stream journal (line 1: {exc.why}); "
                     "move it away, or scan with --fresh to replace it"
-                )
-            header = doc
-        elif isinstance(doc, dict) and isinstance(doc.get("key"), str):
-            records[doc["key"]] = doc
-        # else: a garbled line (disk corruption); its module is simply redone
+                ) from None
+            continue
+        try:
+            doc = parse_json(line, path, "a journal line", RECORD_SCHEMA, MAX_LINE_BYTES)
+            if doc["status"] == "ok":
+                OK_RECORD_SCHEMA(doc, "")
+        except (JsonFileError, Mismatch):
+            continue  # a garbled line (disk corruption): its module is simply redone
+        records[doc["key"]] = doc
     return header, records, end
 
 

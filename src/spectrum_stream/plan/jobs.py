@@ -18,6 +18,7 @@ from ..errors import SpectrumError
 from ..source.checkpoint import Checkpoint
 from ..source.dtypes import FLOAT_DTYPES
 from ..source.quant_formats import FP8_BLOCK
+from .config import check_config
 from .experts import fused_3d, fused_dbrx, fused_jobs
 from .naming import module_name, module_type
 from .quantized import fp8_scale, is_companion, is_mxfp4_blocks, mxfp4_jobs
@@ -69,8 +70,10 @@ def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = Non
     """Every matrix to scan, in file order (shard, then offset) so reads stay sequential.
 
     `include`/`exclude` are regexes searched in each result's type or key. A tensor that breaks a
-    layout rule raises SpectrumError, unless `exclude` matches its name.
+    layout rule raises SpectrumError, unless `exclude` matches its name; so does a config.json
+    value a layout rule needs (plan/config.py's check_config, before anything else).
     """
+    check_config(ckpt.config, ckpt, exclude)
     inc = re.compile(include) if include else None
     exc = re.compile(exclude) if exclude else None
 

@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import SpectrumError
+from ..source.jsonfile import mapping, number, obj, read_json, string
 
 GROUPINGS = ("per-expert", "pooled")
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
@@ -26,28 +27,17 @@ _FUSED_PROJ = {
 }
 
 
+RESULTS_SCHEMA = mapping(obj({"snr": number, "type": string}))
+SORTED_SCHEMA = mapping(mapping(number))  # the per-type sorted file: {type: {key: snr}}
+
+
 def load_results(path: str | Path) -> dict[str, dict]:
-    """Read a flat results file ({key: {"snr", "type"}}) and check its shape."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpectrumError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError:
-        raise SpectrumError(f"{path}: not JSON") from None
-    if not isinstance(doc, dict):
-        raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")
-    for key, info in doc.items():
-        ok = (
-            isinstance(info, dict)
-            and isinstance(info.get("type"), str)
-            and isinstance(info.get("snr"), int | float)
-            and not isinstance(info.get("snr"), bool)
-            and math.isfinite(info["snr"])
-        )
-        if not ok:
-            raise SpectrumError(f"{path}: entry {key!r} needs a finite number 'snr' and a string 'type'")
-    return doc
+    """Read a flat results file ({key: {"snr", "type"}}), checked: size, depth, finite numbers.
+
+    The reader for every command that takes a results file (select, and any later one); a bad
+    file is one SpectrumError line naming it and the key that is wrong.
+    """
+    return read_json(path, "a results file ({module: {snr, type}})", RESULTS_SCHEMA)
 
 
 def fused_param_pattern(key: str) -> str:

@@ -6,13 +6,13 @@ single `.safetensors` file. The shard list comes from the index's weight_map, ne
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError, SpectrumError
 from .header import ShardHeader, TensorEntry, read_header
+from .jsonfile import anything, mapping, obj, read_json, string
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `org/name` or `name`, never a path
 INDEX_NAME = "model.safetensors.index.json"
@@ -28,6 +28,7 @@ class Checkpoint:
     shards: dict[str, ShardHeader]  # shard file name -> checked header
     tensors: dict[str, tuple[str, TensorEntry]]  # tensor name -> (shard file name, entry)
     config: dict = field(default_factory=dict)
+    config_path: str = "config.json"  # where `config` came from, for messages
 
     def fingerprint(self) -> list[dict]:
         """Identifies the bytes scanned: each shard's name, size and header hash."""
@@ -37,21 +38,63 @@ class Checkpoint:
         ]
 
 
-def load_index(index_path: Path) -> dict[str, str]:
-    """The weight_map of an index file: tensor name -> shard file name."""
+INDEX_SCHEMA = obj({"weight_map": mapping(string)}, {"metadata": anything})
+CONFIG_SCHEMA = obj()  # an object; the values the layout rules use are checked by plan/config.py
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_shard_name(shard: str, where: str | Path) -> None:
+    """An index may name only plain relative files inside the checkpoint folder.
+
+    No absolute path, no `..` (or `.`, or empty) part, no backslash (a Windows separator), no NUL
+    or other control character: a downloaded index must not make the scan read, or the Hub client
+    fetch, anything but the checkpoint's own files (docs/robustness.md).
+    """
+    why = None
+    if shard == "":
+        why = "an empty file name"
+    elif any(ord(c) < 32 or c == "\x7f" for c in shard):
+        why = "a control character (NUL, newline ...) in the file name"
+    elif "\\" in shard:
+        why = "a backslash in the file name"
+    elif shard.startswith("/") or _DRIVE.match(shard):
+        why = "an absolute path"
+    elif any(part in ("", ".", "..") for part in shard.split("/")):
+        why = "a path that is not a plain relative file (an empty, '.' or '..' part)"
+    if why is not None:
+        raise CheckpointError(f"{where}: names shard {shard!r}: {why}; an index may only name "
+                              "files inside the checkpoint folder")
+
+
+def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
+    """`folder / shard`, refused when a symlink takes it outside the folder.
+
+    The one exception is a Hugging Face cache snapshot, whose files are symlinks to the repo's
+    own `blobs/` folder next to `snapshots/`.
+    """
+    check_shard_name(shard, where)
+    path = folder / shard
     try:
-        doc = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = doc["weight_map"]
-        if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-        ):
-            raise TypeError
-    except OSError as exc:
-        raise CheckpointError(f"{index_path}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(
-            f"{index_path}: not a safetensors index (needs a 'weight_map' of tensor -> shard file)"
-        ) from None
+        real, inside = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise CheckpointError(f"{path}: cannot resolve ({exc})") from None
+    if real.is_relative_to(inside):
+        return path
+    snapshot = inside.parent
+    if snapshot.name == "snapshots" and snapshot.parent.name.startswith(("models--", "datasets--")):
+        if real.is_relative_to(snapshot.parent / "blobs"):
+            return path
+    raise CheckpointError(f"{where}: shard {shard!r} is a symlink to {real}, outside the "
+                          "checkpoint folder; refused (copy the file into the folder, or scan "
+                          "the folder it is in)")
+
+
+def load_index(index_path: Path) -> dict[str, str]:
+    """The weight_map of an index file: tensor name -> shard file name (each name checked)."""
+    doc = read_json(index_path, "a safetensors index", INDEX_SCHEMA)
+    weight_map = doc["weight_map"]
+    for shard in sorted(set(weight_map.values())):
+        check_shard_name(shard, index_path)
     return weight_map
 
 
@@ -76,14 +119,11 @@ def assemble(name: str, headers: dict[str, ShardHeader], weight_map: dict[str, s
 
 
 def read_config(folder: Path) -> dict:
+    """config.json of a checkpoint folder (an object), or {} when there is none."""
     path = folder / "config.json"
     if not path.is_file():
         return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CheckpointError(f"{path}: not readable JSON") from None
-    return doc if isinstance(doc, dict) else {}
+    return read_json(path, "a model config", CONFIG_SCHEMA)
 
 
 def default_name(folder: Path, config: dict) -> str:
@@ -116,7 +156,9 @@ def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
             folder = path.parent
             config = read_config(folder)
             name = default_name(folder, config) if path.name == SINGLE_NAME else path.stem
-            return assemble(name, {path.name: read_header(path)}, None, config), folder
+            ckpt = assemble(name, {path.name: read_header(path)}, None, config)
+            ckpt.config_path = str(folder / "config.json")
+            return ckpt, folder
     if not path.is_dir():
         raise SpectrumError(f"{path}: no such file or folder")
     config = read_config(path)
@@ -125,15 +167,18 @@ def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
         weight_map = load_index(index)
         headers = {}
         for shard in sorted(set(weight_map.values())):
-            shard_path = path / shard
-            if not shard_path.is_file():
+            file = shard_path(path, shard, index)
+            if not file.is_file():
                 raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
-            headers[shard] = read_header(shard_path)
-        return assemble(default_name(path, config), headers, weight_map, config), path
-    single = path / SINGLE_NAME
-    if single.is_file():
-        return assemble(default_name(path, config), {SINGLE_NAME: read_header(single)}, None,
-                        config), path
-    if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir() if p.is_file()):
-        raise pickle_refusal(path)
-    raise SpectrumError(f"{path}: holds neither {INDEX_NAME} nor {SINGLE_NAME}")
+            headers[shard] = read_header(file)
+        ckpt = assemble(default_name(path, config), headers, weight_map, config)
+    elif (path / SINGLE_NAME).is_file():
+        single = shard_path(path, SINGLE_NAME, path)
+        ckpt = assemble(default_name(path, config), {SINGLE_NAME: read_header(single)}, None,
+                        config)
+    else:
+        if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir() if p.is_file()):
+            raise pickle_refusal(path)
+        raise SpectrumError(f"{path}: holds neither {INDEX_NAME} nor {SINGLE_NAME}")
+    ckpt.config_path = str(path / "config.json")
+    return ckpt, path

@@ -103,7 +103,7 @@ def open_hub(repo_id: str, revision: str | None = None, token: str | None = None
         index = None
     try:
         config = read_config(repo.download("config.json", revision=repo.revision).parent)
-    except CheckpointError:
+    except SpectrumError:  # there, but not a config (a JSON bomb, not an object): refused
         raise
     except Exception:  # optional: a repo without config.json still scans
         config = {}
@@ -111,9 +111,13 @@ def open_hub(repo_id: str, revision: str | None = None, token: str | None = None
         header = _shard_header(repo, SINGLE_NAME, if_missing=(
             f"{repo_id}: not a safetensors model (neither {INDEX_NAME} nor {SINGLE_NAME} at "
             f"revision {repo.revision!r})"))
-        return assemble(repo_id, {SINGLE_NAME: header}, None, config), repo
-    weight_map = load_index(index)
+        ckpt = assemble(repo_id, {SINGLE_NAME: header}, None, config)
+        ckpt.config_path = str(_label(repo, "config.json"))
+        return ckpt, repo
+    weight_map = load_index(index)  # shard names checked here, before any header is asked for
     shards = sorted(set(weight_map.values()))
     with ThreadPoolExecutor(min(HEADER_THREADS, len(shards) or 1)) as pool:
         headers = dict(zip(shards, pool.map(lambda s: _shard_header(repo, s), shards)))
-    return assemble(repo_id, headers, weight_map, config), repo
+    ckpt = assemble(repo_id, headers, weight_map, config)
+    ckpt.config_path = str(_label(repo, "config.json"))
+    return ckpt, repo
