@@ -282,7 +282,8 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
-                report.results = write_results(journal.records.values(), p.paths)
+                report.results = write_results(journal.records.values(), p.paths, opts.names,
+                                               opts.grouping)
             except SpectrumError:
                 if pending is None:
                     raise

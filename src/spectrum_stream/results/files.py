@@ -7,6 +7,7 @@ view of the journal: `rebuild_results(journal_path)` writes them again from it a
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import secrets
@@ -16,7 +17,10 @@ import orjson
 
 from ..errors import SpectrumError
 from ..journal.journal import fsync_dir, read_journal, write_all
+from .names import DEFAULT_GROUPING, DEFAULT_NAMES, result_key, result_type
 from .paths import ResultPaths
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -45,15 +49,23 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def compat_results(records) -> dict[str, dict]:
-    """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order."""
+def compat_results(records, names: str = DEFAULT_NAMES,
+                   grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
+    """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order.
+
+    Keys follow `names` (trainer or checkpoint), types the expert `grouping` (results/names.py).
+    """
     out = {}
     for rec in records:
         snr = rec.get("snr")
         number = isinstance(snr, float | int) and not isinstance(snr, bool)
-        if rec.get("status") == "ok" and isinstance(rec.get("type"), str) and number \
-                and math.isfinite(snr):
-            out[rec["key"]] = {"snr": float(snr), "type": rec["type"]}
+        if rec.get("status") == "ok" and number and math.isfinite(snr):
+            key = result_key(rec, names)
+            if key in out:  # two matrices under one name: keep the first, say so
+                log.warning("%s: %s names more than one scanned matrix (%s); keeping the first",
+                            names, key, rec["key"])
+                continue
+            out[key] = {"snr": float(snr), "type": result_type(key, grouping)}
     return out
 
 
@@ -65,16 +77,18 @@ def sorted_by_type(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {t: dict(sorted(items, key=lambda kv: -kv[1])) for t, items in groups.items()}
 
 
-def write_results(records, paths: ResultPaths) -> dict[str, dict]:
+def write_results(records, paths: ResultPaths, names: str = DEFAULT_NAMES,
+                  grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
     """Write both results files from journal records; returns the flat results."""
-    results = compat_results(records)
+    results = compat_results(records, names, grouping)
     atomic_write(paths.results, orjson.dumps(results, option=orjson.OPT_INDENT_2))
     atomic_write(paths.sorted, orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2))
     return results
 
 
-def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[str, dict],
-                                                               list[tuple[str, str]]]:
+def rebuild_results(journal_path: str | os.PathLike, names: str = DEFAULT_NAMES,
+                    grouping: str = DEFAULT_GROUPING) -> tuple[ResultPaths, dict[str, dict],
+                                                              list[tuple[str, str]]]:
     """Write both results files again from a journal, e.g. while a scan runs or after a crash.
 
     Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
@@ -87,4 +101,4 @@ def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[
     if header is None:
         raise SpectrumError(f"{paths.journal}: the journal is empty")
     failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
-    return paths, write_results(records.values(), paths), failed
+    return paths, write_results(records.values(), paths, names, grouping), failed
