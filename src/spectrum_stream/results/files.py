@@ -65,7 +65,8 @@ def compat_results(records, names: str = DEFAULT_NAMES,
                 log.warning("%s: %s names more than one scanned matrix (%s); keeping the first",
                             names, key, rec["key"])
                 continue
-            out[key] = {"snr": float(snr), "type": result_type(key, grouping)}
+            known = rec.get("type") if key == rec["key"] and isinstance(rec.get("type"), str) else None
+            out[key] = {"snr": float(snr), "type": result_type(key, grouping, known)}
     return out
 
 

@@ -42,9 +42,10 @@ def pooled_type(type_: str) -> str:
     return _ROW_RANGE.sub("", _EXPERT_INDEX.sub(r"\1experts.*.", type_))
 
 
-def result_type(key: str, grouping: str = DEFAULT_GROUPING) -> str:
-    """The type a results file gives `key` under `grouping`."""
-    t = module_type(key)
+def result_type(key: str, grouping: str = DEFAULT_GROUPING, per_expert: str | None = None) -> str:
+    """The type a results file gives `key` under `grouping`; `per_expert` is its per-expert type
+    when known (a journal record's, for its checkpoint key), else the key's module type."""
+    t = per_expert if per_expert is not None else module_type(key)
     return pooled_type(t) if check_grouping(grouping) == "pooled" else t
 
 
