@@ -155,6 +155,19 @@ def trained_rows(model) -> dict[str, set[int]]:
     return {n: r for n, r in out.items() if r}
 
 
+@pytest.fixture
+def logged(caplog):
+    """Records of the package's logger, even when the CLI's setup stopped it propagating."""
+    logger = logging.getLogger("spectrum_stream")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.setLevel(level)
+    logger.removeHandler(caplog.handler)
+
+
 def _axolotl():
     plugin = pytest.importorskip("axolotl.integrations.spectrum")
     freeze_mod = pytest.importorskip("axolotl.utils.freeze")
@@ -243,13 +256,12 @@ def test_rebuild_switches_names_without_a_rescan(mixtral_dir, scanned, tmp_path)
 
 
 def test_freeze_masks_rows_and_says_what_an_optimizer_still_does(fused_qwen2_moe_dir, scanned,
-                                                                 caplog):
+                                                                 logged):
     _, results, _ = scanned(fused_qwen2_moe_dir)
     model = load(fused_qwen2_moe_dir)
-    with caplog.at_level(logging.INFO, logger="spectrum_stream"):
-        summary = freeze(model, results, top_percent=50)
+    summary = freeze(model, results, top_percent=50)
     assert summary.partial and not summary.unmatched
-    assert "optimizer still keeps state" in caplog.text and "weight_decay=0" in caplog.text
+    assert "optimizer still keeps state" in logged.text and "weight_decay=0" in logged.text
     name, (kept, rows) = next(iter(summary.partial.items()))
     param = dict(model.named_parameters())[name]
     before = param.detach().clone()
@@ -271,10 +283,34 @@ def test_freeze_masks_rows_and_says_what_an_optimizer_still_does(fused_qwen2_moe
     summary.remove()
 
 
-def test_freeze_reports_keys_that_match_nothing(mixtral_dir, tmp_path, caplog):
+def test_freeze_reports_keys_that_match_nothing(mixtral_dir, tmp_path, logged):
     results = scan(mixtral_dir, out_dir=tmp_path, progress=False, names="checkpoint").results
     model = load(mixtral_dir)
-    with caplog.at_level(logging.WARNING, logger="spectrum_stream"):
-        summary = freeze(model, results, top_percent=50)
+    summary = freeze(model, results, top_percent=50)
     assert any("block_sparse_moe.experts" in k for k in summary.unmatched)
-    assert "match no parameter" in caplog.text
+    assert any(r.levelno == logging.WARNING and "match no parameter" in r.getMessage()
+               for r in logged.records)
+
+
+def test_cli_names_and_grouping(mixtral_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from spectrum_stream.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(main, ["scan", str(mixtral_dir), "--device", "cpu", "--quiet",
+                                "--names", "checkpoint", "--expert-grouping", "per-expert"])
+    assert done.exit_code == 0, done.output
+    [path] = [p for p in (tmp_path / "model_snr_results").glob("snr_results_*.json")
+              if not p.stem.endswith("_sorted")]
+    results = json.loads(path.read_text())
+    assert results["model.layers.1.block_sparse_moe.experts.3.w2"]["type"] == \
+        "block_sparse_moe.experts.3.w2"
+    journal = path.with_name(path.stem + ".journal.jsonl")
+    done = runner.invoke(main, ["rebuild", str(journal)])
+    assert done.exit_code == 0, done.output
+    results = json.loads(path.read_text())
+    assert results["model.layers.1.mlp.experts.down_proj$[3]"]["type"] == "mlp.experts.down_proj"
+    done = runner.invoke(main, ["rebuild", str(journal), "--names", "nope"])
+    assert done.exit_code != 0 and "Traceback" not in done.output
