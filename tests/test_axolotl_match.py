@@ -131,11 +131,11 @@ FUSED_NAMED = ["dbrx_dir", "llama4_dir", "gpt_oss_dir", "fused_qwen2_moe_dir", "
 def scanned(tmp_path_factory):
     cache = {}
 
-    def get(folder):
-        if folder not in cache:
+    def get(folder, names="trainer"):
+        if (folder, names) not in cache:
             out = tmp_path_factory.mktemp("scan")
-            cache[folder] = scan(folder, out_dir=out, progress=False).results
-        return cache[folder]
+            cache[folder, names] = scan(folder, out_dir=out, progress=False, names=names).results
+        return cache[folder, names]
     return get
 
 
@@ -172,7 +172,7 @@ def _to_fused(key: str) -> tuple[str, int] | None:
 @pytest.mark.parametrize("fixture", ["mixtral_dir", "qwen2_moe_dir"])
 def test_per_expert_checkpoints(fixture, grouping, request, scanned):
     folder = request.getfixturevalue(fixture)
-    results = scanned(folder)
+    results = scanned(folder, names="checkpoint")  # results of the original tool's naming
     keys = chosen_keys(results, grouping)
     experts = [k for k in results if ".experts." in k]
     assert experts

@@ -50,7 +50,8 @@ def test_plan_cuts_out_exactly_each_expert(fixture, request):
 @pytest.mark.parametrize("fixture", ALL)
 def test_every_expert_is_scanned_and_matches_float64_reference(fixture, request, tmp_path):
     folder = request.getfixturevalue(fixture)
-    report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu"))
+    report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
+                                      names="checkpoint", grouping="per-expert"))
     assert not report.failed
     results = json.loads(report.paths.results.read_text())  # python's own json, as axolotl
     expected = expected_matrices(folder)
@@ -72,13 +73,14 @@ def test_every_expert_is_scanned_and_matches_float64_reference(fixture, request,
 
 
 def test_expert_types_follow_the_original_naming(mixtral_dir, dbrx_dir, fused_qwen2_moe_dir, tmp_path):
-    mix = scan(mixtral_dir, out_dir=tmp_path / "m", progress=False).results
+    original = dict(progress=False, names="checkpoint", grouping="per-expert")
+    mix = scan(mixtral_dir, out_dir=tmp_path / "m", **original).results
     assert mix["model.layers.1.block_sparse_moe.experts.3.w2"]["type"] == "block_sparse_moe.experts.3.w2"
     assert mix["model.layers.0.block_sparse_moe.gate"]["type"] == "block_sparse_moe.gate"
-    dbrx = scan(dbrx_dir, out_dir=tmp_path / "d", progress=False).results
+    dbrx = scan(dbrx_dir, out_dir=tmp_path / "d", **original).results
     assert dbrx["transformer.blocks.1.ffn.experts.mlp.v1$[24:48]"]["type"] == "ffn.experts.mlp.v1$[24:48]"
     assert dbrx["transformer.blocks.0.ffn.router.layer"]["type"] == "ffn.router.layer"
-    fused = scan(fused_qwen2_moe_dir, out_dir=tmp_path / "f", progress=False).results
+    fused = scan(fused_qwen2_moe_dir, out_dir=tmp_path / "f", **original).results
     key = "model.layers.1.mlp.experts.gate_up_proj(?#up)$[2]"
     assert fused[key]["type"] == "mlp.experts.gate_up_proj(?#up)$[2]"
     assert "model.layers.1.mlp.shared_expert_gate" in fused

@@ -12,11 +12,12 @@ from .hub_scan import scan_hub
 from .options import ScanInterrupted, ScanOptions, ScanReport
 from .results.select import select, to_yaml, unfrozen_parameters
 from .scan import scan
+from .trainers.freeze import FreezeSummary, freeze
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "CheckpointError", "ResumeError", "SpectrumError",
+    "CheckpointError", "FreezeSummary", "ResumeError", "SpectrumError", "freeze",
     "ScanInterrupted", "ScanOptions", "ScanReport", "scan", "scan_hub", "select", "to_yaml",
     "unfrozen_parameters",
 ]

@@ -21,7 +21,8 @@ DEFAULT_BATCH_BYTES = 256 * 1024**2
 
 @dataclass
 class ScanOptions:
-    """Settings of one scan; `method`, `include` and `exclude` are part of the resume fingerprint."""
+    """Settings of one scan; `method`, `include` and `exclude` are part of the resume fingerprint
+    (`names` and `grouping` only choose how the results files present the journal)."""
 
     out_dir: Path = Path("model_snr_results")
     name: str | None = None
@@ -36,9 +37,15 @@ class ScanOptions:
     svd_driver: str | None = None  # CUDA only: gesvd | gesvdj (None: gesvd for k >= 512)
     max_gpu_mem: int | None = None  # CUDA only: cap on device bytes (None: 90% of free memory)
     workers: int | None = None  # CPU only: matrices decomposed at once (None: 2 for gram, else 1)
+    names: str = "trainer"  # results keys: trainer (transformers 5 parameters) | checkpoint
+    grouping: str = "pooled"  # results types: pooled | per-expert (docs/moe.md)
 
     def check(self, device_type: str) -> None:
         """Refuse settings that cannot work together on this device, with one line."""
+        from .results.names import check_grouping, check_names
+
+        check_names(self.names)
+        check_grouping(self.grouping)
         if self.method not in METHODS:
             raise SpectrumError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.svd_driver in APPROXIMATE_DRIVERS:

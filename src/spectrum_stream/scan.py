@@ -393,7 +393,8 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
-                report.results = write_results(in_plan_order(journal.records, p.jobs), p.paths)
+                report.results = write_results(in_plan_order(journal.records, p.jobs), p.paths,
+                                               opts.names, opts.grouping)
             except SpectrumError:
                 if pending is None:
                     raise

@@ -79,6 +79,15 @@ _out_dir = click.option("--out-dir", type=click.Path(path_type=Path),
                         default=Path("model_snr_results"), show_default=True,
                         help="Where results, journal and lock go (axolotl looks in ./model_snr_results).")
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
+_names = click.option("--names", type=click.Choice(["trainer", "checkpoint"]), default="trainer",
+                      show_default=True,
+                      help="Results keys: trainer = the parameters of the model as transformers 5 "
+                      "loads it (fused experts as rows, experts.gate_up_proj$[N]); checkpoint = "
+                      "the checkpoint's module names (transformers 4, other trainers).")
+_grouping = click.option("--expert-grouping", type=click.Choice(["pooled", "per-expert"]),
+                         default="pooled", show_default=True,
+                         help="Results types: pooled = all experts of a projection rank together; "
+                         "per-expert = one type per expert index (the original tool).")
 
 
 @main.command()
@@ -120,9 +129,12 @@ _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--peer-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               metavar="SECONDS", help="Under torchrun: how long a rank waits for a silent peer, "
               "and for each exchange between ranks, before it stops the run.")
+@_names
+@_grouping
 @_quiet
 def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefetch, svd_driver,
-         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, peer_timeout, quiet):
+         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, peer_timeout, names,
+         expert_grouping, quiet):
     """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
     repo ORG/NAME, shard by shard. An existing local path wins over a repo id.
 
@@ -175,7 +187,7 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
                            batch_bytes=batch_mem * 1024**2, progress=not quiet, prefetch=prefetch,
                            svd_driver=svd_driver,
                            max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
-                           workers=workers)
+                           workers=workers, names=names, grouping=expert_grouping)
         if hub:
             report = scan_hub(path, opts, revision=revision, token=token,
                               delete_shards=delete_shards,
@@ -199,12 +211,12 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
 @click.option("--top-percent", type=float, default=25.0, show_default=True,
               help="Share of each type to unfreeze, highest SNR first.")
 @click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]),
-              default="per-expert", show_default=True,
-              help="per-expert: one type per expert index (the original tool); pooled: all "
-              "experts of a projection ranked together.")
+              help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
+              "experts of a projection together (default: the file's types, which `scan "
+              "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).")
 @click.option("--fused-experts", is_flag=True,
-              help="Name per-expert modules (experts.N.w1, experts.N.gate_proj ...) as the fused "
-              "parameters transformers >= 5 loads them into (experts.gate_up_proj$[N]).")
+              help="For results written with --names checkpoint: name per-expert modules "
+              "(experts.N.w1 ...) as the fused parameters of transformers >= 5.")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True, help="yaml: axolotl's unfrozen_parameters; json: a plain list.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
@@ -228,11 +240,14 @@ def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
 
 @main.command()
 @click.argument("journal", type=click.Path(path_type=Path))
-def rebuild(journal):
-    """Write the results files again from a scan's JOURNAL (*.journal.jsonl), e.g. mid-scan."""
+@_names
+@_grouping
+def rebuild(journal, names, expert_grouping):
+    """Write the results files again from a scan's JOURNAL (*.journal.jsonl), e.g. mid-scan, or
+    under other --names / --expert-grouping (no rescan)."""
     from ..results.files import rebuild_results
 
-    paths, results, failed = rebuild_results(journal)
+    paths, results, failed = rebuild_results(journal, names, expert_grouping)
     click.echo(f"wrote {os.path.relpath(paths.results)} and "
                f"{os.path.relpath(paths.sorted)}: {len(results)} modules, {len(failed)} failed")
 

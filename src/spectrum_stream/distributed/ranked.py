@@ -161,7 +161,8 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
                 finally:
                     main.close()
                     log.close()
-                return write_results(in_plan_order(main.records, p.jobs), p.paths)
+                return write_results(in_plan_order(main.records, p.jobs), p.paths, opts.names,
+                                     opts.grouping)
 
             result = write
         results = group.agree(result or (lambda: None))

@@ -27,7 +27,8 @@ def module_record(spec: MatrixSpec, job: TensorJob, *, seconds: float, method: s
                   note: str | None = None, spectrum: list[int] | None = None) -> dict:
     """The journal line of one module: status ok with its statistics, or failed with the reason."""
     rec = {
-        "key": spec.key, "type": spec.type, "tensor": job.main.name,
+        "key": spec.key, "trainer_key": spec.trainer_key or spec.key, "type": spec.type,
+        "tensor": job.main.name,
         "shape": list(spec.shape), "dtype": job.main.entry.dtype, "shard": job.main.shard,
     }
     if failure is None:

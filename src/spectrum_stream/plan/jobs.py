@@ -23,6 +23,7 @@ from .experts import fused_3d, fused_dbrx, fused_jobs
 from .naming import module_name, module_type
 from .quantized import fp8_scale, is_companion, is_mxfp4_blocks, mxfp4_jobs
 from .specs import MatrixSpec, TensorJob, TensorRef
+from .trainer_names import TrainerNames
 
 _DBRX_EXPERTS = re.compile(r"(^|\.)experts\.mlp\.(w1|v1|w2)$")
 _EXPERTS_PART = re.compile(r"(^|\.)experts(\.|$)")
@@ -71,9 +72,11 @@ def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = Non
 
     `include`/`exclude` are regexes searched in each result's type or key. A tensor that breaks a
     layout rule raises SpectrumError, unless `exclude` matches its name; so does a config.json
-    value a layout rule needs (plan/config.py's check_config, before anything else).
+    value a layout rule needs (plan/config.py's check_config, before anything else). Each spec
+    gets its trainer key (plan/trainer_names.py).
     """
     check_config(ckpt.config, ckpt, exclude)
+    names = TrainerNames.for_config(ckpt.config)
     inc = re.compile(include) if include else None
     exc = re.compile(exclude) if exclude else None
 
@@ -90,7 +93,8 @@ def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = Non
                 continue
             raise
         for job in found:
-            kept = tuple(s for s in job.matrices if wanted(s))
+            kept = tuple(replace(s, trainer_key=names.key(s.key, job.main.name))
+                         for s in job.matrices if wanted(s))
             if kept:
                 jobs.append(replace(job, matrices=kept))
     jobs.sort(key=lambda j: (j.main.shard, j.main.entry.start))

@@ -6,6 +6,7 @@ view of the journal: `rebuild_results(journal_path)` writes them again from it a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,19 +18,31 @@ from ..journal.journal import read_journal
 from ..journal.ranks import main_journal_of, rank_journals, read_all
 from ..journal.spectra_log import read_spectrum
 from .atomic import atomic_write
+from .names import DEFAULT_GROUPING, DEFAULT_NAMES, result_key, result_type
 from .paths import ResultPaths
 from .spectra import write_spectra
 
+log = logging.getLogger(__name__)
 
-def compat_results(records) -> dict[str, dict]:
-    """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order."""
+
+def compat_results(records, names: str = DEFAULT_NAMES,
+                   grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
+    """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order.
+
+    Keys follow `names` (trainer or checkpoint), types the expert `grouping` (results/names.py).
+    """
     out = {}
     for rec in records:
         snr = rec.get("snr")
         number = isinstance(snr, float | int) and not isinstance(snr, bool)
-        if rec.get("status") == "ok" and isinstance(rec.get("type"), str) and number \
-                and math.isfinite(snr):
-            out[rec["key"]] = {"snr": float(snr), "type": rec["type"]}
+        if rec.get("status") == "ok" and number and math.isfinite(snr):
+            key = result_key(rec, names)
+            if key in out:  # two matrices under one name: keep the first, say so
+                log.warning("%s: %s names more than one scanned matrix (%s); keeping the first",
+                            names, key, rec["key"])
+                continue
+            known = rec.get("type") if key == rec["key"] and isinstance(rec.get("type"), str) else None
+            out[key] = {"snr": float(snr), "type": result_type(key, grouping, known)}
     return out
 
 
@@ -41,26 +54,29 @@ def sorted_by_type(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {t: dict(sorted(items, key=lambda kv: -kv[1])) for t, items in groups.items()}
 
 
-def write_results(records, paths: ResultPaths) -> dict[str, dict]:
+def write_results(records, paths: ResultPaths, names: str = DEFAULT_NAMES,
+                  grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
     """Write the results files from journal records; returns the flat results.
 
     The spectra file is written last: the JSON files other tools read come first.
     """
     records = list(records)
-    results = compat_results(records)
+    results = compat_results(records, names, grouping)
     atomic_write(paths.results, orjson.dumps(results, option=orjson.OPT_INDENT_2))
     atomic_write(paths.sorted, orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2))
-    write_spectra_file(records, results, paths)
+    write_spectra_file(records, results, paths, names)
     return results
 
 
-def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths) -> int:
+def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths,
+                       names: str = DEFAULT_NAMES) -> int:
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
     spectra, shapes = {}, {}
     for rec in records:
-        key = rec.get("key")
-        if key in results and "spectrum" in rec and isinstance(rec.get("shape"), list):
+        key = result_key(rec, names)
+        if key in results and key not in spectra and "spectrum" in rec \
+                and isinstance(rec.get("shape"), list):
             values = read_spectrum(paths.journal.parent, rec["spectrum"])
             if values is not None:
                 spectra[key], shapes[key] = values, tuple(rec["shape"])
@@ -68,8 +84,9 @@ def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths) ->
     return len(spectra)
 
 
-def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[str, dict],
-                                                               list[tuple[str, str]]]:
+def rebuild_results(journal_path: str | os.PathLike, names: str = DEFAULT_NAMES,
+                    grouping: str = DEFAULT_GROUPING) -> tuple[ResultPaths, dict[str, dict],
+                                                              list[tuple[str, str]]]:
     """Write both results files again from a journal, e.g. while a scan runs or after a crash.
 
     Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
@@ -87,5 +104,5 @@ def rebuild_results(journal_path: str | os.PathLike) -> tuple[ResultPaths, dict[
             raise SpectrumError(f"{paths.journal}: the journal is empty")
     records = read_all(paths.journal)  # the main journal and the rank journals of its scan
     failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
-    return paths, write_results(records.values(), paths), failed
+    return paths, write_results(records.values(), paths, names, grouping), failed
 

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from ..errors import SpectrumError
 from ..source.jsonfile import mapping, number, obj, read_json, string
+from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 
-GROUPINGS = ("per-expert", "pooled")
-_EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
-_ROW_RANGE = re.compile(r"\$\[[0-9]*(:[0-9]*)?\]$")
 _PER_EXPERT_KEY = re.compile(
     r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
 _FUSED_PROJ = {
@@ -56,18 +54,16 @@ def fused_param_pattern(key: str) -> str:
     return f"{m['experts']}.{_FUSED_PROJ[m['proj']]}$[{m['e']}]"
 
 
-def pooled_type(type_: str) -> str:
-    """The type with the expert index taken out, so all experts of a projection rank together."""
-    return _ROW_RANGE.sub("", _EXPERT_INDEX.sub(r"\1experts.*.", type_))
+def group(results: dict[str, dict],
+          grouping: str | None = None) -> dict[str, list[tuple[str, float]]]:
+    """{type: [(key, snr), ...]} sorted by SNR descending (ties keep file order).
 
-
-def group(results: dict[str, dict], grouping: str = "per-expert") -> dict[str, list[tuple[str, float]]]:
-    """{type: [(key, snr), ...]} sorted by SNR descending (ties keep file order)."""
-    if grouping not in GROUPINGS:
-        raise SpectrumError(f"grouping {grouping!r}: expected one of {', '.join(GROUPINGS)}")
+    `grouping` None ranks within the file's own types, as axolotl's Spectrum plugin does (a scan
+    writes them for its `--expert-grouping`); `pooled` / `per-expert` regroup by the key.
+    """
     groups: dict[str, list[tuple[str, float]]] = {}
     for key, info in results.items():
-        t = info["type"] if grouping == "per-expert" else pooled_type(info["type"])
+        t = info["type"] if grouping is None else result_type(key, grouping)
         groups.setdefault(t, []).append((key, float(info["snr"])))
     return {t: sorted(items, key=lambda kv: -kv[1]) for t, items in groups.items()}
 
@@ -78,7 +74,7 @@ def top_count(count: int, top_percent: float) -> int:
 
 
 def select(results: dict[str, dict], top_percent: float,
-           grouping: str = "per-expert") -> dict[str, list[str]]:
+           grouping: str | None = None) -> dict[str, list[str]]:
     """{type: [selected keys]}: the top P percent of each type by SNR."""
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
@@ -97,7 +93,7 @@ def always_unfrozen(results: dict[str, dict]) -> list[str]:
     return [f"^{key}.weight$" for key, info in results.items() if info["type"] == key]
 
 
-def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping: str,
+def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping: str | None,
                          fused_experts: bool = False) -> tuple[list[str], dict[str, list[str]]]:
     """(embedding/head patterns, {type: selected patterns not already among them})."""
     head = always_unfrozen(results)
@@ -115,7 +111,7 @@ def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping:
 
 
 def unfrozen_parameters(results: dict[str, dict], top_percent: float,
-                        grouping: str = "per-expert", fused_experts: bool = False) -> list[str]:
+                        grouping: str | None = None, fused_experts: bool = False) -> list[str]:
     """The pattern list for axolotl's `unfrozen_parameters`: embeddings and head, then the top P%.
 
     `fused_experts`: write per-expert keys as patterns for transformers >= 5's fused expert
@@ -125,12 +121,13 @@ def unfrozen_parameters(results: dict[str, dict], top_percent: float,
     return head + [k for keys in chosen.values() for k in keys]
 
 
-def to_yaml(results: dict[str, dict], top_percent: float, grouping: str = "per-expert",
+def to_yaml(results: dict[str, dict], top_percent: float, grouping: str | None = None,
             fused_experts: bool = False) -> str:
     """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type."""
     head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
     names = ", names for fused experts" if fused_experts else ""
-    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({grouping}{names})",
+    how = grouping or "the file's types"
+    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({how}{names})",
              "unfrozen_parameters:"]
     lines += [f"- {json.dumps(p)}" for p in head]
     for t, keys in chosen.items():

@@ -1,0 +1,172 @@
+"""Apply a Spectrum selection to a loaded torch model: the trainer-independent way to train it.
+
+`freeze(model, results, top_percent=25)` picks the same patterns `select` writes for axolotl
+(embeddings and head, then the top P% of each type) and applies them with the same reading of a
+pattern (docs/moe.md, "Result keys are axolotl patterns"): dots are literal, `re.match` against
+parameter names, and a trailing `[a:b]` or `[i]` keeps only those rows of the parameter's first
+dimension. Matching parameters get `requires_grad=True`, all others False; a parameter trained
+only in some rows (one expert of a fused tensor) gets a gradient hook zeroing the other rows.
+
+What it cannot change, said in the summary it returns and logs: an optimizer keeps state for every
+row of a partly trained tensor, and decoupled weight decay (AdamW) still shrinks the masked rows
+unless that tensor's group has weight_decay=0 (`FreezeSummary.param_groups` builds such groups).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SpectrumError
+from ..results.select import load_results, unfrozen_parameters
+
+log = logging.getLogger(__name__)
+
+_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One pattern: a name regex and the dim-0 rows it trains (None: all of them)."""
+
+    text: str
+    regex: re.Pattern
+    rows: tuple[int, int | None] | None
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        rows = None
+        body = text
+        m = _RANGE.match(text)
+        if m:
+            body, start, end = m.groups()
+            if end is None and start:  # [i]
+                rows = (int(start), int(start) + 1)
+            else:
+                rows = (int(start) if start else 0, int(end) if end else None)
+        literal_dots = re.sub(r"\.(?!\+)", r"\\.", body)
+        return cls(text, re.compile(literal_dots), rows)
+
+
+@dataclass
+class FreezeSummary:
+    """What `freeze` did: counts, the partly trained tensors, and keys that matched nothing."""
+
+    total: int = 0  # elements of all parameters
+    trainable: int = 0  # elements that get gradients (masked rows not counted)
+    whole: list[str] = field(default_factory=list)  # parameters trained in full
+    partial: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (rows trained, rows)
+    unmatched: list[str] = field(default_factory=list)  # patterns naming no parameter
+    handles: list = field(default_factory=list)  # gradient hooks, for remove()
+
+    def lines(self) -> list[str]:
+        share = 100 * self.trainable / self.total if self.total else 0.0
+        out = [f"Spectrum freeze: {self.trainable:,} of {self.total:,} parameters trainable "
+               f"({share:.2f}%), {len(self.whole)} tensors whole, {len(self.partial)} in part"]
+        if self.partial:
+            shown = ", ".join(f"{n} ({r}/{t} rows)" for n, (r, t) in list(self.partial.items())[:8])
+            more = f" and {len(self.partial) - 8} more" if len(self.partial) > 8 else ""
+            out.append(
+                f"Partly trained (other rows' gradients zeroed): {shown}{more}. An optimizer still "
+                "keeps state for all rows of these tensors, and AdamW's weight decay still moves "
+                "the masked rows unless their group has weight_decay=0 (see param_groups)")
+        if self.unmatched:
+            out.append(self.unmatched_line())
+        return out
+
+    def unmatched_line(self) -> str:
+        return (f"{len(self.unmatched)} keys match no parameter of this model (results written "
+                f"for another naming? see --names): {', '.join(self.unmatched[:8])}")
+
+    def param_groups(self, model, weight_decay: float) -> list[dict]:
+        """Optimizer groups of the trainable parameters: partly trained ones without weight
+        decay, so that their frozen rows stay exactly as loaded."""
+        params = dict(model.named_parameters())
+        full = [params[n] for n in self.whole]
+        part = [params[n] for n in self.partial]
+        groups = [{"params": full, "weight_decay": weight_decay}]
+        if part:
+            groups.append({"params": part, "weight_decay": 0.0})
+        return groups
+
+    def remove(self) -> None:
+        """Take the gradient hooks off again (requires_grad stays as set)."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _merged(ranges: list[tuple[int, int | None]], rows: int, name: str) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted((s, rows if e is None else e) for s, e in ranges):
+        if not 0 <= start < end <= rows:
+            raise SpectrumError(f"rows [{start}:{end}] do not fit parameter {name} ({rows} rows)")
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _row_mask_hook(mask):
+    def hook(grad):
+        return grad * mask.to(device=grad.device, dtype=grad.dtype)
+    return hook
+
+
+def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
+    """Set requires_grad (and row masks) on `model` from `unfrozen_parameters` patterns."""
+    import torch
+
+    compiled = [Pattern.parse(p) for p in patterns]
+    used: set[str] = set()
+    summary = FreezeSummary()
+    for name, param in model.named_parameters():
+        summary.total += param.numel()
+        hits = [p for p in compiled if p.regex.match(name)]
+        used.update(p.text for p in hits)
+        param.requires_grad_(bool(hits))
+        if not hits:
+            continue
+        ranges = [p.rows for p in hits if p.rows is not None]
+        rows = param.shape[0] if param.dim() else 1
+        if not ranges or any(p.rows is None for p in hits):
+            summary.whole.append(name)
+            summary.trainable += param.numel()
+            continue
+        keep = _merged(ranges, rows, name)
+        kept = sum(b - a for a, b in keep)
+        if kept == rows:
+            summary.whole.append(name)
+            summary.trainable += param.numel()
+            continue
+        mask = torch.zeros((rows,) + (1,) * (param.dim() - 1), dtype=torch.bool)
+        for a, b in keep:
+            mask[a:b] = True
+        summary.handles.append(param.register_hook(_row_mask_hook(mask)))
+        summary.partial[name] = (kept, rows)
+        summary.trainable += param.numel() // rows * kept
+    summary.unmatched = [p.text for p in compiled if p.text not in used]
+    return summary
+
+
+def freeze(model, results: dict | str | Path, top_percent: float = 25.0,
+           grouping: str | None = None) -> FreezeSummary:
+    """Train only the top `top_percent`% of each type of `results` (a results file or its dict)
+    in `model`, plus its embeddings and head; returns (and logs) a FreezeSummary.
+
+    `grouping` None ranks within the file's types (what the scan's --expert-grouping wrote);
+    `pooled` / `per-expert` regroup. Keys must name this model's parameters: scan with the
+    default `--names trainer` for a model loaded with transformers 5.
+    """
+    if not isinstance(results, dict):
+        results = load_results(results)
+    summary = apply_patterns(model, unfrozen_parameters(results, top_percent, grouping))
+    for line in summary.lines():
+        if summary.unmatched and line == summary.unmatched_line():
+            log.warning(line)
+        else:
+            log.info(line)
+    return summary
