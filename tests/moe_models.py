@@ -5,7 +5,7 @@ several shards each), plus the transformers-fused form (a model's in-memory stat
 safetensors, several shards). Import the fixtures you need into a test module.
 
 `expected_matrices` reads the checkpoint with safetensors itself and cuts out every expert with plain
-indexing written from DESIGN.md section 4: the oracle the scanner is checked against.
+indexing written from docs/spec.md and docs/moe.md: the oracle the scanner is checked against.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A slow, obviously-correct float64 SNR, written straight from DESIGN.md section 2.
+"""A slow, obviously-correct float64 SNR, written straight from docs/spec.md, "The SNR".
 
 Tests compare every fast path against this. It uses numpy's float64 SVD and plain Python loops.
 """

@@ -1,4 +1,4 @@
-"""Every safetensors header rule of DESIGN.md section 4, broken once each."""
+"""Every safetensors header rule of docs/spec.md ("Checkpoint files"), broken once each."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Quantized expert weights: FP8 with 128x128 block scales (DeepSeek-V3) and MXFP4 (gpt-oss).
 
 Known matrices are quantized here, written as checkpoints, and the scanner's dequantization must
-equal a float64 reimplementation of DESIGN.md section 4's rule exactly.
+equal a float64 reimplementation of docs/spec.md's rule ("Quantized weights") exactly.
 """
 
 from __future__ import annotations
