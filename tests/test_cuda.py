@@ -98,7 +98,7 @@ def test_max_gpu_mem_is_a_cap(tall_dir, tmp_path, method, prefetch):
 
 
 def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch):
-    scan_mod = sys.modules["spectrum_stream.scan"]
+    scan_mod = sys.modules["spectrum_stream.loop"]
     cap = 12 * 1024**2
     cpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu"))
     decoded = []
@@ -116,7 +116,7 @@ def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch
 def test_prefetch_overlaps_a_decomposition(tall_dir, tmp_path, monkeypatch):
     """The second tensor is read while the first is being decomposed (waits have deadlines:
     without overlap this fails after 60 s instead of hanging)."""
-    scan_mod = sys.modules["spectrum_stream.scan"]
+    scan_mod = sys.modules["spectrum_stream.loop"]
     in_svd, read_during = threading.Event(), threading.Event()
     real_decode, real_each = scan_mod.decode, scan_mod.decompose_each
     loads = []

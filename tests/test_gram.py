@@ -86,7 +86,7 @@ def test_fallback_is_written_to_the_journal(tmp_path):
 def routes_taken(monkeypatch) -> dict[str, list[str]]:
     """Instruments the runner: tensors decoded whole (`decode`) and matrices summed from blocks
     read straight from the file (`streamed_gram`), by tensor name."""
-    scan_mod = sys.modules["spectrum_stream.scan"]  # the package's `scan` attribute is the function
+    scan_mod = sys.modules["spectrum_stream.loop"]
     taken: dict[str, list[str]] = {"whole": [], "streamed": []}
     real_decode, real_streamed = scan_mod.decode, scan_mod.streamed_gram
 
@@ -112,7 +112,7 @@ def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch
     whole (a float32 copy, as on a GPU for a matrix within the budget, forced here) and streamed
     (float64 blocks from the file: always on CPU, here with a budget smaller than any matrix)."""
     from spectrum_stream.kernel.memory import Placement
-    from spectrum_stream.scan import _Runner
+    from spectrum_stream.loop import _Runner
 
     taken = routes_taken(monkeypatch)
     with monkeypatch.context() as m:
@@ -143,7 +143,7 @@ def test_which_plain_matrices_the_runner_streams():
     quantized or empty matrices. (On a GPU device memory decides: tests/test_gpu_plan.py.)"""
     from types import SimpleNamespace
 
-    from spectrum_stream.scan import _Runner
+    from spectrum_stream.loop import _Runner
 
     def streams(method: str, shape, decode: str = "plain") -> bool:
         opts = ScanOptions(method=method, workers=1, progress=False)

@@ -111,7 +111,7 @@ def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(llama_dir, tmp_pat
                                                                prefetch):
     import sys
 
-    scan_mod = sys.modules["spectrum_stream.scan"]
+    scan_mod = sys.modules["spectrum_stream.loop"]
     real = scan_mod.decode
 
     def flaky(job, *args):

@@ -125,7 +125,7 @@ def test_the_prefetch_thread_binds_before_it_reads(fake_cuda):
 
 
 def test_scan_binds_the_read_thread_to_its_device(llama_dir, tmp_path, monkeypatch):
-    scan_mod = sys.modules["spectrum_stream.scan"]
+    scan_mod = sys.modules["spectrum_stream.loop"]
     bound = []
     monkeypatch.setattr(scan_mod, "bind_thread",
                         lambda d: bound.append((threading.current_thread().name, d)))

@@ -204,7 +204,7 @@ def test_cli_takes_workers(llama_dir, tmp_path):
 @pytest.mark.parametrize("planted_dir", [1], indirect=True)
 def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_path, monkeypatch):
     """One shard, so nothing settles at a shard's end: the error must wait for the work handed out."""
-    from spectrum_stream.scan import _Runner
+    from spectrum_stream.loop import _Runner
 
     real, calls = _Runner.consume, []
 
@@ -225,7 +225,7 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_
 BUSY_FIRST_MATRIX = """
 import sys, threading, time, torch
 import spectrum_stream.scan
-S = sys.modules["spectrum_stream.scan"]
+S = sys.modules["spectrum_stream.loop"]
 real, calls = S._Runner.stream_gram, []
 main = threading.main_thread()
 
@@ -329,7 +329,7 @@ def test_a_delivery_cut_short_stops_later_deliveries():
 
 def test_batches_waiting_in_memory_are_bounded_by_the_workers(llama_dir, tmp_path, monkeypatch):
     """Same-shape batches hold float32 matrices: at most one per worker is handed out."""
-    from spectrum_stream.scan import _Runner
+    from spectrum_stream.loop import _Runner
 
     most = []
     real = _Runner.decompose_batch

@@ -32,7 +32,8 @@ from ..options import ScanInterrupted, ScanOptions, ScanReport
 from ..plan.specs import TensorJob
 from ..read.device import resolve_device
 from ..results.files import write_results
-from ..scan import ScanPlan, in_plan_order, plan_scan, run_jobs
+from ..loop import run_jobs
+from ..scan import ScanPlan, in_plan_order, plan_scan
 from ..source.checkpoint import open_local
 from ..source.hub.errors import HubDownloadError
 from ..source.shards import LocalSource, ShardSource
