@@ -14,28 +14,21 @@ from .params import View
 from .trainable import trained
 
 
-def _unmatched(ckpt: Checkpoint, view: View, patterns: list[str]) -> int:
-    return len(trained(view(ckpt), patterns)[1])
-
-
 def check_results_names(ckpt: Checkpoint, results: dict[str, dict], view: View, other: View,
                         where: str) -> None:
-    """Raise when some keys of `results` name no parameter of `view` but all name parameters of
-    `other` (written with the other --names), or when no key names a parameter of either (results
-    of another model). A few stray keys are left to the plan's notes."""
+    """Raise unless every key of `results` names a parameter of `view` (a scan of this model
+    under the view's --names always does): saying so when the keys name `other`'s parameters
+    (written with the other --names), else that they are another model's."""
     patterns = unfrozen_parameters(results, 100)  # every key, as the pattern select would write
     if not patterns:
         raise SpectrumError(f"{where}: holds no results")
-    here = _unmatched(ckpt, view, patterns)
-    if here == 0:
+    here = trained(view(ckpt), patterns)[1]
+    if not here:
         return
-    there = _unmatched(ckpt, other, patterns)
-    if there == 0:
+    if not trained(other(ckpt), patterns)[1]:
         raise SpectrumError(
-            f"{where}: its keys name the parameters under --names {other.names} ({here} of "
-            f"{len(patterns)} match no parameter under --names {view.names}); the results were "
-            f"written with --names {other.names}: plan with --names {other.names}, or rewrite "
-            f"them with `spectrum-stream rebuild JOURNAL --names {view.names}`")
-    if here == len(patterns) and there == len(patterns):
-        raise SpectrumError(f"{where}: none of its {len(patterns)} keys names a parameter of "
-                            f"{ckpt.name}; results of another model?")
+            f"{where}: written with --names {other.names} ({len(here)} of {len(patterns)} keys "
+            f"name no parameter under --names {view.names}); plan with --names {other.names}, or "
+            f"rewrite the results with `spectrum-stream rebuild JOURNAL --names {view.names}`")
+    raise SpectrumError(f"{where}: {len(here)} of its {len(patterns)} keys name no parameter of "
+                        f"{ckpt.name} (e.g. {here[0]!r}); results of another model?")
