@@ -23,12 +23,13 @@ import torch
 import planner_shapes
 from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.plan.jobs import plan as scan_plan
-from spectrum_stream.planner import build_plan, format_plan_text, fused_view, stored_view
+from spectrum_stream.planner import build_plan, format_plan_text, stored_view, trainer_view
 from spectrum_stream.planner.memory import (
     GPU_COUNTS, NF4_BYTES, OVERHEAD_FIXED, OVERHEAD_FRACTION, fits, footprint, per_gpu,
 )
 from spectrum_stream.planner.params import Param
 from spectrum_stream.planner.trainable import Trained, lora_params, totals, trained
+from spectrum_stream.results.files import compat_results
 from spectrum_stream.results.select import unfrozen_parameters
 
 PERCENT = 50
@@ -88,8 +89,10 @@ def _dbrx():
 
 MODELS = {"llama": _llama, "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe,
           "deepseek_v3": _deepseek_v3, "dbrx": _dbrx}
-VIEWS = {"llama": stored_view, "dbrx": stored_view, "mixtral": fused_view,
-         "qwen2_moe": fused_view, "qwen3_moe": fused_view, "deepseek_v3": fused_view}
+# DBRX and Llama load as stored; the per-expert MoE checkpoints load fused (transformers 5). The
+# trainer view is the stored one for Llama and DBRX too: both views are checked there.
+VIEWS = {"llama": stored_view, "dbrx": stored_view, "mixtral": trainer_view,
+         "qwen2_moe": trainer_view, "qwen3_moe": trainer_view, "deepseek_v3": trainer_view}
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +113,12 @@ def _load(folder: Path):
 
 
 def _patterns(ckpt, view, seed: int = 7) -> list[str]:
-    """A Spectrum selection from seeded random SNRs over the matrices the scan would report."""
+    """A Spectrum selection from seeded random SNRs over the matrices the scan would report,
+    keyed as a scan writes them under the view's --names."""
     rng = random.Random(seed)
-    results = {s.key: {"snr": rng.random(), "type": s.type}
-               for job in scan_plan(ckpt) for s in job.matrices}
-    return unfrozen_parameters(results, PERCENT, fused_experts=view is fused_view)
+    records = [{"key": s.key, "trainer_key": s.trainer_key, "type": s.type, "status": "ok",
+                "snr": rng.random()} for job in scan_plan(ckpt) for s in job.matrices]
+    return unfrozen_parameters(compat_results(records, view.names), PERCENT)
 
 
 # --- an independent reading of axolotl's freezing rules, applied to a loaded model ---------------
@@ -164,6 +168,7 @@ def test_view_matches_loaded_parameters(saved, name):
     view = {p.name: p.shape for p in VIEWS[name](ckpt)}
     loaded = {n: tuple(p.shape) for n, p in _load(saved[name]).named_parameters()}
     assert view == loaded
+    assert {p.name: p.shape for p in trainer_view(ckpt)} == loaded  # the default view
 
 
 # --- (2) trainable counts ---------------------------------------------------------------------------

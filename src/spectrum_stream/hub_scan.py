@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import SpectrumError
 from .journal.journal import finished_in
-from .kernel.calibrate import svd_rate
+from .kernel.calibrate import calibration_size, svd_rate
 from .options import ScanOptions, ScanReport
 from .read.device import resolve_device
 from .scan import ScanPlan, plan_scan, run_scan
@@ -161,8 +161,7 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
         _check_disk(p, ckpt, max_disk)
         rate = None
         if estimate and p.flops:
-            rate = svd_rate(device, int(min(1024, max(64, max(
-                min(s.shape) for j in p.scan.jobs for s in j.matrices)))), opts.method)
+            rate = svd_rate(device, calibration_size(p.scan.jobs), opts.method)
         for line in plan_lines(p, repo, ckpt, device, rate, delete, max_disk):
             log.info(line)
         source = HubSource(repo, ckpt, p.needed, delete, max_disk)

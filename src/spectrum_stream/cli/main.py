@@ -272,3 +272,9 @@ def demo(device, out_dir, keep, quiet):
     click.echo("\n".join(verdicts))
     if hits != len(verdicts):
         sys.exit(1)
+
+
+# plan (cli/plan_cmd.py)
+from .plan_cmd import plan_command  # noqa: E402
+
+main.add_command(plan_command)

@@ -14,6 +14,13 @@ WEAK_FLOAT64 = 8  # float64 this many times slower than float32: gram is likely 
 _FLOAT64_RATIOS: dict = {}
 
 
+def calibration_size(jobs) -> int:
+    """The matrix side to measure on: the checkpoint's largest smaller side, within 64..1024
+    (big enough to be representative, small enough to take about a second)."""
+    k = max((min(s.shape) for j in jobs for s in j.matrices), default=64)
+    return int(min(1024, max(64, k)))
+
+
 def svd_rate(device: torch.device, size: int = 1024, method: str = "exact") -> float:
     """m*n*k per second of `method`'s decomposition on `device`, measured on one size x size
     matrix (one at a time: --workers may do better on CPU)."""

@@ -3,7 +3,7 @@
 See docs/planner.md.
 """
 
-from .params import Param, fused_view, stored_view
+from .params import Param, stored_view, trainer_view
 from .report import build_plan, format_plan_text
 
-__all__ = ["Param", "build_plan", "format_plan_text", "fused_view", "stored_view"]
+__all__ = ["Param", "build_plan", "format_plan_text", "stored_view", "trainer_view"]

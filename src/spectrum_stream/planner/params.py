@@ -3,32 +3,30 @@
 Memory is counted per parameter as the trainer sees it, not per tensor on disk: quantization scales
 are not parameters, quantized weights train at their decoded size, and transformers >= 5 loads
 per-expert MoE checkpoints into one fused parameter per projection and layer. A view is any function
-`Checkpoint -> list[Param]`; `stored_view` (the tensors as stored) is the default and `fused_view`
-is what transformers 5 loads for per-expert layouts. See docs/planner.md, "Parameter views".
+`Checkpoint -> list[Param]` with a `names` attribute (the `--names` whose results keys name its
+parameters): `stored_view` (the tensors as stored, transformers 4) and `trainer_view` (what
+transformers 5 loads, from the scan's own renaming). See docs/planner.md, "Parameter views".
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..source.checkpoint import Checkpoint
 from ..source.dtypes import DTYPE_BITS, FLOAT_DTYPES
 from ..plan.config import config_int
 from ..plan.quantized import BLOCKS_SUFFIX, SCALES_SUFFIX, is_companion
+from ..plan.trainer_names import TrainerNames
 
 MXFP4_BYTES = 0.5 + 1 / 32  # two FP4 codes per byte, one scale byte per 32 values
 
 _DBRX_EXPERTS = re.compile(r"(^|\.)experts\.mlp\.(w1|v1|w2)$")
 _EXPERTS_PART = re.compile(r"(^|\.)experts(\.|$)")
-_PER_EXPERT = re.compile(
-    r"^(?P<pre>.+)\.(?P<moe>block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
-    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 # saved in checkpoints but registered by transformers as buffers, never trained
 _BUFFERS = re.compile(r"(^|\.)e_score_correction_bias$")
-_GATE, _UP, _DOWN = ("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -83,54 +81,55 @@ def stored_view(ckpt: Checkpoint) -> list[Param]:
     return out
 
 
-def _fuse(pre: str, members: dict[tuple[int, str], Param]) -> list[Param] | None:
-    """`pre.mlp.experts.gate_up_proj` [E, 2I, H] and `down_proj` [E, H, I] from per-expert
-    matrices, or None when the experts are not a complete, same-shaped set 0..E-1."""
-    experts = sorted({e for e, _ in members})
-    if experts != list(range(len(experts))):
-        return None
+def trainer_view(ckpt: Checkpoint) -> list[Param]:
+    """The model as transformers loads it, named by the scan's own mapping (plan/trainer_names.py),
+    so results keys written with `--names trainer` name these parameters.
 
-    def pick(e: int, names: tuple[str, str]) -> Param | None:
-        return next((members[(e, n)] for n in names if (e, n) in members), None)
-
-    gate, up, down = ([pick(e, names) for e in experts] for names in (_GATE, _UP, _DOWN))
-    for group in (gate, up, down):
-        if any(p is None or p.shape != group[0].shape or len(p.shape) != 2 for p in group):
-            return None
-    if gate[0].shape != up[0].shape or 3 * len(experts) != len(members):
-        return None
-    n, (i, h) = len(experts), gate[0].shape
-    base = f"{pre}.mlp.experts."
-    return [Param(base + "gate_up_proj", (n, 2 * i, h), gate[0].dtype_bytes, gate[0].is_float, n),
-            Param(base + "down_proj", (n, *down[0].shape), down[0].dtype_bytes, down[0].is_float, n)]
-
-
-def fused_view(ckpt: Checkpoint) -> list[Param]:
-    """What transformers >= 5 loads: per-expert `experts.N.{w1,w3,w2}` (Mixtral) or
-    `experts.N.{gate,up,down}_proj` (Qwen2/Qwen3-MoE, DeepSeek) become one `experts.gate_up_proj`
-    [E, 2I, H] (gate rows first, then up) and one `experts.down_proj` [E, H, I] per layer, placed
-    where the first expert tensor was; Mixtral's `.block_sparse_moe.` is renamed `.mlp.`. A set of
-    experts that is incomplete or irregular is left per-expert. DeepSeek's router
-    `e_score_correction_bias` is a buffer there, not a parameter, and is left out."""
+    A `stack` conversion (per-expert `experts.N.w1` + `w3` -> `experts.gate_up_proj`) becomes one
+    parameter [E, sum of the sources' rows, ...] placed where its first member was; a `rows`
+    conversion (a fused tensor transposed behind dim 0) keeps the stored shape (same rows, same
+    elements); an `opaque` one, or a set of experts that is not a complete same-shaped 0..E-1,
+    keeps the stored tensors (the scan keeps checkpoint keys for those too). Tensors that are
+    buffers in transformers (DeepSeek's `e_score_correction_bias`) are left out."""
+    names = TrainerNames.for_config(ckpt.config)
     params = [p for p in stored_view(ckpt) if not _BUFFERS.search(p.name)]
-    groups: dict[str, dict[tuple[int, str], Param]] = {}
-    for p in params:
-        m = _PER_EXPERT.match(p.name)
-        if m:
-            groups.setdefault(m["pre"], {})[(int(m["e"]), m["proj"])] = p
-    fused = {pre: _fuse(pre, members) for pre, members in groups.items()}
+    mapped = [(p, *names.tensor_name(p.name)) for p in params]
+    stacks: dict[str, dict[tuple[int, int], Param]] = {}  # target -> {(source, expert): param}
+    for p, target, fuse, expert, source in mapped:
+        if fuse is not None and fuse.kind == "stack" and expert is not None:
+            stacks.setdefault(target, {})[(source, expert)] = p
+    fused = {target: _stacked(target, members) for target, members in stacks.items()}
     out: list[Param] = []
-    for p in params:
-        m = _PER_EXPERT.match(p.name)
-        if m and fused[m["pre"]] is not None:
-            if (int(m["e"]), m["proj"]) == min(groups[m["pre"]]):
-                out.extend(fused[m["pre"]])
-            continue
-        if ".block_sparse_moe." in p.name:
-            p = Param(p.name.replace(".block_sparse_moe.", ".mlp."), p.shape, p.dtype_bytes,
-                      p.is_float, p.experts)
-        out.append(p)
+    placed: set[str] = set()
+    for p, target, fuse, expert, _ in mapped:
+        if fuse is None or fuse.kind == "rows":
+            out.append(replace(p, name=target))
+        elif target in fused and fused[target] is not None:
+            if target not in placed:
+                placed.add(target)
+                out.append(fused[target])
+        else:  # opaque, or an irregular set of experts: as stored
+            out.append(p)
     return out
 
 
-fused_view.fused_experts = True  # patterns for this view name fused expert parameters
+def _stacked(target: str, members: dict[tuple[int, int], Param]) -> Param | None:
+    """[E, rows of source 0 + rows of source 1 ..., rest] from per-expert matrices, or None when
+    each source does not hold the same experts 0..E-1 in one shape."""
+    sources = sorted({s for s, _ in members})
+    experts = sorted({e for _, e in members})
+    if experts != list(range(len(experts))) or len(members) != len(sources) * len(experts):
+        return None
+    firsts = [members[(s, 0)] for s in sources]
+    for (s, _), p in members.items():
+        if p.shape != firsts[sources.index(s)].shape or len(p.shape) != 2:
+            return None
+    if any(f.shape[1:] != firsts[0].shape[1:] for f in firsts):
+        return None
+    n, first = len(experts), firsts[0]
+    rows = sum(f.shape[0] for f in firsts)
+    return Param(target, (n, rows, *first.shape[1:]), first.dtype_bytes, first.is_float, n)
+
+
+stored_view.names = "checkpoint"  # results keys that name this view's parameters: --names
+trainer_view.names = "trainer"

@@ -8,10 +8,12 @@ import random
 
 from ..source.checkpoint import Checkpoint
 from ..plan.jobs import plan as scan_plan
+from ..results.files import compat_results
+from ..results.names import DEFAULT_GROUPING
 from ..results.select import unfrozen_parameters
 from .activations import activation_terms, model_dims
 from .memory import GPU_COUNTS, METHODS, fewest_gpus, fits, footprint, per_gpu
-from .params import View, stored_view
+from .params import View, trainer_view
 from .scan_cost import scan_cost
 from .text import format_plan_text  # noqa: F401  (part of this module's interface)
 from .trainable import everything, totals, trained
@@ -19,13 +21,16 @@ from .trainable import everything, totals, trained
 SYNTHETIC_SEED = 0
 
 
-def synthetic_results(ckpt: Checkpoint) -> dict[str, dict]:
-    """Stand-in results when there is no scan yet: every matrix the scan would report, with its
-    type and a seeded random SNR. Selecting from them keeps floor(count * P / 100) matrices of
-    each type, as a real selection does; which layers and experts are drawn is chance."""
+def synthetic_results(ckpt: Checkpoint, names: str = "trainer") -> dict[str, dict]:
+    """Stand-in results when there is no scan yet: what a scan would write (keys under `names`,
+    the default expert grouping), with a seeded random SNR. Selecting from them keeps
+    floor(count * P / 100) matrices of each type, as a real selection does; which layers and
+    experts are drawn is chance."""
     rng = random.Random(SYNTHETIC_SEED)
-    return {spec.key: {"snr": rng.random(), "type": spec.type}
-            for job in scan_plan(ckpt) for spec in job.matrices}
+    records = [{"key": spec.key, "trainer_key": spec.trainer_key or spec.key, "type": spec.type,
+                "status": "ok", "snr": rng.random()}
+               for job in scan_plan(ckpt) for spec in job.matrices]
+    return compat_results(records, names, DEFAULT_GROUPING)
 
 
 def _method_entry(fp, gpus: int | None, gpu_mem: float, grad_params: int) -> dict:
@@ -41,27 +46,30 @@ def _method_entry(fp, gpus: int | None, gpu_mem: float, grad_params: int) -> dic
 def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_percent: float = 25,
                gpus: int | None = None, gpu_mem: float = 80e9, seq_len: int = 2048,
                micro_batch: int = 1, optimizer: str = "adamw", lora_rank: int = 16,
-               view: View = stored_view, grouping: str = "per-expert", rate: float | None = None,
-               rate_method: str = "exact") -> dict:
+               view: View = trainer_view, grouping: str | None = None,
+               rate: float | None = None, rate_method: str = "exact",
+               rates: dict[str, float] | None = None) -> dict:
     """Everything from headers alone; no weight bytes are read.
 
-    `results`: a results file's content ({key: {"snr", "type"}}); without it Spectrum's selection
-    is drawn from synthetic_results. `gpus`: the GPU count `bytes_per_gpu` is given for (default:
-    the fewest of 1, 2, 4, 8 that fits, else 8). `view`: the parameter view (stored_view, or
-    fused_view for what transformers >= 5 loads from per-expert MoE checkpoints). `rate`: a
-    measured m*n*k per second of `rate_method` for the scan time.
+    `results`: a results file's content ({key: {"snr", "type"}}), keys named as `view` names its
+    parameters; without it Spectrum's selection is drawn from synthetic_results. The selection
+    is `unfrozen_parameters(results, top_percent, grouping)` (grouping None: the results' own
+    types, as axolotl and freeze() rank). `gpus`: the GPU count `bytes_per_gpu` is given for
+    (default: the fewest of 1, 2, 4, 8 that fits, else 8). `view`: trainer_view (what
+    transformers 5 loads) or stored_view (the tensors as stored). `rate` / `rates`: measured
+    m*n*k per second of `rate_method` / of each method, for the scan time.
     """
     params = view(ckpt)
-    fused_names = bool(getattr(view, "fused_experts", False))
+    names = getattr(view, "names", "checkpoint")
     notes = []
     synthetic = results is None
     if synthetic:
-        results = synthetic_results(ckpt)
+        results = synthetic_results(ckpt, names)
         notes.append(
             f"no results file: Spectrum-{top_percent:g}% is estimated by keeping floor(count * "
             f"{top_percent:g} / 100) matrices of each type, drawn at random (seed {SYNTHETIC_SEED}); "
             "for fused or row-ranged experts, which tensors receive gradients depends on the draw")
-    patterns = unfrozen_parameters(results, top_percent, grouping, fused_experts=fused_names)
+    patterns = unfrozen_parameters(results, top_percent, grouping)
     chosen, unmatched = trained(params, patterns)
     if unmatched:
         notes.append(f"{len(unmatched)} of {len(patterns)} patterns match no parameter of this "
@@ -84,11 +92,11 @@ def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_per
         "settings": {
             "top_percent": top_percent, "gpus": gpus, "gpu_mem": int(gpu_mem), "seq_len": seq_len,
             "micro_batch": micro_batch, "optimizer": optimizer, "lora_rank": lora_rank,
-            "grouping": grouping, "view": getattr(view, "__name__", str(view)),
+            "grouping": grouping, "view": getattr(view, "__name__", str(view)), "names": names,
             "results": "synthetic" if synthetic else "given",
         },
         "activations": act_terms,
-        "scan": scan_cost(ckpt, rate, rate_method),
+        "scan": scan_cost(ckpt, {**({rate_method: rate} if rate else {}), **(rates or {})}),
         "methods": methods,
         "notes": notes,
     }

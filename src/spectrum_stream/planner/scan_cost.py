@@ -35,9 +35,9 @@ def matrix_gpu_bytes(m: int, n: int, raw: int) -> dict[str, int]:
     return {"exact": raw + 8 * m * n + 4 * k * k, "gram": raw + 4 * m * n + 16 * k * k}
 
 
-def scan_cost(ckpt: Checkpoint, rate: float | None = None, rate_method: str = "exact") -> dict:
-    """The scan's cost (see the module doc). `rate`: a measured m*n*k per second of
-    `rate_method` on the device the scan will use (e.g. from hub.svd_rate)."""
+def scan_cost(ckpt: Checkpoint, measured: dict[str, float] | None = None) -> dict:
+    """The scan's cost (see the module doc). `measured`: {method: m*n*k per second} measured on
+    the device the scan will use (kernel/calibrate.py's svd_rate)."""
     jobs = plan(ckpt)
     sizes = sorted((h.size for h in ckpt.shards.values()), reverse=True)
     flops = 0.0
@@ -51,8 +51,8 @@ def scan_cost(ckpt: Checkpoint, rate: float | None = None, rate_method: str = "e
                 biggest = (m * n, (m, n), raw_per_matrix)
     _, (m, n), raw = biggest
     seconds = {dev: {meth: flops / r for meth, r in rates.items()} for dev, rates in RATES.items()}
-    if rate:
-        seconds["measured"] = {rate_method: flops / rate}
+    if measured:
+        seconds["measured"] = {meth: flops / r for meth, r in measured.items()}
     return {
         "matrices": sum(len(j.matrices) for j in jobs),
         "weight_bytes": sum(j.nbytes for j in jobs),
