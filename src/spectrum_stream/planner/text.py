@@ -3,6 +3,8 @@ scan. Reads only the document build_plan returns."""
 
 from __future__ import annotations
 
+from ..units import human_seconds
+
 GB = 1e9
 
 
@@ -15,14 +17,6 @@ def _count(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(int(n))
-
-
-def _seconds(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _label(method: str, s: dict) -> str:
@@ -66,8 +60,11 @@ def format_plan_text(plan: dict) -> str:
                  for n, f in m["fits"].items()]
         lines.append(f"  {_label(k, s):<18}" + "   ".join(cells))
     sc = plan["scan"]
-    times = ", ".join(f"{dev} {meth} {_seconds(t)}" for dev, per in sc["seconds"].items()
-                      for meth, t in per.items())
+    measured = {"cpu": "2-core CPU, measured", "measured": "measured here"}
+    times = "; ".join(
+        f"{dev} ({measured.get(dev, 'assumed, not measured')}) "
+        + ", ".join(f"{meth} {human_seconds(t)}" for meth, t in per.items())
+        for dev, per in sc["seconds"].items())
     g = sc["gpu_bytes_largest_matrix"]
     lines += [
         "",
