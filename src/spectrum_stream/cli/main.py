@@ -272,3 +272,10 @@ def demo(device, out_dir, keep, quiet):
     click.echo("\n".join(verdicts))
     if hits != len(verdicts):
         sys.exit(1)
+
+
+from .analysis import compare, metrics, report  # noqa: E402
+
+main.add_command(metrics)
+main.add_command(report)
+main.add_command(compare)
