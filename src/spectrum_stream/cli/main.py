@@ -258,7 +258,8 @@ def rebuild(journal, names, expert_grouping):
 @click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")
 @_quiet
 def demo(device, out_dir, keep, quiet):
-    """Scan a small built-in Llama checkpoint with planted signal; no network needed."""
+    """Scan a small built-in Llama checkpoint with planted signal, and write its HTML report to
+    OUT_DIR/report; no network needed."""
     from ..examples.demo import run_demo
     from .summary import format_summary
 
@@ -270,6 +271,10 @@ def demo(device, out_dir, keep, quiet):
     hits = sum(v.lstrip().startswith("ok") for v in verdicts)
     click.echo(f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first")
     click.echo("\n".join(verdicts))
+    from ..report.from_results import report_from_results
+
+    page = report_from_results(report.paths.results, out_dir / "report", progress=False)
+    click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):
         sys.exit(1)
 
