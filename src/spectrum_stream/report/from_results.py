@@ -33,7 +33,7 @@ def report_from_results(results_path, out_dir, *, top_percent: float = 25.0,
     chosen = select(results, top_percent, grouping)
     selected = {key for keys in chosen.values() for key in keys}
     spectra, shapes, reason = load_kept_spectra(results_path, results, required=False)
-    notes = [] if reason is None else [f"No spectra or alpha: {reason}."]
+    notes = [] if reason is None else [f"No spectra or alpha: {reason.replace('`', '')}."]
     if metrics_file is not None:
         metrics = read_metrics_table(metrics_file)
     elif spectra:
@@ -43,9 +43,9 @@ def report_from_results(results_path, out_dir, *, top_percent: float = 25.0,
         metrics = None
     how = grouping or "the file's types"
     flag = f" --expert-grouping {grouping}" if grouping else ""
-    notes.append(f"Selection: top {top_percent:g}% by SNR within each type ({how}), as "
-                 f"`spectrum-stream select {results_path.name} --top-percent {top_percent:g}{flag}` "
-                 "chooses it.")
+    notes.append(f"Selection: top {top_percent:g}% by SNR within each type ({how}), the modules "
+                 f"spectrum-stream select {results_path.name} --top-percent {top_percent:g}{flag} "
+                 "chooses.")
     return build_report(results, out_dir, selected=selected, top_percent=top_percent,
                         spectra=spectra, shapes=shapes, metrics=metrics,
                         title=model_title(results_path), notes=notes)
