@@ -3,8 +3,12 @@
 A synthetic DeepSeek-style results set (attention per layer plus 256 per-expert gate/up/down
 projections per layer; 26 layers is about 20,000 modules), random spectra for a few hundred modules,
 alpha for every module. Times build_report and prints a Markdown table row; no assertions.
+Then, apart from the rendering, times the metrics table (`spectrum-stream metrics`' code path,
+compute_rows) over realistic spectra: k = 2048 for every expert (DeepSeek-V3's 7168 x 2048),
+1536 for attention; `--metrics-sample N` fits N of them and scales to the whole set.
 
     PYTHONPATH=src python3 bench/bench_report.py [--layers 26] [--experts 256] [--out DIR]
+        [--metrics-sample N] [--workers N]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from spectrum_stream.metrics.compute import compute_rows, cpu_count  # noqa: E402
 from spectrum_stream.report import build_report  # noqa: E402
 
 ATTENTION = ("self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa",
@@ -68,12 +73,48 @@ def spectra(results: dict[str, dict], every: int, seed: int = 1):
     return s_out, shapes
 
 
+def realistic_spectra(keys: list[str], seed: int = 2):
+    """Noise bulk (Marchenko-Pastur-like quarter circle) plus a few spikes, k = 2048 for experts."""
+    rng = np.random.default_rng(seed)
+    s_out, shapes = {}, {}
+    for key in keys:
+        m, n = (7168, 2048) if ".experts." in key else (7168, 1536)
+        bulk = np.sqrt(rng.beta(0.5, 1.5, size=n) * 4.0) + 1e-3
+        bulk[: rng.integers(2, 12)] *= rng.uniform(3, 20)
+        s_out[key], shapes[key] = np.sort(bulk.astype(np.float32))[::-1], (m, n)
+    return s_out, shapes
+
+
+def time_metrics(results: dict[str, dict], sample: int | None, workers: int | None) -> None:
+    """Time compute_rows alone; a sample (every j-th key) is scaled to the whole set."""
+    keys = list(results)
+    if sample and sample < len(keys):
+        keys = keys[:: max(1, len(keys) // sample)][:sample]
+    sv, shapes = realistic_spectra(keys)
+    subset = {k: results[k] for k in keys}
+    t0 = time.perf_counter()
+    rows = compute_rows(subset, sv, shapes, progress=False, workers=workers)
+    seconds = time.perf_counter() - t0
+    assert len(rows) == len(keys)
+    used = workers or cpu_count()
+    whole = seconds * len(results) / len(keys)
+    print()
+    print("| metrics | modules fitted | k | processes | seconds | ms per module | whole set s |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print(f"| compute_rows | {len(keys):,} | 2048 experts, 1536 attention | {used} | "
+          f"{seconds:.1f} | {1000 * seconds / len(keys):.1f} | {whole:.0f} ({len(results):,}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=26)
     ap.add_argument("--experts", type=int, default=256)
     ap.add_argument("--every", type=int, default=50, help="spectra for every N-th module")
     ap.add_argument("--out", type=Path, default=None, help="keep the report here")
+    ap.add_argument("--metrics-sample", type=int, default=None,
+                    help="fit this many modules' spectra and scale (default: all)")
+    ap.add_argument("--workers", type=int, default=None, help="processes for the metrics")
+    ap.add_argument("--no-metrics", action="store_true", help="time the rendering only")
     args = ap.parse_args()
 
     results = results_set(args.layers, args.experts)
@@ -93,6 +134,8 @@ def main() -> None:
     print(f"| {len(results):,} | {args.layers} x {args.experts} | {len(sv)} | {seconds:.1f} | "
           f"{peak_mib:.0f} | {len(pngs)} | {size_mib:.1f} |")
     print(f"report: {page}")
+    if not args.no_metrics:
+        time_metrics(results, args.metrics_sample, args.workers)
 
 
 if __name__ == "__main__":

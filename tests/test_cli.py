@@ -48,4 +48,7 @@ def test_demo_finds_the_planted_modules(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Planted-signal check: 7 of 7 types" in r.stdout
+    page = tmp_path / "model_snr_results" / "report" / "index.html"
+    assert f"Report: {page.relative_to(tmp_path)}" in r.stdout and page.resolve().as_uri() in r.stdout
+    assert page.is_file() and '<img src="alpha_heatmap.png"' in page.read_text()
     assert (tmp_path / "model_snr_results" / "snr_results_spectrum-stream-demo-llama.json").is_file()

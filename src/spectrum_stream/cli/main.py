@@ -258,7 +258,8 @@ def rebuild(journal, names, expert_grouping):
 @click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")
 @_quiet
 def demo(device, out_dir, keep, quiet):
-    """Scan a small built-in Llama checkpoint with planted signal; no network needed."""
+    """Scan a small built-in Llama checkpoint with planted signal, and write its HTML report to
+    OUT_DIR/report; no network needed."""
     from ..examples.demo import run_demo
     from .summary import format_summary
 
@@ -270,11 +271,17 @@ def demo(device, out_dir, keep, quiet):
     hits = sum(v.lstrip().startswith("ok") for v in verdicts)
     click.echo(f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first")
     click.echo("\n".join(verdicts))
+    from ..report.from_results import report_from_results
+
+    page = report_from_results(report.paths.results, out_dir / "report", progress=False)
+    click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):
         sys.exit(1)
 
 
-# plan (cli/plan_cmd.py)
+# metrics, report, compare (cli/analysis.py); plan (cli/plan_cmd.py)
+from .analysis import compare, metrics, report  # noqa: E402
 from .plan_cmd import plan_command  # noqa: E402
 
-main.add_command(plan_command)
+for _command in (metrics, report, compare, plan_command):
+    main.add_command(_command)

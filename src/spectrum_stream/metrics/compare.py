@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import SpectrumError
 from ..results.select import group, select
+from ..source.jsonfile import MAX_JSON_BYTES
 
 
 def spearman(x, y) -> float:
@@ -52,10 +53,12 @@ def load_published_results(path) -> dict:
     """A flat results file as written by any Spectrum tool, non-finite SNRs allowed (compare skips them)."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise SpectrumError(f"{path}: more than the {MAX_JSON_BYTES} bytes this tool reads")
         doc = json.loads(path.read_text(encoding="utf-8"))  # json accepts NaN and Infinity
     except OSError as exc:
         raise SpectrumError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise SpectrumError(f"{path}: not JSON") from None
     if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
         raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")

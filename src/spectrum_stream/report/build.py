@@ -85,19 +85,21 @@ def _counts(entries: list[Entry], n_types: int, n_selected: int, top_percent: fl
 def build_report(results: dict[str, dict], out_dir: str | Path, *, selected: set[str],
                  top_percent: float, spectra: dict[str, np.ndarray] | None = None,
                  shapes: dict[str, tuple[int, int]] | None = None,
-                 metrics: dict[str, dict] | None = None, title: str = "") -> Path:
+                 metrics: dict[str, dict] | None = None, title: str = "",
+                 notes: list[str] | None = None) -> Path:
     """Write out_dir/index.html and its PNGs; return the page's path.
 
     results: {key: {"snr", "type"}} as in the results file; selected: the keys chosen for training;
     spectra: {key: singular values} for modules to show as histograms (best and worst per
     projection); shapes: {key: (rows, cols)} for their Marchenko-Pastur threshold; metrics:
-    {key: {"alpha": ...}} for the alpha heatmap.
+    {key: {"alpha": ...}} for the alpha heatmap; notes: lines shown at the top of the page (e.g.
+    why there are no spectra).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = _entries(results, selected)
     figures: list[tuple[str, str, str]] = []
-    notes: list[str] = []
+    notes = list(notes or [])
 
     layer_heatmap(layer_grid(entries), out / "snr_heatmap.png", label="SNR", title=title)
     figures.append(("SNR by layer and module", "Each cell is one module's SNR (pooled MoE columns: "

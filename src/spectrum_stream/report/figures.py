@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .grid import ExpertGrid, LayerGrid
 
@@ -173,6 +173,16 @@ def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
     return _save(fig, path)
 
 
+def _plain_log_ticks(axis) -> None:
+    """Log-axis ticks at 1, 2, 5 x 10^k written as plain numbers: matplotlib's default labels
+    one power of ten per decade, or, under two decades, minor labels that overlap."""
+    lo, hi = sorted(v for v in axis.get_view_interval() if v > 0) or (1.0, 1.0)
+    few_decades = hi / lo < 1e3  # wider: one tick per decade, as 1, 2, 5 would crowd
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if few_decades else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
     """Marchenko-Pastur cut: sigma * (1 + sqrt(k / max(m, n))), sigma from the interquartile range
     of the singular values (linear-interpolation quantiles), k = min(m, n)."""
@@ -186,7 +196,10 @@ def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarr
                    path: Path) -> Path:
     """Histograms of singular values, one panel per (tag, key, snr, values, shape), with the
     Marchenko-Pastur threshold where the shape is known: values right of it count as signal."""
-    fig = Figure(figsize=(5.2 * len(panels), 3.4), layout="constrained")
+    width, height = 5.2 * len(panels), 3.4
+    fig = Figure(figsize=(width, height))  # fixed margins: constrained layout doubled the time
+    fig.subplots_adjust(left=0.65 / width, right=1 - 0.2 / width, bottom=0.5 / height,
+                        top=1 - 0.75 / height, wspace=0.7 / (width / len(panels) - 0.85))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (tag, key, snr, s, shape) in zip(axes, panels):
         s = np.asarray(s, dtype=np.float64)
@@ -197,8 +210,10 @@ def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarr
             ax.set_xscale("log")  # a bulk near zero and a few large values: both stay visible
             nbins = np.geomspace(pos.min(), pos.max(), nbins + 1)
         ax.hist(s, bins=nbins, color="#4c72b0")
+        if ax.get_xscale() == "log":
+            _plain_log_ticks(ax.xaxis)
         ax.set_yscale("log")  # the few values past the bulk stay visible
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _plain_log_ticks(ax.yaxis)
         ax.set_xlabel("singular value")
         ax.set_ylabel("count")
         name = key if len(key) <= 60 else "..." + key[-57:]

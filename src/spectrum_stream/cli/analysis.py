@@ -1,0 +1,107 @@
+"""`metrics`, `report` and `compare`: looking at a finished scan, without touching the checkpoint.
+
+Each reads files a scan wrote (the results JSON and the spectra beside it) and is registered on
+the main group at the end of cli/main.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from ..errors import SpectrumError
+
+_quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
+_workers = click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                        help="Processes that fit the spectra (default: the CPU cores; small "
+                        "scans stay in one process).")
+_top = click.option("--top-percent", type=float, default=25.0, show_default=True,
+                    help="Share of each type selected, highest SNR first.")
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="The table to write: .csv or .json (chosen by the suffix).")
+@_workers
+@_quiet
+def metrics(results, output, workers, quiet):
+    """Write WeightWatcher's per-module metrics (alpha, stable rank, entropy, ...) next to each
+    module's SNR, from the spectra the scan kept beside RESULTS."""
+    from ..metrics.compute import compute_rows
+    from ..metrics.spectral import write_table
+    from ..results.kept_spectra import load_kept_spectra
+    from ..results.select import load_results
+
+    if output.suffix.lower() not in (".csv", ".json"):
+        raise SpectrumError(f"{output}: the metrics table must end in .csv or .json")
+    data = load_results(results)
+    spectra, shapes, _ = load_kept_spectra(results, data)
+    rows = compute_rows(data, spectra, shapes, progress=not quiet, workers=workers)
+    write_table(rows, output)
+    with_metrics = sum(row["key"] in spectra for row in rows)
+    click.echo(f"wrote {output}: {len(rows)} rows, {with_metrics} with metrics")
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--output", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for index.html and its pictures (created if needed).")
+@_top
+@click.option("--expert-grouping", type=click.Choice(["pooled", "per-expert"]),
+              help="Rank experts together (pooled) or per expert index, as `select` does "
+              "(default: the file's own types).")
+@click.option("--metrics", "metrics_file", type=click.Path(path_type=Path),
+              help="A table written by `spectrum-stream metrics` (.csv or .json) for the alpha "
+              "heatmap (default: computed from the kept spectra).")
+@_workers
+@_quiet
+def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers, quiet):
+    """Write an offline HTML report of a scan: SNR heatmaps, expert grids, spectra, alpha and the
+    modules chosen for training."""
+    from ..report.from_results import report_from_results
+
+    page = report_from_results(results, out_dir, top_percent=top_percent,
+                               grouping=expert_grouping, metrics_file=metrics_file,
+                               progress=not quiet, workers=workers)
+    click.echo(f"wrote {page}")
+    click.echo(f"open {page.resolve().as_uri()}")
+
+
+@click.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@_top
+@click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]), default="per-expert",
+              show_default=True, help="How experts are grouped before ranking, in both files "
+              "(per-expert: the original tool's types).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text: a readable summary; json: every number (NaN as null).")
+def compare(a, b, top_percent, expert_grouping, fmt):
+    """How far two results files (e.g. ours and one the original Spectrum tool published) agree:
+    rank correlation of SNRs and overlap of the top-P selections, per type."""
+    from ..metrics.compare import compare_results, format_compare_text, load_published_results
+
+    if not 0 <= top_percent <= 100:
+        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    found = compare_results(load_published_results(a), load_published_results(b), top_percent,
+                            expert_grouping)
+    if fmt == "json":
+        click.echo(json.dumps(_json_safe(found), indent=2, allow_nan=False))
+    else:
+        click.echo(f"A = {a}\nB = {b}\n")
+        click.echo(format_compare_text(found), nl=False)
+
+
+def _json_safe(value):
+    """NaN and infinities as null, everywhere in the report (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
