@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -83,7 +83,11 @@ class OrderedPool:
 
     def _deliver_oldest(self) -> None:
         future, deliver = self.inflight[0]
-        value = future.result()  # Ctrl-C while waiting here leaves the call at the head
+        # Ctrl-C while waiting here leaves the call at the head. The wait is in short slices:
+        # a signal that lands just before one long wait would only be acted on when it ends.
+        while not future.done():
+            wait([future], timeout=0.2)
+        value = future.result()
         self.inflight.popleft()
         self.broken = True
         deliver(value)
