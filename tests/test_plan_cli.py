@@ -143,3 +143,24 @@ def test_hub_plan_reads_headers_only(hub, hf, llama_dir, monkeypatch):  # noqa: 
     for name, n in asked.items():  # the 64-byte probe, then the header: no weight bytes
         assert n <= 64 + _header_end(shards[name]) < shards[name].stat().st_size
     assert not list((hf / "hub").rglob("*.safetensors"))
+
+
+def test_results_keys_that_are_no_pattern_are_one_line(tmp_path):
+    """A results file is outside input: a key that is not a regex, or names an empty row range,
+    is one error line naming the file (it was a traceback)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from spectrum_stream.cli import main
+    from spectrum_stream.examples.synthetic import write_planted_llama
+
+    folder = tmp_path / "ckpt"
+    write_planted_llama(folder, layers=1, hidden=64, intermediate=128, vocab=64, shards=1)
+    for key in ("model.layers.0.(", "model.layers.0.self_attn.q_proj[5:3]"):
+        bad = tmp_path / "snr_results_bad.json"
+        bad.write_text(json.dumps({key: {"snr": 1.0, "type": "x"}}))
+        r = CliRunner().invoke(main, ["plan", str(folder), "--results", str(bad)])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+        assert str(bad) in r.stderr and key in r.stderr

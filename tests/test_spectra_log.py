@@ -63,3 +63,33 @@ def test_the_log_is_named_after_its_journal(tmp_path):
         tmp_path / "snr_results_m.spectra.bin"
     assert spectra_log_path(tmp_path / "snr_results_m.rank1-of-2.journal.jsonl") == \
         tmp_path / "snr_results_m.rank1-of-2.spectra.bin"
+
+
+def test_a_line_with_a_damaged_shape_keeps_its_snr_but_no_spectrum(tmp_path):
+    """The shape a line's spectrum is stored under must be [m, n]: with a damaged one the module
+    keeps its SNR and goes without its spectrum, never a crash of `rebuild` or of a scan's end."""
+    import json
+
+    from click.testing import CliRunner
+
+    from spectrum_stream.cli import main
+    from spectrum_stream.examples.synthetic import write_planted_llama
+    from spectrum_stream.results.spectra import read_spectra
+
+    folder = tmp_path / "ckpt"
+    write_planted_llama(folder, layers=1, hidden=64, intermediate=128, vocab=64, shards=1)
+    out = tmp_path / "out"
+    args = ["scan", str(folder), "--out-dir", str(out), "--device", "cpu", "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    journal = out / "snr_results_ckpt.journal.jsonl"
+    lines = journal.read_text().splitlines()
+    damaged = json.loads(lines[1])
+    for shape in ([64], ["a", 16], [0, 16]):
+        lines[1] = json.dumps({**damaged, "shape": shape})
+        journal.write_text("\n".join(lines) + "\n")
+        for command in (["rebuild", str(journal)], args):  # rebuild, and a scan that resumes
+            r = CliRunner().invoke(main, command)
+            assert r.exit_code == 0, r.output
+            assert damaged["key"] in json.loads((out / "snr_results_ckpt.json").read_text())
+            spectra, _ = read_spectra(out / "snr_results_ckpt_spectra.safetensors")
+            assert damaged["key"] not in spectra and len(spectra) == len(lines) - 2

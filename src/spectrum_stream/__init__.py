@@ -1,7 +1,7 @@
 """spectrum-stream: Spectrum SNR scans of huge checkpoints, one tensor at a time.
 
 The pipeline, one sub-package per stage (docs/architecture.md): source -> plan -> read -> kernel ->
-journal -> results, with scan.py the loop that drives them and cli/ on top. The library logs
+journal -> results, with loop.py the loop that drives them, scan.py around it, and cli/ on top. The library logs
 through `logging` (logger `spectrum_stream`) and installs no handler of its own.
 """
 

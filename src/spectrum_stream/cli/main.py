@@ -248,8 +248,8 @@ def rebuild(journal, names, expert_grouping):
     from ..results.files import rebuild_results
 
     paths, results, failed = rebuild_results(journal, names, expert_grouping)
-    click.echo(f"wrote {os.path.relpath(paths.results)} and "
-               f"{os.path.relpath(paths.sorted)}: {len(results)} modules, {len(failed)} failed")
+    click.echo(f"wrote {os.path.relpath(paths.results)}, {os.path.relpath(paths.sorted)} and "
+               f"{os.path.relpath(paths.spectra)}: {len(results)} modules, {len(failed)} failed")
 
 
 @main.command()

@@ -34,7 +34,9 @@ def format_summary(report: ScanReport) -> str:
     lines += [
         f"Results: {results}  (axolotl's Spectrum plugin reads this path)",
         f"Sorted:  {os.path.relpath(report.paths.sorted)}",
+        f"Spectra: {os.path.relpath(report.paths.spectra)}  (every module's singular values)",
         f"Journal: {os.path.relpath(report.paths.journal)}",
         f"Next:    spectrum-stream select {results} --top-percent 25",
+        f"         spectrum-stream report {results} -o report/",
     ]
     return "\n".join(lines)

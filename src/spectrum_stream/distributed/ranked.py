@@ -147,21 +147,23 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
         if r == 0:
             def write():
                 records: dict[str, dict] = {}
-                values: dict[str, bytes] = {}
                 for part in gathered:
                     merge_records(records, {rec["key"]: rec for rec in part["records"]})
-                    values.update(part["values"])
+                values: dict[str, bytes] = {}  # from the part whose record won, for each key
+                for part in gathered:
+                    for rec in part["records"]:
+                        if records.get(rec["key"]) is rec and rec["key"] in part["values"]:
+                            values[rec["key"]] = part["values"][rec["key"]]
                 ordered = in_plan_order(records, p.jobs)
-                main = Journal.open(p.paths.journal, p.header)
-                log = SpectraLog(p.paths.spectra_log)
-                try:
+                with contextlib.ExitStack() as stack:
+                    main = Journal.open(p.paths.journal, p.header)
+                    stack.callback(main.close)
+                    log = SpectraLog(p.paths.spectra_log)
+                    stack.callback(log.close)
                     missing = missing_from(main, ordered)
                     main.extend(relocate(missing, lambda rec: np.frombuffer(
                         values[rec["key"]], dtype=np.float32) if rec["key"] in values else None,
                         log))
-                finally:
-                    main.close()
-                    log.close()
                 return write_results(in_plan_order(main.records, p.jobs), p.paths, opts.names,
                                      opts.grouping)
 

@@ -40,5 +40,5 @@ def module_record(spec: MatrixSpec, job: TensorJob, *, seconds: float, method: s
     if note:
         rec["fallback"] = note
     if spectrum is not None:
-        rec["spectrum"] = spectrum  # [offset, count, crc32] in the spectra log (spectra_log.py)
+        rec["spectrum"] = spectrum  # [log file, offset, count, crc32] (spectra_log.py)
     return rec

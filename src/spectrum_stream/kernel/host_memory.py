@@ -13,8 +13,7 @@ estimate is deliberately simple (docs/robustness.md, "Memory"):
   a copy), the eigensolver's 2k + 1 doubles and the k values. A gram answer that is redone exactly
   (rare) needs the exact figure on top; that is not counted.
 
-On CUDA the same figure is compared with the device's free memory; a finer GPU accounting can
-replace `available_bytes` for that device.
+On a GPU, kernel/memory.py counts each route's device allocations instead.
 """
 
 from __future__ import annotations
@@ -53,13 +52,9 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def available_bytes(device=None) -> int | None:
-    """Memory a decomposition on `device` may still use; None when the system does not say."""
-    if device is not None and getattr(device, "type", device) == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+def available_bytes() -> int | None:
+    """RAM a decomposition on the CPU may still use; None when the system does not say. (On a
+    GPU, kernel/memory.py's accounting against the device's free memory decides instead.)"""
     found = _meminfo_available()
     if found is not None:
         return found

@@ -22,7 +22,10 @@ def check_results_names(ckpt: Checkpoint, results: dict[str, dict], view: View, 
     patterns = unfrozen_parameters(results, 100)  # every key, as the pattern select would write
     if not patterns:
         raise SpectrumError(f"{where}: holds no results")
-    here = trained(view(ckpt), patterns)[1]
+    try:
+        here = trained(view(ckpt), patterns)[1]
+    except SpectrumError as exc:  # a key that is no pattern at all
+        raise SpectrumError(f"{where}: {exc}") from None
     if not here:
         return
     if not trained(other(ckpt), patterns)[1]:

@@ -7,6 +7,7 @@ Assumptions: docs/planner.md, "Scan cost".
 
 from __future__ import annotations
 
+from ..kernel import memory
 from ..source.checkpoint import Checkpoint
 from ..plan.jobs import plan
 
@@ -25,14 +26,12 @@ RATES = {
 
 
 def matrix_gpu_bytes(m: int, n: int, raw: int) -> dict[str, int]:
-    """Device bytes to decompose one [m, n] matrix stored in `raw` bytes (an estimate).
-
-    exact: the stored tensor, its float32 copy, the solver's float32 working copy, and a k x k
-    float32 workspace. gram: the stored tensor, its float32 copy, the k x k float64 Gram matrix
-    and as much again for the eigensolver's workspace.
-    """
-    k = min(m, n)
-    return {"exact": raw + 8 * m * n + 4 * k * k, "gram": raw + 4 * m * n + 16 * k * k}
+    """Device bytes to decompose one [m, n] matrix stored in `raw` bytes, held whole: the scan's
+    own accounting (kernel/memory.py: what it reads, copies and allocates, by route)."""
+    itemsize = max(1, raw // max(1, m * n))
+    load = memory.load_bytes((m, n), raw_itemsize=itemsize)
+    # decoding holds the stored tensor beside its float32 copy; the route then holds the copy
+    return {method: max(load, memory.whole_bytes((m, n), method)) for method in ("exact", "gram")}
 
 
 def scan_cost(ckpt: Checkpoint, measured: dict[str, float] | None = None) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import SpectrumError
 from .params import Param
 
 _RANGE = re.compile(r"^(?P<body>.+)\[(?P<start>[0-9]*)(?::(?P<end>[0-9]*))?\]$")
@@ -50,8 +51,11 @@ def parse_pattern(raw: str) -> Pattern:
         else:
             rng = (int(start) if start else 0, int(end) if end else None)
             if rng[1] is not None and rng[0] >= rng[1]:
-                raise ValueError(f"pattern {raw!r}: empty row range")
-    regex = re.compile(re.sub(r"\.(?!\+)", r"\\.", body))
+                raise SpectrumError(f"pattern {raw!r}: empty row range")
+    try:
+        regex = re.compile(re.sub(r"\.(?!\+)", r"\\.", body))
+    except re.error as exc:
+        raise SpectrumError(f"pattern {raw!r}: not a valid regex ({exc})") from None
     plain = _COMMENT.sub("", body)
     plain = plain[1:] if plain.startswith("^") else plain
     exact = plain.endswith("$")

@@ -7,6 +7,7 @@ memory follows the tensor being scanned, not the shard (docs/spec.md, "Memory").
 from __future__ import annotations
 
 from collections.abc import Iterable
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,19 +69,22 @@ def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 _COPY_STREAMS: dict = {}
 _STAGING: dict = {}
+_MADE = threading.Lock()  # the read-ahead and block-reading threads may ask first at once
 
 
 def staging_pool(device: torch.device) -> StagingPool:
-    """The device's bounded pool of page-locked buffers (made on first use)."""
-    if device not in _STAGING:
-        _STAGING[device] = StagingPool()
-    return _STAGING[device]
+    """The device's bounded pool of page-locked buffers (made on first use, once)."""
+    with _MADE:
+        if device not in _STAGING:
+            _STAGING[device] = StagingPool()
+        return _STAGING[device]
 
 
 def _copy_stream(device: torch.device):
-    if device not in _COPY_STREAMS:
-        _COPY_STREAMS[device] = torch.cuda.Stream(device)
-    return _COPY_STREAMS[device]
+    with _MADE:
+        if device not in _COPY_STREAMS:
+            _COPY_STREAMS[device] = torch.cuda.Stream(device)
+        return _COPY_STREAMS[device]
 
 
 def block_len(other_dim: int, budget_bytes: int, itemsize: int = 8) -> int:

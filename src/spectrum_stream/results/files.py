@@ -25,6 +25,13 @@ from .spectra import write_spectra
 log = logging.getLogger(__name__)
 
 
+def ranks(rec: dict) -> bool:
+    """Whether a journal record holds a result: finished, with a finite SNR."""
+    snr = rec.get("snr")
+    number = isinstance(snr, float | int) and not isinstance(snr, bool)
+    return rec.get("status") == "ok" and number and math.isfinite(snr)
+
+
 def compat_results(records, names: str = DEFAULT_NAMES,
                    grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
     """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order.
@@ -33,9 +40,8 @@ def compat_results(records, names: str = DEFAULT_NAMES,
     """
     out = {}
     for rec in records:
-        snr = rec.get("snr")
-        number = isinstance(snr, float | int) and not isinstance(snr, bool)
-        if rec.get("status") == "ok" and number and math.isfinite(snr):
+        if ranks(rec):
+            snr = rec["snr"]
             key = result_key(rec, names)
             if key in out:  # two matrices under one name: keep the first, say so
                 log.warning("%s: %s names more than one scanned matrix (%s); keeping the first",
@@ -68,18 +74,28 @@ def write_results(records, paths: ResultPaths, names: str = DEFAULT_NAMES,
     return results
 
 
+def _is_matrix_shape(shape) -> bool:
+    return (isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+
+
 def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths,
                        names: str = DEFAULT_NAMES) -> int:
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
     spectra, shapes = {}, {}
+    decided: set[str] = set()  # a key's first finished record is its result (compat_results)
     for rec in records:
         key = result_key(rec, names)
-        if key in results and key not in spectra and "spectrum" in rec \
-                and isinstance(rec.get("shape"), list):
-            values = read_spectrum(paths.journal.parent, rec["spectrum"])
-            if values is not None:
-                spectra[key], shapes[key] = values, tuple(rec["shape"])
+        if key not in results or key in decided or not ranks(rec):
+            continue
+        decided.add(key)
+        shape = rec.get("shape")
+        if "spectrum" not in rec or not _is_matrix_shape(shape):  # a damaged line: no values
+            continue
+        values = read_spectrum(paths.journal.parent, rec["spectrum"])
+        if values is not None and values.size <= min(shape):
+            spectra[key], shapes[key] = values, (shape[0], shape[1])
     write_spectra(paths.spectra, spectra, shapes)
     return len(spectra)
 

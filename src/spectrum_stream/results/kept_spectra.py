@@ -2,7 +2,8 @@
 
 Why one place: `metrics` needs them and stops without them; `report` draws without them and says
 so. Both must say the same thing: scans before spectra were kept wrote none, only a rescan makes
-them (`rebuild` rewrites files from the journal, and the journal never held the values).
+them (`rebuild` rewrites the spectra file from the journal's spectra log, which such scans never
+wrote).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _metadata(path: Path, data: bytes) -> dict:
         raise bad
     try:
         header = json.loads(data[8:8 + size])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise bad from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else {}
@@ -86,7 +86,7 @@ def _shapes(path: Path, text, spectra: dict) -> dict[str, tuple[int, int]]:
     try:
         raw = json.loads(text)
         shapes = {key: (int(raw[key][0]), int(raw[key][1])) for key in spectra}
-    except (TypeError, ValueError, KeyError, IndexError):
+    except (TypeError, ValueError, KeyError, IndexError, RecursionError):
         raise SpectrumError(f"{path}: spectra file without a valid shape for every module") from None
     for key, s in spectra.items():
         if s.ndim != 1 or s.size > min(shapes[key]):

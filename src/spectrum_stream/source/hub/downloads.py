@@ -67,6 +67,9 @@ class HubSource:
                 self._start()
             self._cond.notify_all()
             while self.state[shard] not in ("ready", "failed"):
+                if self._stop and self.state[shard] == "queued":  # nobody will fetch it now
+                    raise HubDownloadError(shard, "downloads stopped after an earlier failure; "
+                                           "run again to resume")
                 self._cond.wait(0.5)  # a timeout keeps Ctrl-C responsive
             if self.state[shard] == "failed":
                 raise self.errors[shard]
@@ -152,7 +155,9 @@ class HubSource:
             t0 = time.perf_counter()
             try:
                 path = self._fetch(shard)
-            except HubDownloadError as exc:
+            except BaseException as exc:  # whatever it was, the scan waiting on it must hear
+                if not isinstance(exc, HubDownloadError):
+                    exc = HubDownloadError(shard, f"download failed ({type(exc).__name__}: {exc})")
                 with self._cond:
                     self.state[shard] = "failed"
                     self.errors[shard] = exc
