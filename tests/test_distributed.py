@@ -13,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spectrum_stream.distributed.split import imbalance, job_cost, shared_shards, split
 from spectrum_stream.examples.synthetic import write_planted_llama
 from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.plan.specs import MatrixSpec, TensorJob, TensorRef
 from spectrum_stream.source.header import TensorEntry
 
@@ -109,12 +111,18 @@ def reference(ckpt, tmp_path_factory) -> dict:
     assert r.returncode == 0, r.stderr
     _, records, _ = read_journal(out / f"{BASE}.journal.jsonl")
     return {"out": out, "records": records, "results": (out / f"{BASE}.json").read_text(),
-            "sorted": (out / f"{BASE}_sorted.json").read_text()}
+            "sorted": (out / f"{BASE}_sorted.json").read_text(),
+            "spectra": read_spectra(out / f"{BASE}_spectra.safetensors")}
 
 
 def same_results(out: Path, reference: dict) -> None:
     assert (out / f"{BASE}.json").read_text() == reference["results"]  # byte for byte
     assert (out / f"{BASE}_sorted.json").read_text() == reference["sorted"]
+    # every module's singular values, gathered from the ranks (or their journals), once each
+    spectra, shapes = read_spectra(out / f"{BASE}_spectra.safetensors")
+    ref_spectra, ref_shapes = reference["spectra"]
+    assert set(spectra) == set(ref_spectra) and shapes == ref_shapes
+    assert all(np.array_equal(spectra[k], ref_spectra[k]) for k in ref_spectra)
 
 
 def no_traceback_of_ours(text: str) -> None:
@@ -234,6 +242,8 @@ def test_a_one_process_journal_is_resumed_by_two_ranks(ckpt, reference, tmp_path
     lines = (reference["out"] / f"{BASE}.journal.jsonl").read_bytes().split(b"\n")
     k = 17
     (out / f"{BASE}.journal.jsonl").write_bytes(b"\n".join(lines[:1 + k]) + b"\n" + lines[1 + k][:9])
+    log = f"{BASE}.spectra.bin"  # the values its lines point to
+    (out / log).write_bytes((reference["out"] / log).read_bytes())
     r = run(torchrun(ckpt, out))
     assert r.returncode == 0, r.stderr
     planned = len(reference["records"])
