@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..results.names import pooled_type
+
 _ROWS = re.compile(r"\$\[(?P<a>\d+)(?::(?P<b>\d+))?\]$")  # trailing `$[e]` or `$[start:end]`
 _EXPERT_PART = re.compile(r"(^|\.)experts\.(?P<e>\d+)(?=\.|$)")  # `experts.5` inside a dotted name
 
@@ -55,9 +57,9 @@ def _expert_from_name(key: str) -> int | None:
 
 def projection_of(type_: str) -> str:
     """The type without its expert index: `mlp.experts.5.up_proj` -> `mlp.experts.*.up_proj`,
-    `mlp.experts.down_proj$[5]` -> `mlp.experts.down_proj`; other types are returned unchanged."""
-    stripped = _ROWS.sub("", type_)
-    return _EXPERT_PART.sub(lambda m: f"{m[1]}experts.*", stripped) or type_
+    `mlp.experts.down_proj$[5]` -> `mlp.experts.down_proj`; other types are returned unchanged.
+    The same rule as the results' pooled expert grouping (results/names.py)."""
+    return pooled_type(type_) or type_
 
 
 def parse_key(key: str, type: str) -> ModuleKey:  # noqa: A002  (the results file's field name)
