@@ -15,40 +15,14 @@ unless that tensor's group has weight_decay=0 (`FreezeSummary.param_groups` buil
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpectrumError
+from ..results.patterns import parse_pattern
 from ..results.select import load_results, unfrozen_parameters
 
 log = logging.getLogger(__name__)
-
-_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """One pattern: a name regex and the dim-0 rows it trains (None: all of them)."""
-
-    text: str
-    regex: re.Pattern
-    rows: tuple[int, int | None] | None
-
-    @classmethod
-    def parse(cls, text: str) -> "Pattern":
-        rows = None
-        body = text
-        m = _RANGE.match(text)
-        if m:
-            body, start, end = m.groups()
-            if end is None and start:  # [i]
-                rows = (int(start), int(start) + 1)
-            else:
-                rows = (int(start) if start else 0, int(end) if end else None)
-        literal_dots = re.sub(r"\.(?!\+)", r"\\.", body)
-        return cls(text, re.compile(literal_dots), rows)
-
 
 @dataclass
 class FreezeSummary:
@@ -120,19 +94,19 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
     """Set requires_grad (and row masks) on `model` from `unfrozen_parameters` patterns."""
     import torch
 
-    compiled = [Pattern.parse(p) for p in patterns]
+    compiled = [parse_pattern(p) for p in patterns]
     used: set[str] = set()
     summary = FreezeSummary()
     for name, param in model.named_parameters():
         summary.total += param.numel()
         hits = [p for p in compiled if p.regex.match(name)]
-        used.update(p.text for p in hits)
+        used.update(p.raw for p in hits)
         param.requires_grad_(bool(hits))
         if not hits:
             continue
-        ranges = [p.rows for p in hits if p.rows is not None]
+        ranges = [p.range for p in hits if p.range is not None]
         rows = param.shape[0] if param.dim() else 1
-        if not ranges or any(p.rows is None for p in hits):
+        if not ranges or any(p.range is None for p in hits):
             summary.whole.append(name)
             summary.trainable += param.numel()
             continue
@@ -148,7 +122,7 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
         summary.handles.append(param.register_hook(_row_mask_hook(mask)))
         summary.partial[name] = (kept, rows)
         summary.trainable += param.numel() // rows * kept
-    summary.unmatched = [p.text for p in compiled if p.text not in used]
+    summary.unmatched = [p.raw for p in compiled if p.raw not in used]
     return summary
 
 
