@@ -21,7 +21,8 @@ from spectrum_stream.kernel import host_memory as memory
 from spectrum_stream.kernel.host_memory import decomposition_bytes
 from spectrum_stream.source.jsonfile import (JsonFileError, integer, list_of, mapping, number,
                                              obj, parse_json, read_json, string)
-from test_bad_input import SHARDS, assert_one_line_error, make_checkpoint, run_cli, scan_args
+from test_bad_input import (SHARDS, assert_one_line_error, make_checkpoint, run_cli, scan_args,
+                            scanned_once)
 
 INDEX = "model.safetensors.index.json"
 BOMB = "[" * 200_000 + "]" * 200_000
@@ -81,11 +82,8 @@ def test_select_and_rebuild_on_bombs_and_bad_values(tmp_path):
 
 
 def test_garbled_journal_lines_are_skipped_not_trusted(tmp_path):
-    folder = make_checkpoint(tmp_path / "ckpt")
-    out = tmp_path / "out"
-    assert run_cli(scan_args(folder, out, "--quiet")).exit_code == 0
-    journal = out / "snr_results_ckpt.journal.jsonl"
-    lines = journal.read_bytes().splitlines(keepends=True)
+    folder, out, journal, written = scanned_once(tmp_path)
+    lines = written.splitlines(keepends=True)
     first = json.loads(lines[1])
     wrong = dict(first, snr="high")  # an ok line whose SNR is not a number: redone, not used
     journal.write_bytes(lines[0] + BOMB.encode() + b"\n" + json.dumps(wrong).encode() + b"\n"
