@@ -14,10 +14,10 @@ from pathlib import Path
 import orjson
 
 from ..errors import ResumeError, SpectrumError
-from .journal import JOURNAL_VERSION, Journal, _describe_difference, read_journal
+from .journal import (JOURNAL_SUFFIX as SUFFIX, JOURNAL_VERSION, Journal, _describe_difference,
+                      read_journal)
 from .spectra_log import SpectraLog, read_spectrum, relocate, spectra_log_path
 
-SUFFIX = ".journal.jsonl"
 _RANK = re.compile(r"\.rank(\d+)-of-(\d+)$")
 
 

@@ -12,16 +12,14 @@ from pathlib import Path
 from ..metrics.compute import compute_rows
 from ..metrics.table_file import read_metrics_table
 from ..results.kept_spectra import load_kept_spectra
+from ..results.paths import RESULTS_PREFIX
 from ..results.select import load_results, select
 from .build import build_report
-
-_PREFIX = "snr_results_"
-
 
 def model_title(results_path: Path) -> str:
     """`snr_results_<slug>.json` -> `<slug>`: the model as the results file names it."""
     stem = Path(results_path).stem
-    return stem[len(_PREFIX):] if stem.startswith(_PREFIX) else stem
+    return stem[len(RESULTS_PREFIX):] if stem.startswith(RESULTS_PREFIX) else stem
 
 
 def report_from_results(results_path, out_dir, *, top_percent: float = 25.0,

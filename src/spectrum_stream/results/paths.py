@@ -14,6 +14,8 @@ from ..journal.journal import JOURNAL_SUFFIX
 from ..journal.spectra_log import spectra_log_path
 from ..plan.naming import slug
 
+RESULTS_PREFIX = "snr_results_"  # + slug: the name axolotl's plugin looks for
+
 
 @dataclass(frozen=True)
 class ResultPaths:
@@ -37,7 +39,7 @@ class ResultPaths:
     @classmethod
     def for_model(cls, out_dir: Path, model_name: str) -> "ResultPaths":
         """Where a scan of `model_name` keeps its files."""
-        return cls.beside(Path(out_dir), f"snr_results_{slug(model_name)}")
+        return cls.beside(Path(out_dir), f"{RESULTS_PREFIX}{slug(model_name)}")
 
     @classmethod
     def for_journal(cls, journal: Path) -> "ResultPaths":

@@ -17,19 +17,18 @@ from safetensors.numpy import load, save
 
 from ..errors import SpectrumError
 from .atomic import atomic_write
+from .paths import RESULTS_PREFIX, ResultPaths
 
 FORMAT = "spectrum-stream/spectra"
 VERSION = "1"
-_RESULTS_PREFIX = "snr_results_"
-_SUFFIX = "_spectra.safetensors"
 
 
 def spectra_path(results_json_path) -> Path:
     """`snr_results_<slug>.json` -> `snr_results_<slug>_spectra.safetensors` in the same folder."""
     path = Path(results_json_path)
-    if not (path.name.startswith(_RESULTS_PREFIX) and path.suffix == ".json"):
+    if not (path.name.startswith(RESULTS_PREFIX) and path.suffix == ".json"):
         raise SpectrumError(f"{path}: expected a results file named snr_results_<model>.json")
-    return path.with_name(path.stem + _SUFFIX)
+    return ResultPaths.for_results(path).spectra
 
 
 def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]) -> None:
