@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpectrumError
-from .journal.journal import finished_in
+from .journal.ranks import finished_everywhere
 from .kernel.calibrate import calibration_size, svd_rate
 from .options import ScanOptions, ScanReport
 from .read.device import resolve_device
@@ -168,7 +168,7 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
         try:
             return run_scan(p.scan, source, opts)
         except HubDownloadError as exc:
-            kept = len(finished_in(p.scan.paths.journal))
+            kept = len(finished_everywhere(p.scan.paths.journal))
             raise SpectrumError(
                 f"{exc.reason}; {kept} modules are kept in {os.path.relpath(p.scan.paths.journal)} "
                 "(results written); run the same command again to resume") from None

@@ -215,15 +215,3 @@ def read_journal(path: Path) -> tuple[dict | None, dict[str, dict], int]:
 def finished_keys(records: dict[str, dict]) -> set[str]:
     """Keys of the records whose module is done (status ok); failed ones are tried again."""
     return {key for key, rec in records.items() if rec.get("status") == "ok"}
-
-
-def finished_in(path: Path) -> set[str]:
-    """Modules a journal file holds as done; empty when there is no readable journal (a mismatched
-    one is refused later, when the scan opens it under its lock)."""
-    if not Path(path).is_file():
-        return set()
-    try:
-        _, records, _ = read_journal(path)
-    except SpectrumError:
-        return set()
-    return finished_keys(records)

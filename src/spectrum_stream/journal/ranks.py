@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import ResumeError, SpectrumError
 from .journal import (JOURNAL_SUFFIX as SUFFIX, JOURNAL_VERSION, Journal, _describe_difference,
-                      read_journal)
+                      finished_keys, read_journal)
 from .spectra_log import SpectraLog, read_spectrum, relocate, spectra_log_path
 
 _RANK = re.compile(r"\.rank(\d+)-of-(\d+)$")
@@ -113,7 +113,7 @@ def finished_everywhere(main: Path) -> set[str]:
         records = read_all(main)
     except SpectrumError:
         return set()
-    return {k for k, r in records.items() if r.get("status") == "ok"}
+    return finished_keys(records)
 
 
 def missing_from(journal: Journal, records) -> list[dict]:
