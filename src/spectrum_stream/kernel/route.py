@@ -49,8 +49,8 @@ def exact(mats: list[torch.Tensor], driver: str | None = None) -> list[Decompose
     batch = torch.stack(mats) if len(mats) > 1 else mats[0][None]
     _, m, n = batch.shape
     s = exact_singular_values(batch, driver)
-    return [Decomposed(st, "exact", values=_values(row))
-            for st, row in zip(snr_from_singular_values(s, m, n), s)]
+    return [Decomposed(st, "exact", values=row)  # one copy to the CPU for the whole batch
+            for st, row in zip(snr_from_singular_values(s, m, n), _values(s))]
 
 
 def _gram_accepted(stats: SpectrumStats, bound: float) -> bool:
@@ -69,9 +69,9 @@ def _from_grams(grams: torch.Tensor, m: int, n: int,
                 wholes: list[Callable[[], torch.Tensor]], driver: str | None) -> list[Decomposed]:
     s = singular_values_from_gram(grams)
     stats, bounds = gram_spectrum(s, m, n)
-    return [Decomposed(st, "gram", values=_values(row)) if _gram_accepted(st, bound)
+    return [Decomposed(st, "gram", values=row) if _gram_accepted(st, bound)
             else _redo_exact(whole, bound, driver)
-            for st, bound, row, whole in zip(stats, bounds, s, wholes)]
+            for st, bound, row, whole in zip(stats, bounds, _values(s), wholes)]
 
 
 def decompose(mats: list[torch.Tensor], method: str = "exact",
