@@ -24,13 +24,18 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, run_child, table, variant_args  # noqa: E402
+from common import machine, run_child, table, variant_args
 
 HIDDEN, INTER, KV, LAYERS_110B, VOCAB = 8192, 49152, 1024, 80, 152064
-SHAPES = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV, HIDDEN),
-          "self_attn.v_proj": (KV, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
-          "mlp.gate_proj": (INTER, HIDDEN), "mlp.up_proj": (INTER, HIDDEN),
-          "mlp.down_proj": (HIDDEN, INTER)}
+SHAPES = {
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (KV, HIDDEN),
+    "self_attn.v_proj": (KV, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (INTER, HIDDEN),
+    "mlp.up_proj": (INTER, HIDDEN),
+    "mlp.down_proj": (HIDDEN, INTER),
+}
 
 
 def noisy_low_rank(rows: int, cols: int, gen: torch.Generator, rank: int = 16) -> torch.Tensor:
@@ -51,14 +56,18 @@ def build(folder: Path, layers: int, with_embeddings: bool) -> None:
     weight_map = {}
     for layer in range(layers):
         shard = f"model-{layer + 1:05d}-of-{layers + 1:05d}.safetensors"
-        tensors = {f"model.layers.{layer}.{t}.weight": noisy_low_rank(*s, gen) for t, s in SHAPES.items()}
+        tensors = {
+            f"model.layers.{layer}.{t}.weight": noisy_low_rank(*s, gen) for t, s in SHAPES.items()
+        }
         save_file(tensors, str(folder / shard))
         weight_map.update(dict.fromkeys(tensors, shard))
         del tensors
     if with_embeddings:
         shard = f"model-{layers + 1:05d}-of-{layers + 1:05d}.safetensors"
-        tensors = {n: noisy_low_rank(VOCAB, HIDDEN, gen)
-                   for n in ("model.embed_tokens.weight", "lm_head.weight")}
+        tensors = {
+            n: noisy_low_rank(VOCAB, HIDDEN, gen)
+            for n in ("model.embed_tokens.weight", "lm_head.weight")
+        }
         save_file(tensors, str(folder / shard))
         weight_map.update(dict.fromkeys(tensors, shard))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -85,28 +94,53 @@ def io_floor(folder: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--methods", default="gram,exact",
-                    help="comma-separated; +FLAG[=VALUE] adds a scan flag (gram+workers=1)")
+    ap.add_argument(
+        "--methods",
+        default="gram,exact",
+        help="comma-separated; +FLAG[=VALUE] adds a scan flag (gram+workers=1)",
+    )
     ap.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--with-embeddings", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
 
-    folder = args.workdir / f"qwen110b-shapes-{args.layers}l{'-emb' if args.with_embeddings else ''}"
+    folder = (
+        args.workdir / f"qwen110b-shapes-{args.layers}l{'-emb' if args.with_embeddings else ''}"
+    )
     build(folder, args.layers, args.with_embeddings)
     floor_s, nbytes = io_floor(folder)
     layer_bytes = sum(2 * r * c for r, c in SHAPES.values())
     floor_per_layer = floor_s * layer_bytes / nbytes
-    rows = [{"run": "sequential read (I/O floor)", "layer": f"{floor_per_layer:.1f}",
-             "total80": f"{floor_per_layer * LAYERS_110B / 60:.1f}",
-             "tput": f"{nbytes / floor_s / 1e6:.0f}", "rss": ""}]
+    rows = [
+        {
+            "run": "sequential read (I/O floor)",
+            "layer": f"{floor_per_layer:.1f}",
+            "total80": f"{floor_per_layer * LAYERS_110B / 60:.1f}",
+            "tput": f"{nbytes / floor_s / 1e6:.0f}",
+            "rss": "",
+        }
+    ]
     for device in args.devices.split(","):
         for variant in args.methods.split(","):
             method, flags = variant_args(variant)
             with tempfile.TemporaryDirectory() as out:
-                r = run_child(["-m", "spectrum_stream", "scan", str(folder), "--out-dir", out,
-                               "--device", device, "--method", method, "--quiet", "--fresh",
-                               *flags])
+                r = run_child(
+                    [
+                        "-m",
+                        "spectrum_stream",
+                        "scan",
+                        str(folder),
+                        "--out-dir",
+                        out,
+                        "--device",
+                        device,
+                        "--method",
+                        method,
+                        "--quiet",
+                        "--fresh",
+                        *flags,
+                    ]
+                )
                 journal = next(Path(out).glob("*.journal.jsonl")).read_text().splitlines()[1:]
             per_type: dict[str, list[float]] = {}
             for line in journal:
@@ -116,27 +150,46 @@ def main() -> None:
             scale = min(1.0, r["wall_s"] / sum(sum(v) for v in per_type.values()))
             layer_s = scale * sum(sum(v) / len(v) for t, v in per_type.items() if t in SHAPES)
             gate = scale * sum(per_type["mlp.gate_proj"]) / len(per_type["mlp.gate_proj"])
-            emb = [scale * sum(per_type[t]) for t in ("model.embed_tokens", "lm_head")
-                   if t in per_type]
+            emb = [
+                scale * sum(per_type[t]) for t in ("model.embed_tokens", "lm_head") if t in per_type
+            ]
             emb_s = sum(emb) if len(emb) == 2 else 2 * gate * VOCAB / INTER
             total = LAYERS_110B * layer_s + emb_s
-            rows.append({"run": " ".join([method, *flags, "on", device]),
-                         "layer": f"{layer_s:.1f}",
-                         "total80": f"{total / 60:.1f}" + ("" if len(emb) == 2 else " (emb. est.)"),
-                         "tput": f"{layer_bytes / layer_s / 1e6:.0f}",
-                         "rss": f"{r['peak_rss_mib']:.0f}",
-                         "detail": ", ".join(f"{t.split('.')[-1]} {sum(v) / len(v):.1f}s"
-                                             for t, v in per_type.items())})
+            rows.append(
+                {
+                    "run": " ".join([method, *flags, "on", device]),
+                    "layer": f"{layer_s:.1f}",
+                    "total80": f"{total / 60:.1f}" + ("" if len(emb) == 2 else " (emb. est.)"),
+                    "tput": f"{layer_bytes / layer_s / 1e6:.0f}",
+                    "rss": f"{r['peak_rss_mib']:.0f}",
+                    "detail": ", ".join(
+                        f"{t.split('.')[-1]} {sum(v) / len(v):.1f}s" for t, v in per_type.items()
+                    ),
+                }
+            )
             print(f"# done: {json.dumps(rows[-1])}", flush=True)  # kept if a later run times out
     base = next((float(r["layer"]) for r in rows[1:] if r["run"].startswith("exact")), None)
     for r in rows:
         r["ratio"] = f"{float(r['layer']) / base:.2f}x" if base else ""
-    print(f"Checkpoint: {folder.name}: {args.layers} layer(s) of Qwen1.5-110B shapes, "
-          f"{nbytes / 1e9:.1f} GB bf16")
+    print(
+        f"Checkpoint: {folder.name}: {args.layers} layer(s) of Qwen1.5-110B shapes, "
+        f"{nbytes / 1e9:.1f} GB bf16"
+    )
     print(f"Machine: {machine()}\n")
-    print(table(rows, [("run", "run"), ("layer", "s per layer"), ("ratio", "vs exact"),
-                       ("total80", "80 layers + emb/head, min"), ("tput", "MB/s"),
-                       ("rss", "peak RSS MiB"), ("detail", "s per matrix")]))
+    print(
+        table(
+            rows,
+            [
+                ("run", "run"),
+                ("layer", "s per layer"),
+                ("ratio", "vs exact"),
+                ("total80", "80 layers + emb/head, min"),
+                ("tput", "MB/s"),
+                ("rss", "peak RSS MiB"),
+                ("detail", "s per matrix"),
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

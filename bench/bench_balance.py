@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
-from common import machine, table  # noqa: E402
+from common import machine, table
 
-from spectrum_stream.distributed.split import imbalance, shared_shards, split  # noqa: E402
-from spectrum_stream.plan.naming import module_name, module_type  # noqa: E402
-from spectrum_stream.plan.specs import MatrixSpec, TensorJob, TensorRef  # noqa: E402
-from spectrum_stream.source.header import TensorEntry  # noqa: E402
+from spectrum_stream.distributed.split import imbalance, shared_shards, split
+from spectrum_stream.plan.naming import module_name, module_type
+from spectrum_stream.plan.specs import MatrixSpec, TensorJob, TensorRef
+from spectrum_stream.source.header import TensorEntry
 
 
 def qwen_110b() -> list[tuple[str, tuple[int, int], int]]:
@@ -35,10 +35,15 @@ def qwen_110b() -> list[tuple[str, tuple[int, int], int]]:
     out = [("model.embed_tokens.weight", (vocab, h), 2)]
     for i in range(80):
         p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (h, h), 2), (p + "self_attn.k_proj.weight", (kv, h), 2),
-                (p + "self_attn.v_proj.weight", (kv, h), 2), (p + "self_attn.o_proj.weight", (h, h), 2),
-                (p + "mlp.gate_proj.weight", (inter, h), 2), (p + "mlp.up_proj.weight", (inter, h), 2),
-                (p + "mlp.down_proj.weight", (h, inter), 2)]
+        out += [
+            (p + "self_attn.q_proj.weight", (h, h), 2),
+            (p + "self_attn.k_proj.weight", (kv, h), 2),
+            (p + "self_attn.v_proj.weight", (kv, h), 2),
+            (p + "self_attn.o_proj.weight", (h, h), 2),
+            (p + "mlp.gate_proj.weight", (inter, h), 2),
+            (p + "mlp.up_proj.weight", (inter, h), 2),
+            (p + "mlp.down_proj.weight", (h, inter), 2),
+        ]
     return out + [("lm_head.weight", (vocab, h), 2)]
 
 
@@ -47,20 +52,31 @@ def deepseek_v3() -> list[tuple[str, tuple[int, int], int]]:
     out = [("model.embed_tokens.weight", (vocab, h), 2)]
     for i in range(61):
         p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_a_proj.weight", (1536, h), 1),
-                (p + "self_attn.q_b_proj.weight", (128 * 192, 1536), 1),
-                (p + "self_attn.kv_a_proj_with_mqa.weight", (576, h), 1),
-                (p + "self_attn.kv_b_proj.weight", (128 * 256, 512), 1),
-                (p + "self_attn.o_proj.weight", (h, 128 * 128), 1)]
+        out += [
+            (p + "self_attn.q_a_proj.weight", (1536, h), 1),
+            (p + "self_attn.q_b_proj.weight", (128 * 192, 1536), 1),
+            (p + "self_attn.kv_a_proj_with_mqa.weight", (576, h), 1),
+            (p + "self_attn.kv_b_proj.weight", (128 * 256, 512), 1),
+            (p + "self_attn.o_proj.weight", (h, 128 * 128), 1),
+        ]
         if i < 3:
-            out += [(p + f"mlp.{n}.weight", s, 1) for n, s in
-                    (("gate_proj", (dense, h)), ("up_proj", (dense, h)), ("down_proj", (h, dense)))]
+            out += [
+                (p + f"mlp.{n}.weight", s, 1)
+                for n, s in (
+                    ("gate_proj", (dense, h)),
+                    ("up_proj", (dense, h)),
+                    ("down_proj", (h, dense)),
+                )
+            ]
             continue
         out.append((p + "mlp.gate.weight", (256, h), 2))
         for e in [*range(256), "shared"]:
             q = p + (f"mlp.experts.{e}." if e != "shared" else "mlp.shared_experts.")
-            out += [(q + "gate_proj.weight", (moe, h), 1), (q + "up_proj.weight", (moe, h), 1),
-                    (q + "down_proj.weight", (h, moe), 1)]
+            out += [
+                (q + "gate_proj.weight", (moe, h), 1),
+                (q + "up_proj.weight", (moe, h), 1),
+                (q + "down_proj.weight", (h, moe), 1),
+            ]
     return out + [("lm_head.weight", (vocab, h), 2)]
 
 
@@ -76,7 +92,9 @@ def as_jobs(tensors, shards: int) -> list[TensorJob]:
         shard = f"model-{index:05d}-of-{shards:05d}.safetensors"
         entry = TensorEntry(name, "BF16" if b == 2 else "F8_E4M3", (m, n), offset, offset + size)
         key = module_name(name)
-        jobs.append(TensorJob(TensorRef(name, shard, entry), (MatrixSpec(key, module_type(key), (m, n)),)))
+        jobs.append(
+            TensorJob(TensorRef(name, shard, entry), (MatrixSpec(key, module_type(key), (m, n)),))
+        )
         offset += size
         filled += size
     return jobs
@@ -87,7 +105,10 @@ def main() -> None:
     ap.add_argument("--ranks", default="8", help="comma-separated world sizes")
     args = ap.parse_args()
     rows = []
-    for label, tensors, shards in (("Qwen1.5-110B", qwen_110b(), 49), ("DeepSeek-V3", deepseek_v3(), 163)):
+    for label, tensors, shards in (
+        ("Qwen1.5-110B", qwen_110b(), 49),
+        ("DeepSeek-V3", deepseek_v3(), 163),
+    ):
         jobs = as_jobs(tensors, shards)
         n_shards = len({j.main.shard for j in jobs})
         for world in map(int, args.ranks.split(",")):
@@ -96,19 +117,37 @@ def main() -> None:
                 shares = split(jobs, world, allow_split=allow)
                 ms = 1000 * (time.perf_counter() - t0)
                 mean = sum(s.cost for s in shares) / world
-                rows.append({
-                    "plan": label, "tensors": len(jobs),
-                    "shards": f"{n_shards} ({sum(j.nbytes for j in jobs) / n_shards / 1e9:.1f} GB)",
-                    "ranks": world, "mode": mode,
-                    "imb": f"{100 * imbalance(shares):.2f}%",
-                    "min": f"{100 * (min(s.cost for s in shares) / mean - 1):+.2f}%",
-                    "shared": len(shared_shards(shares)),
-                    "per": f"{min(len(s.shards) for s in shares)}-{max(len(s.shards) for s in shares)}",
-                    "ms": f"{ms:.0f}"})
-    print(table(rows, [("plan", "plan"), ("tensors", "tensors"), ("shards", "shards (mean size)"),
-                       ("ranks", "ranks"), ("mode", "mode"), ("imb", "heaviest rank vs mean"),
-                       ("min", "lightest rank vs mean"), ("shared", "shards opened by 2 ranks"),
-                       ("per", "shards per rank"), ("ms", "split ms")]))
+                rows.append(
+                    {
+                        "plan": label,
+                        "tensors": len(jobs),
+                        "shards": f"{n_shards} ({sum(j.nbytes for j in jobs) / n_shards / 1e9:.1f} GB)",
+                        "ranks": world,
+                        "mode": mode,
+                        "imb": f"{100 * imbalance(shares):.2f}%",
+                        "min": f"{100 * (min(s.cost for s in shares) / mean - 1):+.2f}%",
+                        "shared": len(shared_shards(shares)),
+                        "per": f"{min(len(s.shards) for s in shares)}-{max(len(s.shards) for s in shares)}",
+                        "ms": f"{ms:.0f}",
+                    }
+                )
+    print(
+        table(
+            rows,
+            [
+                ("plan", "plan"),
+                ("tensors", "tensors"),
+                ("shards", "shards (mean size)"),
+                ("ranks", "ranks"),
+                ("mode", "mode"),
+                ("imb", "heaviest rank vs mean"),
+                ("min", "lightest rank vs mean"),
+                ("shared", "shards opened by 2 ranks"),
+                ("per", "shards per rank"),
+                ("ms", "split ms"),
+            ],
+        )
+    )
     print(f"\nMachine: {machine()}")
 
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, table  # noqa: E402
+from common import machine, table
 
-from spectrum_stream.kernel.gram import gram_matrix, singular_values_from_gram  # noqa: E402
-from spectrum_stream.kernel.snr import exact_singular_values  # noqa: E402
+from spectrum_stream.kernel.gram import gram_matrix, singular_values_from_gram
+from spectrum_stream.kernel.snr import exact_singular_values
 
 
 def timed(fn, w, device, repeat: int) -> float:
@@ -48,24 +48,29 @@ def torch_gram(w):
 
 
 def routes(device: torch.device) -> dict:
-    tall = lambda w: w if w.shape[0] >= w.shape[1] else w.mT  # noqa: E731
+    tall = lambda w: w if w.shape[0] >= w.shape[1] else w.mT
     if device.type == "cpu":
         return {
             "svdvals as stored (baseline)": torch.linalg.svdvals,
             "svdvals, tall orientation (exact)": lambda w: torch.linalg.svdvals(tall(w)),
             "Gram f64, torch": torch_gram,
             "Gram f64, numpy syrk + eigvalsh (gram)": lambda w: singular_values_from_gram(
-                gram_matrix(w)[None]),
+                gram_matrix(w)[None]
+            ),
         }
     # the scan's own routes first, the slow baseline last, so that a step killed on its timeout
     # still has the rows that choose --svd-driver's default (bench/gpu_check.sh)
-    out = {"exact route (QR if tall, default driver)": lambda w: exact_singular_values(w[None]),
-           "Gram f64, torch (gram)": lambda w: singular_values_from_gram(gram_matrix(w)[None])}
+    out = {
+        "exact route (QR if tall, default driver)": lambda w: exact_singular_values(w[None]),
+        "Gram f64, torch (gram)": lambda w: singular_values_from_gram(gram_matrix(w)[None]),
+    }
     for driver in ("gesvd", "gesvdj"):
-        out[f"QR if tall, driver {driver}"] = (
-            lambda w, d=driver: exact_singular_values(w[None], driver=d))
-        out[f"svdvals tall, no QR, driver {driver}"] = (
-            lambda w, d=driver: torch.linalg.svdvals(tall(w), driver=d))
+        out[f"QR if tall, driver {driver}"] = lambda w, d=driver: exact_singular_values(
+            w[None], driver=d
+        )
+        out[f"svdvals tall, no QR, driver {driver}"] = lambda w, d=driver: torch.linalg.svdvals(
+            tall(w), driver=d
+        )
     out["svdvals as stored (torch default, the original tool)"] = torch.linalg.svdvals
     return out
 
@@ -73,8 +78,11 @@ def routes(device: torch.device) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--shapes", default="1024x2816,2816x1024,1024x1024,256x1024,32000x1024",
-                    help="comma-separated MxN; put the shape you most want first")
+    ap.add_argument(
+        "--shapes",
+        default="1024x2816,2816x1024,1024x1024,256x1024,32000x1024",
+        help="comma-separated MxN; put the shape you most want first",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -88,13 +96,29 @@ def main() -> None:
         for name, fn in routes(device).items():
             s = timed(fn, w, device, args.repeat)
             base = base or s
-            rows.append({"shape": f"{m}x{n}", "route": name, "s": f"{s:.4f}",
-                         "ratio": f"{base / s:.2f}x",
-                         "gflops": f"{4 * m * n * min(m, n) / s / 1e9:.0f}"})
+            rows.append(
+                {
+                    "shape": f"{m}x{n}",
+                    "route": name,
+                    "s": f"{s:.4f}",
+                    "ratio": f"{base / s:.2f}x",
+                    "gflops": f"{4 * m * n * min(m, n) / s / 1e9:.0f}",
+                }
+            )
             print("# done: " + " | ".join(rows[-1].values()), flush=True)  # kept on a timeout
     print(f"Machine: {machine()}; device {device}; numpy {np.__version__}\n")
-    print(table(rows, [("shape", "shape"), ("route", "route"), ("s", "s per matrix"),
-                       ("ratio", "speed-up vs first row"), ("gflops", "4mnk/s GFLOP/s")]))
+    print(
+        table(
+            rows,
+            [
+                ("shape", "shape"),
+                ("route", "route"),
+                ("s", "s per matrix"),
+                ("ratio", "speed-up vs first row"),
+                ("gflops", "4mnk/s GFLOP/s"),
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,11 +24,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from spectrum_stream.metrics.compute import compute_rows, cpu_count  # noqa: E402
-from spectrum_stream.report import build_report  # noqa: E402
+from spectrum_stream.metrics.compute import compute_rows, cpu_count
+from spectrum_stream.report import build_report
 
-ATTENTION = ("self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa",
-             "self_attn.kv_b_proj", "self_attn.o_proj")
+ATTENTION = (
+    "self_attn.q_a_proj",
+    "self_attn.q_b_proj",
+    "self_attn.kv_a_proj_with_mqa",
+    "self_attn.kv_b_proj",
+    "self_attn.o_proj",
+)
 EXPERT_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -42,8 +47,10 @@ def results_set(layers: int, experts: int, seed: int = 0) -> dict[str, dict]:
         for e in range(experts):
             for p in EXPERT_PROJ:
                 t = f"mlp.experts.{e}.{p}"
-                res[f"model.layers.{i}.{t}"] = {"snr": float(rng.lognormal(-5 + i / layers, 1)),
-                                                "type": t}
+                res[f"model.layers.{i}.{t}"] = {
+                    "snr": float(rng.lognormal(-5 + i / layers, 1)),
+                    "type": t,
+                }
     for name in ("model.embed_tokens", "lm_head"):
         res[name] = {"snr": float(rng.lognormal(-2, 1)), "type": name}
     return res
@@ -101,8 +108,10 @@ def time_metrics(results: dict[str, dict], sample: int | None, workers: int | No
     print()
     print("| metrics | modules fitted | k | processes | seconds | ms per module | whole set s |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
-    print(f"| compute_rows | {len(keys):,} | 2048 experts, 1536 attention | {used} | "
-          f"{seconds:.1f} | {1000 * seconds / len(keys):.1f} | {whole:.0f} ({len(results):,}) |")
+    print(
+        f"| compute_rows | {len(keys):,} | 2048 experts, 1536 attention | {used} | "
+        f"{seconds:.1f} | {1000 * seconds / len(keys):.1f} | {whole:.0f} ({len(results):,}) |"
+    )
 
 
 def main() -> None:
@@ -111,8 +120,12 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=256)
     ap.add_argument("--every", type=int, default=50, help="spectra for every N-th module")
     ap.add_argument("--out", type=Path, default=None, help="keep the report here")
-    ap.add_argument("--metrics-sample", type=int, default=None,
-                    help="fit this many modules' spectra and scale (default: all)")
+    ap.add_argument(
+        "--metrics-sample",
+        type=int,
+        default=None,
+        help="fit this many modules' spectra and scale (default: all)",
+    )
     ap.add_argument("--workers", type=int, default=None, help="processes for the metrics")
     ap.add_argument("--no-metrics", action="store_true", help="time the rendering only")
     args = ap.parse_args()
@@ -123,16 +136,26 @@ def main() -> None:
     metrics = {k: {"alpha": 2 + 4 * v["snr"] ** 0.1} for k, v in results.items()}
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_report_"))
     t0 = time.perf_counter()
-    page = build_report(results, out, selected=selected, top_percent=25, spectra=sv,
-                        shapes=shapes, metrics=metrics, title="bench: synthetic MoE")
+    page = build_report(
+        results,
+        out,
+        selected=selected,
+        top_percent=25,
+        spectra=sv,
+        shapes=shapes,
+        metrics=metrics,
+        title="bench: synthetic MoE",
+    )
     seconds = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pngs = sorted(out.glob("*.png"))
     size_mib = (sum(p.stat().st_size for p in pngs) + page.stat().st_size) / 1024**2
     print("| modules | layers x experts | spectra | seconds | peak RSS MiB | PNGs | output MiB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {len(results):,} | {args.layers} x {args.experts} | {len(sv)} | {seconds:.1f} | "
-          f"{peak_mib:.0f} | {len(pngs)} | {size_mib:.1f} |")
+    print(
+        f"| {len(results):,} | {args.layers} x {args.experts} | {len(sv)} | {seconds:.1f} | "
+        f"{peak_mib:.0f} | {len(pngs)} | {size_mib:.1f} |"
+    )
     print(f"report: {page}")
     if not args.no_metrics:
         time_metrics(results, args.metrics_sample, args.workers)

@@ -25,23 +25,33 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
-            f"{mem:.0f} GiB RAM{gpu}; Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
+        f"{mem:.0f} GiB RAM{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def run_child(args: list[str], env: dict | None = None) -> dict:
     """Run `python ARGS` in a child; return its wall seconds, its own peak RSS (MiB), its stdout
     and the last JSON object it printed there."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "peak.py"), *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "peak.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     peak = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"peak_rss')]
     last = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {"wall_s": wall, "peak_rss_mib": peak[-1]["peak_rss_kib"] / 1024 if peak else float("nan"),
-            "out": json.loads(last[-1]) if last else {}, "stdout": proc.stdout}
+    return {
+        "wall_s": wall,
+        "peak_rss_mib": peak[-1]["peak_rss_kib"] / 1024 if peak else float("nan"),
+        "out": json.loads(last[-1]) if last else {},
+        "stdout": proc.stdout,
+    }
 
 
 def variant_args(variant: str) -> tuple[str, list[str]]:

@@ -14,22 +14,34 @@ import torch
 import spectrum_stream
 
 sys.path.insert(0, str(Path(__file__).parent))
-from moe_models import (  # noqa: E402,F401  (session fixtures shared by every test module)
-    dbrx_dir, fused_mixtral_dir, fused_qwen2_moe_dir, gpt_oss_dir, llama4_dir, mixtral_dir,
+from moe_models import (  # noqa: F401  (session fixtures shared by every test module)
+    dbrx_dir,
+    fused_mixtral_dir,
+    fused_qwen2_moe_dir,
+    gpt_oss_dir,
+    llama4_dir,
+    mixtral_dir,
     qwen2_moe_dir,
 )
+
 # subprocesses (some run from a temp folder) import this checkout's package, not an installed one
 _SRC = str(Path(__file__).resolve().parents[1] / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_SRC] + [str(Path(x).resolve()) for x in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-              if x and str(Path(x).resolve()) != _SRC])
+    [_SRC]
+    + [
+        str(Path(x).resolve())
+        for x in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if x and str(Path(x).resolve()) != _SRC
+    ]
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Scan subprocesses (`python -m spectrum_stream`, some with another cwd) run the package under
 # test, not whatever a relative PYTHONPATH=src or an editable install elsewhere would find.
 _SRC = str(Path(spectrum_stream.__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC)])
+    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC)]
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +64,15 @@ def llama_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     return _save(model, tmp_path_factory.mktemp("llama") / "tiny-llama")
 
@@ -64,8 +83,15 @@ def qwen2_dir(tmp_path_factory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(2)
-    cfg = Qwen2Config(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = Qwen2Config(
+        vocab_size=80,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     return _save(Qwen2ForCausalLM(cfg), tmp_path_factory.mktemp("qwen2") / "tiny-qwen2")
 
 

@@ -60,8 +60,11 @@ class Request:
     @property
     def download(self) -> bool:
         """A GET of a whole file, or of its tail (a resumed download); not a header read."""
-        return (self.method == "GET" and self.filename is not None
-                and (self.range is None or self.range.endswith("-")))
+        return (
+            self.method == "GET"
+            and self.filename is not None
+            and (self.range is None or self.range.endswith("-"))
+        )
 
 
 class HubServer:
@@ -84,8 +87,13 @@ class HubServer:
         self._workers: set[threading.Thread] = set()
 
     # -- setup ----------------------------------------------------------------------------------
-    def add_repo(self, repo_id: str, folder: Path, token: str | None = None,
-                 branches: dict[str, str] | None = None) -> Repo:
+    def add_repo(
+        self,
+        repo_id: str,
+        folder: Path,
+        token: str | None = None,
+        branches: dict[str, str] | None = None,
+    ) -> Repo:
         files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
         commit = hashlib.sha1(repo_id.encode() + b"".join(files.values())).hexdigest()
         repo = Repo(repo_id, files, branches or {"main": commit}, token)
@@ -96,8 +104,11 @@ class HubServer:
     def downloads(self, repo_id: str | None = None) -> list[str]:
         """File names of whole-file GETs, in order."""
         with self._lock:
-            return [r.filename for r in self.log
-                    if r.download and r.range is None and repo_id in (None, r.repo_id)]
+            return [
+                r.filename
+                for r in self.log
+                if r.download and r.range is None and repo_id in (None, r.repo_id)
+            ]
 
     def reset(self) -> None:
         with self._lock:
@@ -112,7 +123,7 @@ class HubServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         hub = self
 
         class Handler(_Handler):
@@ -120,8 +131,9 @@ class HubServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="hubserver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="hubserver", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -142,7 +154,7 @@ class HubServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -220,9 +232,14 @@ class _Handler(BaseHTTPRequestHandler):
         commit = repo.commit(rev)
         if commit is None:
             return self._error(404, "RevisionNotFound", "Invalid rev id: " + rev)
-        doc = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
-               "gated": "manual" if repo.token else False,
-               "siblings": [{"rfilename": name} for name in repo.files]}
+        doc = {
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": commit,
+            "private": False,
+            "gated": "manual" if repo.token else False,
+            "siblings": [{"rfilename": name} for name in repo.files],
+        }
         self._send(200, {"Content-Type": "application/json"}, json.dumps(doc).encode())
 
     def _resolve(self, repo_id: str, rev: str, filename: str, request: Request) -> None:
@@ -243,8 +260,12 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             return self._error(404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": commit})
         etag = repo.etags[filename]
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if filename.endswith(".safetensors"):
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         status, first, last = 200, 0, len(data) - 1
@@ -255,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
             first, last = int(r[1]), min(int(r[2]) if r[2] else len(data) - 1, len(data) - 1)
             status = 206
             headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-        body = data[first:last + 1]
+        body = data[first : last + 1]
         headers["Content-Length"] = str(len(body))
         if self.command == "HEAD" or not request.download:
             return self._send(status, headers, body)

@@ -19,9 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spectrum_stream.source.checkpoint import open_local
-from spectrum_stream.read.decode import decode
 from spectrum_stream.plan.jobs import plan
+from spectrum_stream.read.decode import decode
+from spectrum_stream.source.checkpoint import open_local
 
 E = 4  # experts in every tiny model
 LAYERS = 2
@@ -37,9 +37,17 @@ def tiny_mixtral():
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(41)
-    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=LAYERS,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=E,
-                        num_experts_per_tok=2, tie_word_embeddings=False)
+    cfg = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=E,
+        num_experts_per_tok=2,
+        tie_word_embeddings=False,
+    )
     return MixtralForCausalLM(cfg).to(torch.bfloat16)
 
 
@@ -47,11 +55,21 @@ def tiny_qwen2_moe():
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
     torch.manual_seed(42)
-    cfg = Qwen2MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                         shared_expert_intermediate_size=40, num_hidden_layers=LAYERS,
-                         num_attention_heads=4, num_key_value_heads=2, num_experts=E,
-                         num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
-                         tie_word_embeddings=False)
+    cfg = Qwen2MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=40,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=E,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        tie_word_embeddings=False,
+    )
     return Qwen2MoeForCausalLM(cfg)
 
 
@@ -59,9 +77,15 @@ def tiny_dbrx():
     from transformers import DbrxConfig, DbrxForCausalLM
 
     torch.manual_seed(43)
-    cfg = DbrxConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=LAYERS, max_seq_len=64,
-                     attn_config={"kv_n_heads": 2, "rope_theta": 10000},
-                     ffn_config={"moe_num_experts": E, "moe_top_k": 2, "ffn_hidden_size": 24})
+    cfg = DbrxConfig(
+        vocab_size=64,
+        d_model=32,
+        n_heads=4,
+        n_layers=LAYERS,
+        max_seq_len=64,
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000},
+        ffn_config={"moe_num_experts": E, "moe_top_k": 2, "ffn_hidden_size": 24},
+    )
     return DbrxForCausalLM(cfg)
 
 
@@ -69,9 +93,18 @@ def tiny_llama4():
     from transformers import Llama4ForCausalLM, Llama4TextConfig
 
     torch.manual_seed(44)
-    cfg = Llama4TextConfig(vocab_size=64, hidden_size=32, intermediate_size=24, intermediate_size_mlp=40,
-                           num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                           head_dim=8, num_local_experts=E, interleave_moe_layer_step=1)
+    cfg = Llama4TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=24,
+        intermediate_size_mlp=40,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=E,
+        interleave_moe_layer_step=1,
+    )
     return Llama4ForCausalLM(cfg)
 
 
@@ -79,27 +112,41 @@ def tiny_gpt_oss():
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(45)
-    cfg = GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=24, num_hidden_layers=LAYERS,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                       num_local_experts=E, num_experts_per_tok=2)
+    cfg = GptOssConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=E,
+        num_experts_per_tok=2,
+    )
     return GptOssForCausalLM(cfg)
 
 
-def write_sharded(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None,
-                  shards: int = 3, last: tuple[str, ...] = ()) -> Path:
+def write_sharded(
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    config: dict | None,
+    shards: int = 3,
+    last: tuple[str, ...] = (),
+) -> Path:
     """safetensors shards with an index; names ending in one of `last` all go to the last shard."""
     folder.mkdir(parents=True, exist_ok=True)
     names = [n for n in tensors if not n.endswith(last or ("\0",))]
     tail = [n for n in tensors if n not in names]
     per = math.ceil(len(names) / (shards - 1 if tail else shards))
-    groups = [names[i:i + per] for i in range(0, len(names), per)] + ([tail] if tail else [])
+    groups = [names[i : i + per] for i in range(0, len(names), per)] + ([tail] if tail else [])
     weight_map = {}
     for i, group in enumerate(groups):
         fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         save_file({n: tensors[n].contiguous() for n in group}, str(folder / fname))
         weight_map.update({n: fname for n in group})
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+    )
     if config is not None:
         (folder / "config.json").write_text(json.dumps(config))
     return folder
@@ -170,7 +217,7 @@ def expected_matrices(folder: Path) -> dict[str, torch.Tensor]:
         if name.endswith(("experts.mlp.w1", "experts.mlp.v1", "experts.mlp.w2")):  # DBRX
             ffn = config["ffn_config"]["ffn_hidden_size"]
             for e in range(config["ffn_config"]["moe_num_experts"]):
-                out[f"{name}$[{e * ffn}:{(e + 1) * ffn}]"] = t[e * ffn:(e + 1) * ffn]
+                out[f"{name}$[{e * ffn}:{(e + 1) * ffn}]"] = t[e * ffn : (e + 1) * ffn]
         elif t.dim() == 3 and name.endswith("gate_up_proj"):
             for e in range(t.shape[0]):
                 w = t[e]

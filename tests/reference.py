@@ -6,7 +6,6 @@ Tests compare every fast path against this. It uses numpy's float64 SVD and plai
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import numpy as np

@@ -17,9 +17,9 @@ import re
 import pytest
 import torch
 import yaml
-
 from moe_models import read_tensors
 from reference import reference_snr
+
 from spectrum_stream import scan
 from spectrum_stream.results.select import select, to_yaml
 
@@ -77,7 +77,9 @@ def chosen_keys(results: dict, grouping: str) -> list[str]:
     return [k for keys in select(results, PERCENT, grouping).values() for k in keys]
 
 
-_FUSED_KEY = re.compile(r"^(?P<param>.+?)(\(\?#(?P<part>gate|up)\))?\$\[(?P<a>\d+)(:(?P<b>\d+))?\]$")
+_FUSED_KEY = re.compile(
+    r"^(?P<param>.+?)(\(\?#(?P<part>gate|up)\))?\$\[(?P<a>\d+)(:(?P<b>\d+))?\]$"
+)
 
 
 def expected_rows(keys: list[str], params: dict[str, int], results: dict) -> dict[str, set[int]]:
@@ -113,7 +115,7 @@ def cut_expert(model, key: str) -> torch.Tensor:
     w = model.get_parameter(m["param"]).detach().double()
     a = int(m["a"])
     if m["b"]:
-        return w[a:int(m["b"])]
+        return w[a : int(m["b"])]
     w = w[a]
     if m["part"] is None:
         return w
@@ -136,6 +138,7 @@ def scanned(tmp_path_factory):
             out = tmp_path_factory.mktemp("scan")
             cache[folder, names] = scan(folder, out_dir=out, progress=False, names=names).results
         return cache[folder, names]
+
     return get
 
 
@@ -160,8 +163,10 @@ def test_fused_keys_unfreeze_exactly_the_selected_experts(fixture, grouping, req
 
 def _to_fused(key: str) -> tuple[str, int] | None:
     """Test-side mapping of a per-expert checkpoint key onto transformers 5's fused parameter."""
-    m = re.match(r"^(.+)\.(block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)$",
-                 key)
+    m = re.match(
+        r"^(.+)\.(block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)$",
+        key,
+    )
     if not m:
         return None
     proj = "down_proj" if m[4] in ("w2", "down_proj") else "gate_up_proj"

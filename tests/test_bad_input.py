@@ -25,15 +25,20 @@ BAD = "model.layers.1.mlp.down_proj.weight"  # the tensor the cases break (secon
 
 def tensors_of(shard: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(shard)
-    return {f"model.layers.{shard}.mlp.up_proj.weight": rng.standard_normal((12, 8), np.float32),
-            f"model.layers.{shard}.mlp.down_proj.weight": rng.standard_normal((8, 12), np.float32)}
+    return {
+        f"model.layers.{shard}.mlp.up_proj.weight": rng.standard_normal((12, 8), np.float32),
+        f"model.layers.{shard}.mlp.down_proj.weight": rng.standard_normal((8, 12), np.float32),
+    }
 
 
 def header_of(arrays: dict[str, np.ndarray]) -> tuple[dict, bytes]:
     header, data = {}, b""
     for name, a in arrays.items():
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
-                        "data_offsets": [len(data), len(data) + a.nbytes]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(a.shape),
+            "data_offsets": [len(data), len(data) + a.nbytes],
+        }
         data += a.tobytes()
     return header, data
 
@@ -86,8 +91,9 @@ def break_second_shard(folder: Path, case: str) -> None:
         path.unlink()
     elif case == "index names a tensor the shard lacks":
         del header[BAD]
-        write_shard(path, header, data[: header["model.layers.1.mlp.up_proj.weight"]
-                                        ["data_offsets"][1]])
+        write_shard(
+            path, header, data[: header["model.layers.1.mlp.up_proj.weight"]["data_offsets"][1]]
+        )
     elif case == "index is not JSON":
         (folder / "model.safetensors.index.json").write_text("{'weight_map': ")
     elif case == "config.json is not JSON":
@@ -98,10 +104,16 @@ def break_second_shard(folder: Path, case: str) -> None:
 
 # case -> (the file the message must name, whether it must name the tensor, words it must say)
 CASES = {
-    "truncated shard": (SHARDS[1], True,
-                        "its data ends 40 bytes past the end of the file (truncated file)"),
-    "header length past the end": (SHARDS[1], False,
-                                   "header length 10000 runs past the end of the"),
+    "truncated shard": (
+        SHARDS[1],
+        True,
+        "its data ends 40 bytes past the end of the file (truncated file)",
+    ),
+    "header length past the end": (
+        SHARDS[1],
+        False,
+        "header length 10000 runs past the end of the",
+    ),
     "file too short": (SHARDS[1], False, "file is 2 bytes, too short for a header"),
     "header not JSON": (SHARDS[1], False, "header is not valid UTF-8 JSON"),
     "duplicate names": (SHARDS[1], True, "duplicate tensor name"),
@@ -109,8 +121,11 @@ CASES = {
     "gapped offsets": (SHARDS[1], True, "gap of 8 bytes before its data"),
     "wrong byte length": (SHARDS[1], True, "384 bytes for F32 [8, 11], expected 352"),
     "unsupported dtype": (SHARDS[1], True, "unsupported dtype 'Q4_K'"),
-    "index names a missing shard": ("model.safetensors.index.json", False,
-                                    f"names shard {SHARDS[1]!r}, which is missing"),
+    "index names a missing shard": (
+        "model.safetensors.index.json",
+        False,
+        f"names shard {SHARDS[1]!r}, which is missing",
+    ),
     "index names a tensor the shard lacks": (SHARDS[1], True, "does not hold it"),
     "index is not JSON": ("model.safetensors.index.json", False, "not a safetensors index"),
     "config.json is not JSON": ("config.json", False, "not a model config: invalid JSON"),
@@ -155,8 +170,11 @@ def test_a_bad_single_file_is_named_too(tmp_path):
     path = tmp_path / "model.safetensors"
     header, data = header_of(tensors_of(0))
     write_shard(path, header, data[:-4])
-    assert_one_line_error(run_cli(scan_args(path, tmp_path / "out")), str(path),
-                          "its data ends 4 bytes past the end of the file (truncated file)")
+    assert_one_line_error(
+        run_cli(scan_args(path, tmp_path / "out")),
+        str(path),
+        "its data ends 4 bytes past the end of the file (truncated file)",
+    )
 
 
 def scanned_once(tmp_path):
@@ -186,8 +204,12 @@ def test_a_journal_of_another_checkpoint_is_refused_not_overwritten(tmp_path):
     arrays["extra.weight"] = np.ones((2, 2), np.float32)  # the model was re-saved with one more
     header, data = header_of(arrays)
     write_shard(folder / SHARDS[1], header, data)
-    line = assert_one_line_error(run_cli(scan_args(folder, out)), str(journal),
-                                 f"shard {SHARDS[1]} was 978 bytes, now 1073", "--fresh")
+    line = assert_one_line_error(
+        run_cli(scan_args(folder, out)),
+        str(journal),
+        f"shard {SHARDS[1]} was 978 bytes, now 1073",
+        "--fresh",
+    )
     assert "cannot resume" in line and journal.read_bytes() == before
     r = run_cli(scan_args(folder, out, "--quiet", "--fresh", "--include", "up_proj"))
     assert r.exit_code == 0 and "2 modules this run, 0 resumed" in r.stdout
@@ -205,8 +227,9 @@ def test_a_foreign_file_at_the_journal_path_is_refused(tmp_path):
 def make_checkpoint_with_bad_modules(folder: Path) -> Path:
     folder.mkdir(parents=True)
     gen = torch.Generator().manual_seed(3)
-    t = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 12, generator=gen)
-         for i in range(4)}
+    t = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 12, generator=gen) for i in range(4)
+    }
     t["model.layers.1.mlp.up_proj.weight"][3, 4] = float("nan")
     t["model.layers.2.mlp.up_proj.weight"][0, 0] = float("inf")
     t["model.layers.4.mlp.up_proj.weight"] = torch.zeros(0, 12)
@@ -215,10 +238,12 @@ def make_checkpoint_with_bad_modules(folder: Path) -> Path:
     return folder
 
 
-BAD_MODULES = {"model.layers.1.mlp.up_proj": "NaN or Inf",
-               "model.layers.2.mlp.up_proj": "NaN or Inf",
-               "model.layers.4.mlp.up_proj": "empty tensor",
-               "model.layers.5.mlp.up_proj": "all-zero"}
+BAD_MODULES = {
+    "model.layers.1.mlp.up_proj": "NaN or Inf",
+    "model.layers.2.mlp.up_proj": "NaN or Inf",
+    "model.layers.4.mlp.up_proj": "empty tensor",
+    "model.layers.5.mlp.up_proj": "all-zero",
+}
 
 
 def check_bad_module_run(stdout: str, stderr: str, out: Path, runs: int) -> None:
@@ -245,7 +270,9 @@ def test_bad_modules_are_warnings_and_a_count_while_the_scan_goes_on(tmp_path, m
     r = run_cli(scan_args(folder, out, "--quiet", "--method", method))
     assert r.exit_code == 0, r.output
     check_bad_module_run(r.stdout, r.stderr, out, runs=1)
-    r = run_cli(scan_args(folder, out, "--quiet", "--method", method))  # resume: good ones kept, bad ones tried again
+    r = run_cli(
+        scan_args(folder, out, "--quiet", "--method", method)
+    )  # resume: good ones kept, bad ones tried again
     assert r.exit_code == 0 and "0 modules this run, 2 resumed" in r.stdout
     check_bad_module_run(r.stdout, r.stderr, out, runs=2)
 
@@ -254,8 +281,17 @@ def test_in_a_real_process_too(tmp_path):
     """The same promises from `python -m spectrum_stream`, not just inside click's test runner."""
     folder = make_checkpoint_with_bad_modules(tmp_path / "bad-modules")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "spectrum_stream", "scan", str(folder), "--out-dir", str(out),
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spectrum_stream",
+        "scan",
+        str(folder),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     check_bad_module_run(r.stdout, r.stderr, out, runs=1)
@@ -280,7 +316,8 @@ def test_a_pickle_checkpoint_is_refused_saying_why_and_how_to_convert(tmp_path, 
     out = tmp_path / "out"
     result = run_cli(scan_args(target, out))
     assert result.exit_code == 1
-    line = assert_one_line_error(result, str(target), "pickle", "convert it to safetensors",
-                                 "save_pretrained")
+    line = assert_one_line_error(
+        result, str(target), "pickle", "convert it to safetensors", "save_pretrained"
+    )
     assert line.startswith(f"error: {target}: ")
     assert not out.exists()

@@ -47,12 +47,15 @@ def scanned(request, tmp_path_factory):
             assert r.exit_code == 0, r.output
             (done[name],) = out.glob("snr_results_*[!d].json")  # not *_sorted.json
         return done[name]
+
     return get
 
 
 def _one_error_line(r, *needles: str) -> str:
     assert r.exit_code != 0
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    assert (
+        "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    )
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for needle in needles:
@@ -61,6 +64,7 @@ def _one_error_line(r, *needles: str) -> str:
 
 
 # ---- metrics -----------------------------------------------------------------------------------
+
 
 def test_metrics_rows_match_results_and_stored_spectra(scanned, tmp_path):
     path = scanned("llama_dir")
@@ -101,22 +105,34 @@ def test_metrics_without_spectra_says_why_and_what_to_do(scanned, tmp_path):
     path = tmp_path / "snr_results_old-scan.json"  # a results file from before spectra were kept
     shutil.copy(scanned("llama_dir"), path)
     r = invoke("metrics", path, "-o", tmp_path / "m.csv")
-    _one_error_line(r, "snr_results_old-scan_spectra.safetensors", "kept no singular values",
-                    "scan the checkpoint again", "`rebuild` cannot")
+    _one_error_line(
+        r,
+        "snr_results_old-scan_spectra.safetensors",
+        "kept no singular values",
+        "scan the checkpoint again",
+        "`rebuild` cannot",
+    )
     assert not (tmp_path / "m.csv").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["-o", "m.txt"], "must end in .csv or .json"),
-    (["-o", "m.csv"], "cannot read"),  # RESULTS does not exist
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-o", "m.txt"], "must end in .csv or .json"),
+        (["-o", "m.csv"], "cannot read"),  # RESULTS does not exist
+    ],
+)
 def test_metrics_bad_input_is_one_line(tmp_path, args, needle):
-    r = invoke("metrics", tmp_path / "snr_results_none.json", *[tmp_path / a if a.startswith("m.")
-                                                                   else a for a in args])
+    r = invoke(
+        "metrics",
+        tmp_path / "snr_results_none.json",
+        *[tmp_path / a if a.startswith("m.") else a for a in args],
+    )
     _one_error_line(r, needle)
 
 
 # ---- report ------------------------------------------------------------------------------------
+
 
 def _check_page(page: Path, results: dict, selected: set[str]) -> str:
     html = page.read_text(encoding="utf-8")
@@ -139,8 +155,9 @@ def _selected_rows(html: str) -> int:
     return len(re.findall(r"<td class=num>\d+ / \d+</td></tr>", html))
 
 
-@pytest.mark.parametrize("fixture, expert_figures", [
-    ("llama_dir", 0), ("mixtral_dir", 3), ("fused_qwen2_moe_dir", 3)])
+@pytest.mark.parametrize(
+    "fixture, expert_figures", [("llama_dir", 0), ("mixtral_dir", 3), ("fused_qwen2_moe_dir", 3)]
+)
 def test_report_of_a_real_scan(scanned, tmp_path, fixture, expert_figures):
     path = scanned(fixture)
     results = json.loads(path.read_text())
@@ -162,8 +179,17 @@ def test_report_reads_a_metrics_table_and_pooled_grouping(scanned, tmp_path):
     results = json.loads(path.read_text())
     table = tmp_path / "m.json"
     assert invoke("metrics", path, "-o", table, "--quiet").exit_code == 0
-    r = invoke("report", path, "-o", tmp_path / "r", "--metrics", table,
-               "--expert-grouping", "pooled", "--quiet")
+    r = invoke(
+        "report",
+        path,
+        "-o",
+        tmp_path / "r",
+        "--metrics",
+        table,
+        "--expert-grouping",
+        "pooled",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     chosen = {k for keys in select(results, 25, "pooled").values() for k in keys}
     assert chosen != {k for keys in select(results, 25).values() for k in keys}
@@ -178,7 +204,11 @@ def test_report_without_spectra_still_draws_the_snr(scanned, tmp_path):
     r = invoke("report", path, "-o", tmp_path / "r", "--quiet")
     assert r.exit_code == 0, r.output
     html = _check_page(tmp_path / "r" / "index.html", json.loads(path.read_text()), set())
-    assert "snr_heatmap.png" in html and "<img src=\"spectra_" not in html and "alpha_heatmap" not in html
+    assert (
+        "snr_heatmap.png" in html
+        and '<img src="spectra_' not in html
+        and "alpha_heatmap" not in html
+    )
     assert "No spectra or alpha" in html and "kept no singular values" in html
 
 
@@ -191,9 +221,11 @@ def test_report_refuses_a_bad_metrics_table(scanned, tmp_path):
 
 # ---- compare -----------------------------------------------------------------------------------
 
+
 def _strict_json(text: str):
     def refuse(name):
         raise AssertionError(f"{name} in JSON output")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -208,8 +240,9 @@ def test_compare_identical_and_reversed_scans(scanned, tmp_path):
     assert per_type and all(s == pytest.approx(1.0) for s in per_type)
 
     reversed_ = tmp_path / "snr_results_reversed.json"
-    reversed_.write_text(json.dumps({k: {"snr": 1.0 / v["snr"], "type": v["type"]}
-                                     for k, v in results.items()}))
+    reversed_.write_text(
+        json.dumps({k: {"snr": 1.0 / v["snr"], "type": v["type"]} for k, v in results.items()})
+    )
     r = invoke("compare", path, reversed_, "--format", "json", "--top-percent", "50")
     assert r.exit_code == 0, r.output
     doc = _strict_json(r.stdout)
@@ -220,15 +253,21 @@ def test_compare_identical_and_reversed_scans(scanned, tmp_path):
             assert row["top_overlap"] == 0.0
 
     r = invoke("compare", path, reversed_)
-    assert r.exit_code == 0 and "Spearman rank correlation of SNR" in r.stdout and "-1.000" in r.stdout
+    assert (
+        r.exit_code == 0 and "Spearman rank correlation of SNR" in r.stdout and "-1.000" in r.stdout
+    )
 
 
 def test_compare_reads_a_published_file_with_nan_and_null(tmp_path):
-    a = {f"model.layers.{i}.mlp.down_proj": {"snr": float(i + 1), "type": "mlp.down_proj"}
-         for i in range(4)}
+    a = {
+        f"model.layers.{i}.mlp.down_proj": {"snr": float(i + 1), "type": "mlp.down_proj"}
+        for i in range(4)
+    }
     published = tmp_path / "published.json"
-    published.write_text(json.dumps(a)[:-1] + ', "model.layers.4.mlp.down_proj": '
-                         '{"snr": NaN, "type": "mlp.down_proj"}, "lm_head": {"snr": null, "type": "lm_head"}}')
+    published.write_text(
+        json.dumps(a)[:-1] + ', "model.layers.4.mlp.down_proj": '
+        '{"snr": NaN, "type": "mlp.down_proj"}, "lm_head": {"snr": null, "type": "lm_head"}}'
+    )
     ours = tmp_path / "ours.json"
     ours.write_text(json.dumps(a))
     r = invoke("compare", ours, published, "--format", "json")

@@ -10,7 +10,12 @@ import pytest
 import scipy.stats
 
 from spectrum_stream.errors import SpectrumError
-from spectrum_stream.metrics import compare_results, format_compare_text, load_published_results, spearman
+from spectrum_stream.metrics import (
+    compare_results,
+    format_compare_text,
+    load_published_results,
+    spearman,
+)
 
 
 def _scan(seed: int, layers: int = 12) -> dict:
@@ -21,7 +26,9 @@ def _scan(seed: int, layers: int = 12) -> dict:
             results[f"model.layers.{i}.{proj}"] = {"snr": float(rng.random()), "type": proj}
         for e in range(4):
             results[f"model.layers.{i}.block_sparse_moe.experts.{e}.w1"] = {
-                "snr": float(rng.random()), "type": f"block_sparse_moe.experts.{e}.w1"}
+                "snr": float(rng.random()),
+                "type": f"block_sparse_moe.experts.{e}.w1",
+            }
     results["lm_head"] = {"snr": 0.3, "type": "lm_head"}
     return results
 
@@ -52,12 +59,17 @@ def test_reversed_ranking_is_minus_one_and_swaps_the_selection():
 
 
 def test_top_overlap_is_jaccard():
-    a = {f"model.layers.{i}.mlp.up_proj": {"snr": float(10 - i), "type": "mlp.up_proj"} for i in range(8)}
+    a = {
+        f"model.layers.{i}.mlp.up_proj": {"snr": float(10 - i), "type": "mlp.up_proj"}
+        for i in range(8)
+    }
     b = json.loads(json.dumps(a))
     b["model.layers.1.mlp.up_proj"]["snr"] = -5.0  # top 2 of 8: A {0, 1}, B {0, 2}
     row = compare_results(a, b, top_percent=25)["types"]["mlp.up_proj"]
     assert row["top_overlap"] == pytest.approx(1 / 3)
-    assert row["entered"] == ["model.layers.2.mlp.up_proj"] and row["left"] == ["model.layers.1.mlp.up_proj"]
+    assert row["entered"] == ["model.layers.2.mlp.up_proj"] and row["left"] == [
+        "model.layers.1.mlp.up_proj"
+    ]
     assert compare_results(a, b, top_percent=0)["types"]["mlp.up_proj"]["top_overlap"] == 1.0
 
 
@@ -101,8 +113,11 @@ def test_published_file_with_non_finite_entries(tmp_path):
     """Files from the original tool can hold NaN, Infinity or null: skipped and counted, no crash."""
     a = _scan(3, layers=6)
     text = json.dumps(a)
-    for key, literal in (("model.layers.0.mlp.down_proj", "NaN"), ("model.layers.1.self_attn.q_proj", "Infinity"),
-                         ("model.layers.2.mlp.down_proj", "null")):
+    for key, literal in (
+        ("model.layers.0.mlp.down_proj", "NaN"),
+        ("model.layers.1.self_attn.q_proj", "Infinity"),
+        ("model.layers.2.mlp.down_proj", "null"),
+    ):
         old = json.dumps({key: a[key]})[1:-1]
         text = text.replace(old, f'"{key}": {{"snr": {literal}, "type": "{a[key]["type"]}"}}')
     path = tmp_path / "snr_results_published.json"

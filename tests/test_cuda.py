@@ -25,9 +25,19 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.parametrize("method", ["exact", "gram"])
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_cuda_matches_cpu(llama_dir, tmp_path, method, prefetch):
-    cpu = scan(llama_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu")).results
-    gpu = scan(llama_dir, ScanOptions(out_dir=tmp_path / "gpu", progress=False, device="cuda",
-                                      method=method, prefetch=prefetch)).results
+    cpu = scan(
+        llama_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu")
+    ).results
+    gpu = scan(
+        llama_dir,
+        ScanOptions(
+            out_dir=tmp_path / "gpu",
+            progress=False,
+            device="cuda",
+            method=method,
+            prefetch=prefetch,
+        ),
+    ).results
     assert gpu.keys() == cpu.keys()
     for key, info in cpu.items():
         assert abs(gpu[key]["snr"] - info["snr"]) <= 1e-4 * abs(info["snr"]), key
@@ -35,18 +45,27 @@ def test_cuda_matches_cpu(llama_dir, tmp_path, method, prefetch):
 
 @pytest.mark.parametrize("driver", ["gesvd", "gesvdj"])
 def test_cuda_drivers_agree(qwen2_dir, tmp_path, driver):
-    cpu = scan(qwen2_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu")).results
-    gpu = scan(qwen2_dir, ScanOptions(out_dir=tmp_path / driver, progress=False, device="cuda",
-                                      svd_driver=driver)).results
+    cpu = scan(
+        qwen2_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu")
+    ).results
+    gpu = scan(
+        qwen2_dir,
+        ScanOptions(out_dir=tmp_path / driver, progress=False, device="cuda", svd_driver=driver),
+    ).results
     for key, info in cpu.items():
         assert abs(gpu[key]["snr"] - info["snr"]) <= 1e-4 * abs(info["snr"]), key
 
 
 def test_gram_streams_past_max_gpu_mem(llama_dir, tmp_path):
-    whole = scan(llama_dir, ScanOptions(out_dir=tmp_path / "a", progress=False, device="cuda",
-                                        method="gram")).results
-    tiny = scan(llama_dir, ScanOptions(out_dir=tmp_path / "b", progress=False, device="cuda",
-                                       method="gram", max_gpu_mem=4096)).results
+    whole = scan(
+        llama_dir, ScanOptions(out_dir=tmp_path / "a", progress=False, device="cuda", method="gram")
+    ).results
+    tiny = scan(
+        llama_dir,
+        ScanOptions(
+            out_dir=tmp_path / "b", progress=False, device="cuda", method="gram", max_gpu_mem=4096
+        ),
+    ).results
     for key, info in whole.items():
         assert abs(tiny[key]["snr"] - info["snr"]) <= 1e-6 * abs(info["snr"]), key
 
@@ -68,16 +87,20 @@ def tall_dir(tmp_path):
     }
     folder = tmp_path / "tall"
     folder.mkdir()
-    save_file({k: (v * 0.02).to(torch.bfloat16) for k, v in tensors.items()},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k: (v * 0.02).to(torch.bfloat16) for k, v in tensors.items()},
+        str(folder / "model.safetensors"),
+    )
     return folder
 
 
 @pytest.mark.parametrize("method", ["exact", "gram"])
 def test_tall_matrices_match_the_cpu(tall_dir, tmp_path, method):
     cpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu"))
-    gpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "gpu", progress=False, device="cuda",
-                                     method=method))
+    gpu = scan(
+        tall_dir,
+        ScanOptions(out_dir=tmp_path / "gpu", progress=False, device="cuda", method=method),
+    )
     _close(gpu.results, cpu.results)
 
 
@@ -90,8 +113,17 @@ def test_max_gpu_mem_is_a_cap(tall_dir, tmp_path, method, prefetch):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    gpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "gpu", progress=False, device="cuda",
-                                     method=method, max_gpu_mem=cap, prefetch=prefetch))
+    gpu = scan(
+        tall_dir,
+        ScanOptions(
+            out_dir=tmp_path / "gpu",
+            progress=False,
+            device="cuda",
+            method=method,
+            max_gpu_mem=cap,
+            prefetch=prefetch,
+        ),
+    )
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base <= cap
     _close(gpu.results, cpu.results)
@@ -104,10 +136,20 @@ def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch
     decoded = []
     real = scan_mod.decode
     monkeypatch.setattr(scan_mod, "decode", lambda job, *a: decoded.append(job) or real(job, *a))
-    gpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "gpu", progress=False, device="cuda",
-                                     method="gram", max_gpu_mem=cap, prefetch=False))
-    streamed = [s for s in ((640, 2048), (2048, 640))
-                if memory.place(s, "gram", cap).where == "stream"]
+    gpu = scan(
+        tall_dir,
+        ScanOptions(
+            out_dir=tmp_path / "gpu",
+            progress=False,
+            device="cuda",
+            method="gram",
+            max_gpu_mem=cap,
+            prefetch=False,
+        ),
+    )
+    streamed = [
+        s for s in ((640, 2048), (2048, 640)) if memory.place(s, "gram", cap).where == "stream"
+    ]
     assert streamed, "the cap should leave a matrix to stream"
     assert not [j for j in decoded if tuple(j.matrices[0].shape) in streamed]
     _close(gpu.results, cpu.results)
@@ -146,10 +188,20 @@ def test_cuda_1_touches_no_other_gpu(tall_dir, tmp_path):
         "from spectrum_stream.options import ScanOptions; "
         f"scan({str(tall_dir)!r}, ScanOptions(out_dir={str(tmp_path)!r}, progress=False, "
         "device='cuda:1', method=sys.argv[1], prefetch=True)); "
-        "print([torch._C._cuda_hasPrimaryContext(i) for i in range(torch.cuda.device_count())])")
+        "print([torch._C._cuda_hasPrimaryContext(i) for i in range(torch.cuda.device_count())])"
+    )
     for method in ("exact", "gram"):
-        out = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True,
-                             timeout=300, check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", code, method],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         contexts = eval(out)  # a list of booleans printed by the child
         assert contexts[1] and not contexts[0] and not any(contexts[2:]), (method, contexts)
 
@@ -164,8 +216,9 @@ def test_fp8_and_mxfp4_decode_on_the_gpu_as_on_the_cpu():
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
     blocks = torch.randint(0, 256, (2, 64, 3, 16), dtype=torch.uint8, generator=g)
     scales = torch.randint(100, 140, (2, 64, 3), dtype=torch.uint8, generator=g)
-    assert torch.equal(dequant_mxfp4(blocks.cuda(), scales.cuda()).cpu(),
-                       dequant_mxfp4(blocks, scales))
+    assert torch.equal(
+        dequant_mxfp4(blocks.cuda(), scales.cuda()).cpu(), dequant_mxfp4(blocks, scales)
+    )
 
 
 def test_gpt_oss_mxfp4_scan_on_the_gpu(gpt_oss_dir, tmp_path):

@@ -19,8 +19,8 @@ import pytest
 from spectrum_stream.distributed.split import imbalance, job_cost, shared_shards, split
 from spectrum_stream.examples.synthetic import write_planted_llama
 from spectrum_stream.journal.journal import read_journal
-from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.plan.specs import MatrixSpec, TensorJob, TensorRef
+from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.source.header import TensorEntry
 
 NAME = "planted"
@@ -32,10 +32,14 @@ TIMEOUT = 90
 
 # -- the split, without processes ----------------------------------------------------------------
 
+
 def _job(name: str, shard: str, shape, aux_shard: str | None = None) -> TensorJob:
     entry = TensorEntry(name, "BF16", shape, 0, 2 * shape[0] * shape[1])
-    aux = (TensorRef(name + "_scale", aux_shard, TensorEntry(name, "F32", (1, 1), 0, 4)),) \
-        if aux_shard else ()
+    aux = (
+        (TensorRef(name + "_scale", aux_shard, TensorEntry(name, "F32", (1, 1), 0, 4)),)
+        if aux_shard
+        else ()
+    )
     return TensorJob(TensorRef(name, shard, entry), (MatrixSpec(name, "t", tuple(shape)),), aux=aux)
 
 
@@ -43,8 +47,11 @@ def test_split_balances_cost_and_keeps_shards_whole_where_it_can():
     import random
 
     rng = random.Random(7)
-    jobs = [_job(f"s{s}.t{t}", f"shard{s:02d}", (rng.choice([64, 128, 256]), rng.choice([64, 512])))
-            for s in range(12) for t in range(rng.randint(3, 9))]
+    jobs = [
+        _job(f"s{s}.t{t}", f"shard{s:02d}", (rng.choice([64, 128, 256]), rng.choice([64, 512])))
+        for s in range(12)
+        for t in range(rng.randint(3, 9))
+    ]
     total = sum(job_cost(j) for j in jobs)
     for allow in (False, True):
         shares = split(jobs, 4, allow_split=allow)
@@ -65,8 +72,12 @@ def test_split_balances_cost_and_keeps_shards_whole_where_it_can():
 
 
 def test_split_skips_finished_work_and_keeps_tied_shards_together():
-    jobs = [_job("x", "a", (128, 128), aux_shard="b"), _job("y", "b", (128, 128)),
-            _job("z", "c", (128, 128)), _job("w", "d", (128, 128))]
+    jobs = [
+        _job("x", "a", (128, 128), aux_shard="b"),
+        _job("y", "b", (128, 128)),
+        _job("z", "c", (128, 128)),
+        _job("w", "d", (128, 128)),
+    ]
     shares = split(jobs, 2, {"w"}, allow_split=False)
     owner = {i: s.rank for s in shares for i in s.jobs}
     assert 3 not in owner  # nothing left to do in it
@@ -75,6 +86,7 @@ def test_split_skips_finished_work_and_keeps_tied_shards_together():
 
 
 # -- torchrun ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
@@ -90,14 +102,43 @@ def _free_port() -> int:
 
 
 def torchrun(ckpt: Path, out: Path, *more: str, n: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
-            "--master-port", str(_free_port()), "-m", "spectrum_stream", "scan", str(ckpt),
-            "--out-dir", str(out), "--device", "cpu", "--quiet", "--peer-timeout", "60", *more]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(n),
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "spectrum_stream",
+        "scan",
+        str(ckpt),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--peer-timeout",
+        "60",
+        *more,
+    ]
 
 
 def one_process(ckpt: Path, out: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "spectrum_stream", "scan", str(ckpt), "--out-dir", str(out),
-            "--device", "cpu", "--quiet", *more]
+    return [
+        sys.executable,
+        "-m",
+        "spectrum_stream",
+        "scan",
+        str(ckpt),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        *more,
+    ]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -110,9 +151,13 @@ def reference(ckpt, tmp_path_factory) -> dict:
     r = run(one_process(ckpt, out))
     assert r.returncode == 0, r.stderr
     _, records, _ = read_journal(out / f"{BASE}.journal.jsonl")
-    return {"out": out, "records": records, "results": (out / f"{BASE}.json").read_text(),
-            "sorted": (out / f"{BASE}_sorted.json").read_text(),
-            "spectra": read_spectra(out / f"{BASE}_spectra.safetensors")}
+    return {
+        "out": out,
+        "records": records,
+        "results": (out / f"{BASE}.json").read_text(),
+        "sorted": (out / f"{BASE}_sorted.json").read_text(),
+        "spectra": read_spectra(out / f"{BASE}_spectra.safetensors"),
+    }
 
 
 def same_results(out: Path, reference: dict) -> None:
@@ -126,8 +171,11 @@ def same_results(out: Path, reference: dict) -> None:
 
 
 def no_traceback_of_ours(text: str) -> None:
-    assert not [line for line in text.splitlines()
-                if line.lstrip().startswith("File ") and "spectrum_stream" in line], text
+    assert not [
+        line
+        for line in text.splitlines()
+        if line.lstrip().startswith("File ") and "spectrum_stream" in line
+    ], text
 
 
 def rank_journals(out: Path) -> list[Path]:
@@ -194,7 +242,7 @@ def _start_and_kill(cmd: list[str], out: Path, lines: int, which: set[int]):
     (and torchrun too when that is every rank). Returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + TIMEOUT
-    count = lambda: sum(max(0, p.read_bytes().count(b"\n") - 1) for p in rank_journals(out))  # noqa
+    count = lambda: sum(max(0, p.read_bytes().count(b"\n") - 1) for p in rank_journals(out))
     try:
         while count() < lines and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -229,8 +277,9 @@ def test_sigkill_both_ranks_then_one_process_resumes(ckpt, reference, tmp_path):
     assert r.returncode == 0 and f"{len(kept)} modules, 0 failed" in r.stdout, r.stderr
     r = run(one_process(ckpt, out))
     assert r.returncode == 0, r.stderr
-    assert f"{planned - len(kept)} modules this run, {len(kept)} resumed from the journal" \
-        in r.stdout
+    assert (
+        f"{planned - len(kept)} modules this run, {len(kept)} resumed from the journal" in r.stdout
+    )
     same_results(out, reference)
     assert not rank_journals(out)  # folded into the main journal
     assert len(journaled(out)) == planned
@@ -241,7 +290,9 @@ def test_a_one_process_journal_is_resumed_by_two_ranks(ckpt, reference, tmp_path
     out.mkdir()
     lines = (reference["out"] / f"{BASE}.journal.jsonl").read_bytes().split(b"\n")
     k = 17
-    (out / f"{BASE}.journal.jsonl").write_bytes(b"\n".join(lines[:1 + k]) + b"\n" + lines[1 + k][:9])
+    (out / f"{BASE}.journal.jsonl").write_bytes(
+        b"\n".join(lines[: 1 + k]) + b"\n" + lines[1 + k][:9]
+    )
     log = f"{BASE}.spectra.bin"  # the values its lines point to
     (out / log).write_bytes((reference["out"] / log).read_bytes())
     r = run(torchrun(ckpt, out))

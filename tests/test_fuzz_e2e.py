@@ -33,16 +33,21 @@ import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import reference_snr
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from reference import reference_snr
-from spectrum_stream.cli import main
 from test_bad_input import SHARDS, make_checkpoint
 
+from spectrum_stream.cli import main
+
 LONG = os.environ.get("SPECTRUM_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(LONG or 40), deadline=None, derandomize=LONG is None,
-                database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=int(LONG or 40),
+    deadline=None,
+    derandomize=LONG is None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 DEADLINE_S = 120  # a run past this is a hang: the test fails instead of CI waiting forever
 INDEX = "model.safetensors.index.json"
 NAME = "fuzz"
@@ -81,8 +86,17 @@ def run(args: list[str], *names: str):
 
 
 def scan_args(folder: Path, out: Path) -> list[str]:
-    return ["scan", str(folder), "--out-dir", str(out), "--device", "cpu", "--quiet",
-            "--name", NAME]
+    return [
+        "scan",
+        str(folder),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--name",
+        NAME,
+    ]
 
 
 def results_of(out: Path) -> dict:
@@ -99,13 +113,16 @@ def copy_of(folder: Path):
 
 # -- mutations ------------------------------------------------------------------------------------
 
+
 def _containers(inner):
     return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-    _containers, max_leaves=10)
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    _containers,
+    max_leaves=10,
+)
 
 
 def bomb(depth: int, opener: str) -> bytes:
@@ -122,10 +139,12 @@ def byte_mutation(draw, data: bytes) -> bytes:
         if op == "flip" and raw:
             raw[i] = draw(st.integers(0, 255))
         elif op == "insert":
-            raw[i:i] = draw(st.binary(min_size=1, max_size=6) | st.sampled_from(
-                [b"[", b"{", b"\n", b"\x00", b'"', b"NaN", b"1e999"]))
+            raw[i:i] = draw(
+                st.binary(min_size=1, max_size=6)
+                | st.sampled_from([b"[", b"{", b"\n", b"\x00", b'"', b"NaN", b"1e999"])
+            )
         elif op == "delete":
-            del raw[i:i + draw(st.integers(1, 6))]
+            del raw[i : i + draw(st.integers(1, 6))]
         elif op == "cut":
             del raw[i:]
     return bytes(raw)
@@ -141,6 +160,7 @@ def json_file(valid: bytes):
 
 
 # -- the checkpoints and what a scan of them must give ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
@@ -185,11 +205,23 @@ def same(got: dict, want: dict[str, float]) -> None:
 def test_mutated_index(base, data):
     folder, ref, _ = base
     valid = (folder / INDEX).read_bytes()
-    hostile = st.sampled_from(["../outside/x.safetensors", "/etc/passwd", "a\\b.safetensors", "",
-                               "x\x00y", "./" + SHARDS[0], SHARDS[0], SHARDS[1], "missing"])
+    hostile = st.sampled_from(
+        [
+            "../outside/x.safetensors",
+            "/etc/passwd",
+            "a\\b.safetensors",
+            "",
+            "x\x00y",
+            "./" + SHARDS[0],
+            SHARDS[0],
+            SHARDS[1],
+            "missing",
+        ]
+    )
     doc = json.loads(valid)
-    renamed = data.draw(st.dictionaries(st.sampled_from(sorted(doc["weight_map"])), hostile,
-                                        max_size=2))
+    renamed = data.draw(
+        st.dictionaries(st.sampled_from(sorted(doc["weight_map"])), hostile, max_size=2)
+    )
     doc["weight_map"].update(renamed)
     raw = data.draw(json_file(valid) | st.just(json.dumps(doc).encode()))
     with copy_of(folder) as (work, out):
@@ -207,10 +239,15 @@ def test_mutated_index(base, data):
 def dbrx_checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True)
     gen = torch.Generator().manual_seed(11)
-    save_file({"transformer.blocks.0.ffn.experts.mlp.w1": torch.randn(24, 8, generator=gen)},
-              str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(
-        {"model_type": "dbrx", "ffn_config": {"moe_num_experts": 4, "ffn_hidden_size": 6}}))
+    save_file(
+        {"transformer.blocks.0.ffn.experts.mlp.w1": torch.randn(24, 8, generator=gen)},
+        str(folder / "model.safetensors"),
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"model_type": "dbrx", "ffn_config": {"moe_num_experts": 4, "ffn_hidden_size": 6}}
+        )
+    )
     return folder
 
 
@@ -229,8 +266,11 @@ def expected_split(raw: bytes, rows: int = 24) -> tuple[int, int] | None:
     if not isinstance(cfg, dict):
         return None
     ffn = cfg.get("ffn_config")
-    given = {k: ffn[k] for k in ("moe_num_experts", "ffn_hidden_size")
-             if isinstance(ffn, dict) and k in ffn}
+    given = {
+        k: ffn[k]
+        for k in ("moe_num_experts", "ffn_hidden_size")
+        if isinstance(ffn, dict) and k in ffn
+    }
     if not given or any(type(v) is not int or v <= 0 for v in given.values()):
         return None
     e, f = given.get("moe_num_experts"), given.get("ffn_hidden_size")
@@ -249,10 +289,13 @@ VALUES = st.one_of(st.integers(-3, 30), st.sampled_from([True, False, None, 4.0,
 @given(data=st.data())
 def test_mutated_config(dbrx, data):
     valid = (dbrx / "config.json").read_bytes()
-    ffn = {k: data.draw(VALUES) for k in data.draw(st.sets(st.sampled_from(
-        ["moe_num_experts", "ffn_hidden_size"])))}
-    raw = data.draw(json_file(valid) | st.just(json.dumps({"model_type": "dbrx",
-                                                           "ffn_config": ffn}).encode()))
+    ffn = {
+        k: data.draw(VALUES)
+        for k in data.draw(st.sets(st.sampled_from(["moe_num_experts", "ffn_hidden_size"])))
+    }
+    raw = data.draw(
+        json_file(valid) | st.just(json.dumps({"model_type": "dbrx", "ffn_config": ffn}).encode())
+    )
     split = expected_split(raw)
     with copy_of(dbrx) as (work, out):
         (work / "config.json").write_bytes(raw)
@@ -264,8 +307,12 @@ def test_mutated_config(dbrx, data):
         e, f = split
         with safe_open(str(work / "model.safetensors"), "np") as fh:
             w = fh.get_tensor("transformer.blocks.0.ffn.experts.mlp.w1")
-        want = {f"transformer.blocks.0.ffn.experts.mlp.w1$[{i * f}:{(i + 1) * f}]":
-                reference_snr(w[i * f:(i + 1) * f]) for i in range(e)}
+        want = {
+            f"transformer.blocks.0.ffn.experts.mlp.w1$[{i * f}:{(i + 1) * f}]": reference_snr(
+                w[i * f : (i + 1) * f]
+            )
+            for i in range(e)
+        }
         got = results_of(out)
         assert set(got) == set(want)
         same(got, want)
@@ -277,18 +324,27 @@ def test_mutated_shard_header(base, data):
     folder, _, _ = base
     blob = (folder / SHARDS[0]).read_bytes()
     n = int.from_bytes(blob[:8], "little")
-    head = data.draw(byte_mutation(blob[8:8 + n]))
+    head = data.draw(byte_mutation(blob[8 : 8 + n]))
     prefix = data.draw(st.just(len(head)) | st.integers(0, 2**64 - 1))
     with copy_of(folder) as (work, out):
-        (work / SHARDS[0]).write_bytes(prefix.to_bytes(8, "little") + head + blob[8 + n:])
+        (work / SHARDS[0]).write_bytes(prefix.to_bytes(8, "little") + head + blob[8 + n :])
         r = run(scan_args(work, out), str(work))
         if r.exit_code == 0:  # the mutated header is still a valid file: scanned as it says
             same(results_of(out), tensor_snrs(work))
 
 
-JOURNAL_JUNK = st.sampled_from([b"[" * 5000, b"{}", b'{"key": 1}', b"\x00\xff", b"NaN", b"",
-                                b'{"key": "model.layers.0.mlp.up_proj", "status": "ok"}',
-                                b'{"key": "x", "status": "ok", "snr": "1", "type": "t"}'])
+JOURNAL_JUNK = st.sampled_from(
+    [
+        b"[" * 5000,
+        b"{}",
+        b'{"key": 1}',
+        b"\x00\xff",
+        b"NaN",
+        b"",
+        b'{"key": "model.layers.0.mlp.up_proj", "status": "ok"}',
+        b'{"key": "x", "status": "ok", "snr": "1", "type": "t"}',
+    ]
+)
 
 
 @FUZZ
@@ -306,7 +362,7 @@ def test_mutated_journal_then_rebuild_and_resume(base, data):
     elif how == "bytes":
         raw = data.draw(byte_mutation(finished))
     else:
-        raw = finished[:data.draw(st.integers(0, len(finished)))]
+        raw = finished[: data.draw(st.integers(0, len(finished)))]
     with copy_of(folder) as (work, out):
         out.mkdir()
         journal = out / f"snr_results_{NAME}.journal.jsonl"
@@ -318,15 +374,20 @@ def test_mutated_journal_then_rebuild_and_resume(base, data):
         if r.exit_code != 0:
             assert after == raw  # refused: not touched
             return
-        assert after.startswith(raw[:raw.rfind(b"\n") + 1])  # every whole line kept
-        written = [json.loads(x) for x in raw.split(b"\n")[1:]
-                   if x.startswith(b"{") and _loads(x) is not None]
+        assert after.startswith(raw[: raw.rfind(b"\n") + 1])  # every whole line kept
+        written = [
+            json.loads(x)
+            for x in raw.split(b"\n")[1:]
+            if x.startswith(b"{") and _loads(x) is not None
+        ]
         got = results_of(out)
         assert set(got) == set(ref)  # resumed to the end
         for key, rec in got.items():  # from the reference, or as a surviving line said
-            assert (rec["snr"] == pytest.approx(ref[key], rel=1e-4)
-                    or any(w.get("key") == key and w.get("snr") == rec["snr"] for w in written
-                           if isinstance(w, dict))), key
+            assert rec["snr"] == pytest.approx(ref[key], rel=1e-4) or any(
+                w.get("key") == key and w.get("snr") == rec["snr"]
+                for w in written
+                if isinstance(w, dict)
+            ), key
 
 
 def _loads(line: bytes):
@@ -339,16 +400,25 @@ def _loads(line: bytes):
 def valid_results(doc) -> bool:
     """What `select` may accept, judged with the standard library."""
     return isinstance(doc, dict) and all(
-        isinstance(v, dict) and isinstance(v.get("type"), str)
-        and isinstance(v.get("snr"), (int, float)) and not isinstance(v.get("snr"), bool)
-        and math.isfinite(v["snr"]) for v in doc.values())
+        isinstance(v, dict)
+        and isinstance(v.get("type"), str)
+        and isinstance(v.get("snr"), (int, float))
+        and not isinstance(v.get("snr"), bool)
+        and math.isfinite(v["snr"])
+        for v in doc.values()
+    )
 
 
 RESULTS = st.dictionaries(
     st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12),
-    st.fixed_dictionaries({"snr": st.floats(allow_nan=False, allow_infinity=False),
-                           "type": st.sampled_from(["mlp.up_proj", "lm_head", "self_attn.q_proj"])}),
-    max_size=6)
+    st.fixed_dictionaries(
+        {
+            "snr": st.floats(allow_nan=False, allow_infinity=False),
+            "type": st.sampled_from(["mlp.up_proj", "lm_head", "self_attn.q_proj"]),
+        }
+    ),
+    max_size=6,
+)
 
 
 @FUZZ
@@ -369,12 +439,18 @@ def test_mutated_results_file_for_select(data):
 
 # -- a few in a real process ----------------------------------------------------------------------
 
+
 def test_hostile_inputs_in_a_real_process(base, tmp_path):
     folder, _, _ = base
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    cases = [(INDEX, json.dumps({"weight_map": {"x.weight": "../../etc/passwd"}}).encode(),
-              "inside the checkpoint folder"),
-             ("config.json", bomb(200_000, '{"a":'), "depth limit")]
+    cases = [
+        (
+            INDEX,
+            json.dumps({"weight_map": {"x.weight": "../../etc/passwd"}}).encode(),
+            "inside the checkpoint folder",
+        ),
+        ("config.json", bomb(200_000, '{"a":'), "depth limit"),
+    ]
     for i, (victim, raw, says) in enumerate(cases):
         work = tmp_path / f"case{i}"
         shutil.copytree(folder, work)

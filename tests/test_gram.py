@@ -8,17 +8,27 @@ import sys
 
 import pytest
 import torch
-
 from reference import all_matrices, reference_snr
+
 from spectrum_stream import scan
-from spectrum_stream.options import ScanOptions
-from spectrum_stream.results.select import select
+from spectrum_stream.examples.synthetic import planted_matrix
 from spectrum_stream.kernel.gram import gram_stats
 from spectrum_stream.kernel.route import GRAM_TOLERANCE, decompose
-from spectrum_stream.examples.synthetic import planted_matrix
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.results.select import select
 
-CHECKPOINTS = ["llama_dir", "qwen2_dir", "mixtral_dir", "qwen2_moe_dir", "dbrx_dir", "llama4_dir",
-               "gpt_oss_dir", "fused_qwen2_moe_dir", "fused_mixtral_dir", "planted_dir"]
+CHECKPOINTS = [
+    "llama_dir",
+    "qwen2_dir",
+    "mixtral_dir",
+    "qwen2_moe_dir",
+    "dbrx_dir",
+    "llama4_dir",
+    "gpt_oss_dir",
+    "fused_qwen2_moe_dir",
+    "fused_mixtral_dir",
+    "planted_dir",
+]
 
 
 def journal_lines(report):
@@ -29,7 +39,9 @@ def journal_lines(report):
 def test_gram_holds_its_contract_on_every_test_checkpoint(fixture, request, tmp_path):
     folder = request.getfixturevalue(fixture)
     exact = scan(folder, ScanOptions(out_dir=tmp_path / "exact", progress=False)).results
-    gram_report = scan(folder, ScanOptions(out_dir=tmp_path / "gram", progress=False, method="gram"))
+    gram_report = scan(
+        folder, ScanOptions(out_dir=tmp_path / "gram", progress=False, method="gram")
+    )
     gram = gram_report.results
     assert gram.keys() == exact.keys() and len(gram) > 0
     for key in exact:
@@ -73,8 +85,13 @@ def test_fallback_is_written_to_the_journal(tmp_path):
     folder = tmp_path / "ill"
     folder.mkdir()
     good = planted_matrix(120, 200, 4, torch.Generator().manual_seed(1))
-    save_file({"model.layers.0.mlp.up_proj.weight": ill_conditioned(),
-               "model.layers.1.mlp.up_proj.weight": good}, str(folder / "model.safetensors"))
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": ill_conditioned(),
+            "model.layers.1.mlp.up_proj.weight": good,
+        },
+        str(folder / "model.safetensors"),
+    )
     report = scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, method="gram"))
     by_key = {r["key"]: r for r in journal_lines(report)}
     assert by_key["model.layers.0.mlp.up_proj"]["method"] == "exact"
@@ -117,14 +134,20 @@ def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch
     taken = routes_taken(monkeypatch)
     with monkeypatch.context() as m:
         m.setattr(_Runner, "placement", lambda self, job: Placement("whole", 0))
-        whole = scan(planted_dir, ScanOptions(out_dir=tmp_path / "a", progress=False,
-                                              device="cpu", method="gram"))
+        whole = scan(
+            planted_dir,
+            ScanOptions(out_dir=tmp_path / "a", progress=False, device="cpu", method="gram"),
+        )
     tensors = [name + ".weight" for name in whole.results]
     assert sorted(taken["whole"]) == sorted(tensors) and taken["streamed"] == []
     taken["whole"].clear()
 
-    streamed = scan(planted_dir, ScanOptions(out_dir=tmp_path / "b", progress=False,
-                                             device="cpu", method="gram", batch_bytes=1024))
+    streamed = scan(
+        planted_dir,
+        ScanOptions(
+            out_dir=tmp_path / "b", progress=False, device="cpu", method="gram", batch_bytes=1024
+        ),
+    )
     assert taken["whole"] == [], "a matrix past the budget was read whole"
     assert sorted(taken["streamed"]) == sorted(tensors)
 
@@ -162,9 +185,20 @@ def test_prefetch_gives_the_same_results(planted_dir, tmp_path, method):
     """Identical floats: one worker, so each matrix is decomposed on the same thread either way
     (with two, the last bits of the gram route can move with the thread a matrix ran on)."""
     four_layers = r"layers\.[0-3]\.|embed|lm_head"
-    runs = [scan(planted_dir, ScanOptions(out_dir=tmp_path / str(p), progress=False, method=method,
-                                          prefetch=p, workers=1, include=four_layers)).results
-            for p in (False, True)]
+    runs = [
+        scan(
+            planted_dir,
+            ScanOptions(
+                out_dir=tmp_path / str(p),
+                progress=False,
+                method=method,
+                prefetch=p,
+                workers=1,
+                include=four_layers,
+            ),
+        ).results
+        for p in (False, True)
+    ]
     assert runs[0] == runs[1] and len(runs[0]) == 4 * 7 + 2
 
 
@@ -176,10 +210,14 @@ def test_gram_reports_bad_matrices_and_goes_on(tmp_path):
     gen = torch.Generator().manual_seed(11)
     nan = torch.randn(40, 60, generator=gen)
     nan[3, 7] = float("nan")
-    save_file({"model.layers.0.mlp.up_proj.weight": nan,
-               "model.layers.1.mlp.up_proj.weight": torch.zeros(40, 60),
-               "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60, generator=gen)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": nan,
+            "model.layers.1.mlp.up_proj.weight": torch.zeros(40, 60),
+            "model.layers.2.mlp.up_proj.weight": torch.randn(40, 60, generator=gen),
+        },
+        str(folder / "model.safetensors"),
+    )
     report = scan(folder, ScanOptions(out_dir=tmp_path / "out", progress=False, method="gram"))
     failed = dict(report.failed)
     assert "NaN" in failed["model.layers.0.mlp.up_proj"]
@@ -191,8 +229,10 @@ def test_svd_driver_is_refused_off_cuda(planted_dir, tmp_path):
     from spectrum_stream import SpectrumError
 
     with pytest.raises(SpectrumError, match="only for CUDA"):
-        scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
-                                      svd_driver="gesvdj"))
+        scan(
+            planted_dir,
+            ScanOptions(out_dir=tmp_path, progress=False, device="cpu", svd_driver="gesvdj"),
+        )
 
 
 def test_well_conditioned_matrices_never_fall_back(planted_dir, tmp_path):

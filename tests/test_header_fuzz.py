@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-
-from spectrum_stream.source.dtypes import DTYPE_BITS, nbytes_for
-from spectrum_stream.errors import CheckpointError
-from spectrum_stream.source.header import MAX_HEADER_BYTES, parse_header, read_header
 from test_header import RULES
+
+from spectrum_stream.errors import CheckpointError
+from spectrum_stream.source.dtypes import DTYPE_BITS, nbytes_for
+from spectrum_stream.source.header import MAX_HEADER_BYTES, parse_header, read_header
 
 # derandomized: the same examples on every run, so that a failure reproduces (and none flakes)
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
@@ -26,16 +26,21 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
 def _valid_file() -> bytes:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "v.safetensors"
-        save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 6, dtype=torch.bfloat16),
-                   "model.layers.0.mlp.down_proj.weight": torch.ones(6, 4),
-                   "model.norm.weight": torch.ones(6, dtype=torch.float16)},
-                  str(path), metadata={"format": "pt"})
+        save_file(
+            {
+                "model.layers.0.mlp.up_proj.weight": torch.ones(4, 6, dtype=torch.bfloat16),
+                "model.layers.0.mlp.down_proj.weight": torch.ones(6, 4),
+                "model.norm.weight": torch.ones(6, dtype=torch.float16),
+            },
+            str(path),
+            metadata={"format": "pt"},
+        )
         return path.read_bytes()
 
 
 VALID = _valid_file()
 (N,) = struct.unpack("<Q", VALID[:8])
-VALID_RAW = VALID[8:8 + N]
+VALID_RAW = VALID[8 : 8 + N]
 VALID_DATA_SIZE = len(VALID) - 8 - N
 VALID_DOC = json.loads(VALID_RAW)
 
@@ -72,10 +77,14 @@ def test_random_bytes(raw, data_size):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
     | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
@@ -88,8 +97,20 @@ def mutated_docs(draw):
     names = sorted(doc)
     for _ in range(draw(st.integers(1, 4))):
         name = draw(st.sampled_from(names))
-        kind = draw(st.sampled_from(["field", "drop field", "entry", "drop entry", "new entry",
-                                     "offset", "shape", "dtype"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "field",
+                    "drop field",
+                    "entry",
+                    "drop entry",
+                    "new entry",
+                    "offset",
+                    "shape",
+                    "dtype",
+                ]
+            )
+        )
         if name not in doc:
             continue
         entry = doc[name]
@@ -105,8 +126,11 @@ def mutated_docs(draw):
             doc[draw(st.text(max_size=10))] = draw(JSON_VALUES)
         elif kind == "offset" and isinstance(entry, dict) and name != "__metadata__":
             offsets = entry.get("data_offsets")
-            if isinstance(offsets, list) and len(offsets) == 2 and all(
-                    type(o) is int for o in offsets):
+            if (
+                isinstance(offsets, list)
+                and len(offsets) == 2
+                and all(type(o) is int for o in offsets)
+            ):
                 offsets[draw(st.integers(0, 1))] += draw(st.integers(-64, 64))
         elif kind == "shape" and isinstance(entry, dict) and name != "__metadata__":
             entry["shape"] = draw(st.lists(st.integers(-2, 2**33), max_size=4))
@@ -133,7 +157,7 @@ def test_byte_level_mutations_of_a_valid_header(data):
         elif op == "insert":
             raw[i:i] = data.draw(st.binary(min_size=1, max_size=8))
         elif op == "delete":
-            del raw[i:i + data.draw(st.integers(1, 8))]
+            del raw[i : i + data.draw(st.integers(1, 8))]
         elif op == "cut":
             del raw[i:]
     check(bytes(raw), VALID_DATA_SIZE)
@@ -151,9 +175,13 @@ def test_whole_files_through_read_header(data):
             expected = ("too short for a header",)
     elif kind == "cut":
         blob = VALID[: data.draw(st.integers(0, len(VALID) - 1))]
-        expected = (("too short for a header",) if len(blob) < 8
-                    else ("runs past the end",) if len(blob) < 8 + N
-                    else ("past the end of the file (truncated file)", "tensors cover"))
+        expected = (
+            ("too short for a header",)
+            if len(blob) < 8
+            else ("runs past the end",)
+            if len(blob) < 8 + N
+            else ("past the end of the file (truncated file)", "tensors cover")
+        )
     elif kind == "pad":
         blob = VALID + data.draw(st.binary(min_size=1, max_size=16))
         expected = ("tensors cover",)

@@ -16,19 +16,35 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_bad_input import (
+    SHARDS,
+    assert_one_line_error,
+    make_checkpoint,
+    run_cli,
+    scan_args,
+    scanned_once,
+)
 
 from spectrum_stream.kernel import host_memory as memory
 from spectrum_stream.kernel.host_memory import decomposition_bytes
-from spectrum_stream.source.jsonfile import (JsonFileError, integer, list_of, mapping, number,
-                                             obj, parse_json, read_json, string)
-from test_bad_input import (SHARDS, assert_one_line_error, make_checkpoint, run_cli, scan_args,
-                            scanned_once)
+from spectrum_stream.source.jsonfile import (
+    JsonFileError,
+    integer,
+    list_of,
+    mapping,
+    number,
+    obj,
+    parse_json,
+    read_json,
+    string,
+)
 
 INDEX = "model.safetensors.index.json"
 BOMB = "[" * 200_000 + "]" * 200_000
 
 
 # -- the reader -----------------------------------------------------------------------------------
+
 
 def test_reader_refuses_depth_size_and_names_the_key(tmp_path):
     path = tmp_path / "x.json"
@@ -65,20 +81,25 @@ def test_a_json_bomb_in_index_or_config_is_one_line(tmp_path, victim):
 
 def test_select_and_rebuild_on_bombs_and_bad_values(tmp_path):
     bad = tmp_path / "snr_results_x.json"
-    for text, says in ((BOMB, "depth limit exceeded"),
-                       ('{"m": {"snr": "1", "type": "t"}}', '["m"]["snr"] must be a finite number'),
-                       ('{"m": {"snr": 1e999, "type": "t"}}', "invalid JSON"),
-                       ('{"m": {"snr": 1.0}}', '["m"]["type"] is missing'),
-                       ("[1]", "the top level must be an object")):
+    for text, says in (
+        (BOMB, "depth limit exceeded"),
+        ('{"m": {"snr": "1", "type": "t"}}', '["m"]["snr"] must be a finite number'),
+        ('{"m": {"snr": 1e999, "type": "t"}}', "invalid JSON"),
+        ('{"m": {"snr": 1.0}}', '["m"]["type"] is missing'),
+        ("[1]", "the top level must be an object"),
+    ):
         bad.write_text(text)
         assert_one_line_error(run_cli(["select", str(bad)]), str(bad), says)
     journal = tmp_path / "snr_results_x.journal.jsonl"
     journal.write_text(BOMB + "\n")
-    assert_one_line_error(run_cli(["rebuild", str(journal)]), str(journal),
-                          "not a spectrum-stream journal", "depth limit")
+    assert_one_line_error(
+        run_cli(["rebuild", str(journal)]),
+        str(journal),
+        "not a spectrum-stream journal",
+        "depth limit",
+    )
     journal.write_text('{"journal": 1, "checkpoint": "x"}\n')
-    assert_one_line_error(run_cli(["rebuild", str(journal)]),
-                          '["checkpoint"] must be a list')
+    assert_one_line_error(run_cli(["rebuild", str(journal)]), '["checkpoint"] must be a list')
 
 
 def test_garbled_journal_lines_are_skipped_not_trusted(tmp_path):
@@ -86,8 +107,9 @@ def test_garbled_journal_lines_are_skipped_not_trusted(tmp_path):
     lines = written.splitlines(keepends=True)
     first = json.loads(lines[1])
     wrong = dict(first, snr="high")  # an ok line whose SNR is not a number: redone, not used
-    journal.write_bytes(lines[0] + BOMB.encode() + b"\n" + json.dumps(wrong).encode() + b"\n"
-                        + b"".join(lines[2:]))
+    journal.write_bytes(
+        lines[0] + BOMB.encode() + b"\n" + json.dumps(wrong).encode() + b"\n" + b"".join(lines[2:])
+    )
     before = journal.read_bytes()
     r = run_cli(scan_args(folder, out, "--quiet"))
     assert r.exit_code == 0 and "1 modules this run, 3 resumed" in r.stdout, r.output
@@ -125,8 +147,12 @@ def test_index_may_only_name_files_inside_the_folder(tmp_path, name):
         name = str(outside / "x.safetensors")
     point_index_at(folder, name)
     r = run_cli(scan_args(folder, tmp_path / "out"))
-    assert_one_line_error(r, str(folder / INDEX), HOSTILE_NAMES.get(name, "an absolute path"),
-                          "inside the checkpoint folder")
+    assert_one_line_error(
+        r,
+        str(folder / INDEX),
+        HOSTILE_NAMES.get(name, "an absolute path"),
+        "inside the checkpoint folder",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -164,19 +190,26 @@ def test_hf_cache_snapshots_may_link_to_their_blobs(tmp_path):
 
 # -- config.json ----------------------------------------------------------------------------------
 
+
 def dbrx_checkpoint(folder: Path, config: dict) -> Path:
     folder.mkdir(parents=True)
     gen = torch.Generator().manual_seed(5)
-    save_file({"transformer.blocks.0.ffn.experts.mlp.w1": torch.randn(24, 8, generator=gen),
-               "transformer.blocks.0.norm_1.weight": torch.ones(8)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {
+            "transformer.blocks.0.ffn.experts.mlp.w1": torch.randn(24, 8, generator=gen),
+            "transformer.blocks.0.norm_1.weight": torch.ones(8),
+        },
+        str(folder / "model.safetensors"),
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
 DBRX_CONFIGS = {  # ffn_config -> the words the error must say (None: scans)
-    "zero experts": ({"moe_num_experts": 0, "ffn_hidden_size": 6},
-                     "ffn_config.moe_num_experts is 0; it must be a positive integer"),
+    "zero experts": (
+        {"moe_num_experts": 0, "ffn_hidden_size": 6},
+        "ffn_config.moe_num_experts is 0; it must be a positive integer",
+    ),
     "bool": ({"moe_num_experts": True, "ffn_hidden_size": 6}, "moe_num_experts is True"),
     "string": ({"moe_num_experts": "4"}, "moe_num_experts is '4'"),
     "float": ({"moe_num_experts": 4.0}, "moe_num_experts is 4.0"),
@@ -205,13 +238,16 @@ def test_dbrx_config_values_are_checked_before_any_work(tmp_path, case):
 def test_expert_counts_and_fp8_blocks_must_agree_with_the_tensors(tmp_path):
     folder = tmp_path / "fused"
     folder.mkdir()
-    save_file({"model.layers.0.mlp.experts.down_proj": torch.randn(4, 8, 6)},
-              str(folder / "model.safetensors"))
-    for cfg, says in (({"num_experts": 3}, "num_experts is 3, but the fused expert tensor"),
-                      ({"text_config": {"num_local_experts": 0}},
-                       "text_config.num_local_experts is 0"),
-                      ({"num_local_experts": 4, "num_experts": 0}, "num_experts is 0"),
-                      ({"num_experts": 4}, None)):
+    save_file(
+        {"model.layers.0.mlp.experts.down_proj": torch.randn(4, 8, 6)},
+        str(folder / "model.safetensors"),
+    )
+    for cfg, says in (
+        ({"num_experts": 3}, "num_experts is 3, but the fused expert tensor"),
+        ({"text_config": {"num_local_experts": 0}}, "text_config.num_local_experts is 0"),
+        ({"num_local_experts": 4, "num_experts": 0}, "num_experts is 0"),
+        ({"num_experts": 4}, None),
+    ):
         (folder / "config.json").write_text(json.dumps(cfg))
         r = run_cli(scan_args(folder, tmp_path / "out", "--quiet", "--fresh"))
         if says is None:
@@ -220,23 +256,37 @@ def test_expert_counts_and_fp8_blocks_must_agree_with_the_tensors(tmp_path):
             assert_one_line_error(r, str(folder / "config.json"), says)
     per_expert = tmp_path / "per-expert"
     per_expert.mkdir()
-    save_file({f"model.layers.0.mlp.experts.{e}.up_proj.weight": torch.randn(6, 4)
-               for e in range(3)}, str(per_expert / "model.safetensors"))
+    save_file(
+        {f"model.layers.0.mlp.experts.{e}.up_proj.weight": torch.randn(6, 4) for e in range(3)},
+        str(per_expert / "model.safetensors"),
+    )
     (per_expert / "config.json").write_text(json.dumps({"num_local_experts": 2}))
-    assert_one_line_error(run_cli(scan_args(per_expert, tmp_path / "o2")),
-                          "num_local_experts is 2, but tensor", "is expert 2")
+    assert_one_line_error(
+        run_cli(scan_args(per_expert, tmp_path / "o2")),
+        "num_local_experts is 2, but tensor",
+        "is expert 2",
+    )
     fp8 = tmp_path / "fp8"
     fp8.mkdir()
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(6, 4).to(torch.float8_e4m3fn),
-               "model.layers.0.mlp.up_proj.weight_scale_inv": torch.ones(1, 1)},
-              str(fp8 / "model.safetensors"))
-    (fp8 / "config.json").write_text(json.dumps(
-        {"quantization_config": {"weight_block_size": [64, 64]}}))
-    assert_one_line_error(run_cli(scan_args(fp8, tmp_path / "o3")),
-                          "quantization_config.weight_block_size is [64, 64]", "[128, 128] only")
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": torch.randn(6, 4).to(torch.float8_e4m3fn),
+            "model.layers.0.mlp.up_proj.weight_scale_inv": torch.ones(1, 1),
+        },
+        str(fp8 / "model.safetensors"),
+    )
+    (fp8 / "config.json").write_text(
+        json.dumps({"quantization_config": {"weight_block_size": [64, 64]}})
+    )
+    assert_one_line_error(
+        run_cli(scan_args(fp8, tmp_path / "o3")),
+        "quantization_config.weight_block_size is [64, 64]",
+        "[128, 128] only",
+    )
 
 
 # -- memory ---------------------------------------------------------------------------------------
+
 
 def test_decomposition_bytes_by_hand():
     # exact, [1000, 300]: k=300, l=1000; two float32 copies 2*4*300000 = 2,400,000;
@@ -261,9 +311,13 @@ def test_a_matrix_too_big_for_memory_fails_alone(tmp_path, monkeypatch, method):
     folder = tmp_path / "big"
     folder.mkdir()
     gen = torch.Generator().manual_seed(7)
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(8, 6, generator=gen),
-               "model.layers.0.mlp.down_proj.weight": torch.randn(64, 48, generator=gen)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": torch.randn(8, 6, generator=gen),
+            "model.layers.0.mlp.down_proj.weight": torch.randn(64, 48, generator=gen),
+        },
+        str(folder / "model.safetensors"),
+    )
     streamed = method == "gram"  # on CPU the gram route reads blocks from the file: no copy
     limit = decomposition_bytes((64, 48), method, streamed) - 1  # the big one cannot fit
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: limit)
@@ -279,14 +333,22 @@ def test_a_matrix_too_big_for_memory_fails_alone(tmp_path, monkeypatch, method):
 
 # -- a real process -------------------------------------------------------------------------------
 
+
 def test_bombs_in_a_real_process(tmp_path):
     folder = make_checkpoint(tmp_path / "ckpt")
     (folder / INDEX).write_text(BOMB)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    for args in (["scan", str(folder), "--device", "cpu", "--out-dir", str(tmp_path / "o")],
-                 ["select", str(folder / INDEX)]):
-        r = subprocess.run([sys.executable, "-m", "spectrum_stream", *args], capture_output=True,
-                           text=True, timeout=120, env=env)
+    for args in (
+        ["scan", str(folder), "--device", "cpu", "--out-dir", str(tmp_path / "o")],
+        ["select", str(folder / INDEX)],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "spectrum_stream", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert r.returncode == 1 and "Traceback" not in r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "depth limit" in lines[0]

@@ -19,21 +19,21 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from hubserver import HubServer
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
 import spectrum_stream.source.hub.headers as hub_repo
-from hubserver import HubServer
-from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.cli import main
 from spectrum_stream.errors import SpectrumError
 from spectrum_stream.hub_scan import scan_hub
-from spectrum_stream.source.hub.headers import open_hub
-from spectrum_stream.source.hub.repo import is_hub_id
-from spectrum_stream.units import parse_size
 from spectrum_stream.journal.journal import read_journal
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan
+from spectrum_stream.source.checkpoint import open_local
+from spectrum_stream.source.hub.headers import open_hub
+from spectrum_stream.source.hub.repo import is_hub_id
+from spectrum_stream.units import parse_size
 
 REPO = "tiny/llama"
 GATED = "tiny/gated"
@@ -42,10 +42,10 @@ JOURNAL = "snr_results_tiny-llama.journal.jsonl"
 RESULTS = "snr_results_tiny-llama.json"
 
 
-
 @contextlib.contextmanager
 def logged(sink):
     """Every message the package logs (plan lines, warnings) goes to `sink` while inside."""
+
     class Sink(logging.Handler):
         def emit(self, record):
             sink(record.getMessage())
@@ -72,8 +72,9 @@ def local(llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("local-scan")
     report = scan(llama_dir, ScanOptions(out_dir=out, device="cpu", progress=False))
     _, records, _ = read_journal(report.paths.journal)
-    return SimpleNamespace(results=report.results,
-                           shard_of={k: r["shard"] for k, r in records.items()})
+    return SimpleNamespace(
+        results=report.results, shard_of={k: r["shard"] for k, r in records.items()}
+    )
 
 
 @pytest.fixture
@@ -90,8 +91,11 @@ def hf(hub, tmp_path, monkeypatch):
     """This process's huggingface_hub pointed at the server, with its cache under tmp_path."""
     home = tmp_path / "hf"
     monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"))
@@ -105,8 +109,13 @@ def hf(hub, tmp_path, monkeypatch):
 
 def subprocess_env(hub: HubServer, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_OFFLINE="0",
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DOWNLOAD_TIMEOUT="10")
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(home),
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DOWNLOAD_TIMEOUT="10",
+    )
     return env
 
 
@@ -129,8 +138,11 @@ def shard_blobs(home: Path, hub: HubServer, partial: bool = False) -> list[Path]
     """Shard files in the HF cache: complete ones, and with `partial` those being downloaded."""
     etags = {e for name, e in hub.repos[REPO].etags.items() if name.endswith(".safetensors")}
     blobs = home / "hub" / "models--tiny--llama" / "blobs"
-    return [p for p in blobs.glob("*") if p.name.split(".")[0] in etags
-            and (partial or not p.name.endswith(".incomplete"))]
+    return [
+        p
+        for p in blobs.glob("*")
+        if p.name.split(".")[0] in etags and (partial or not p.name.endswith(".incomplete"))
+    ]
 
 
 def finished(journal: Path) -> dict[str, dict]:
@@ -151,6 +163,7 @@ def opts(out="out", **kw) -> ScanOptions:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def test_repo_id_rule_and_sizes(tmp_path, monkeypatch):
     assert is_hub_id("Qwen/Qwen1.5-110B") and is_hub_id("org_1/name.v2")
@@ -186,8 +199,11 @@ def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
     def on_download(repo_id, filename):
         if filename.endswith(".safetensors"):
             done = {r["shard"] for r in finished(journal).values()}
-            full = {s for s in done
-                    if all(k in finished(journal) for k, v in local.shard_of.items() if v == s)}
+            full = {
+                s
+                for s in done
+                if all(k in finished(journal) for k, v in local.shard_of.items() if v == s)
+            }
             seen.append((filename, full, len(shard_blobs(hf, hub, partial=True))))
 
     hub.on_download = on_download
@@ -214,14 +230,14 @@ def test_plan_first_then_one_shard_at_a_time(hub, hf, llama_dir, local):
 
 
 @pytest.mark.parametrize("method", ["exact", "gram"])
-def test_estimate_is_calibrated_with_the_scans_own_method(hub, hf, llama_dir, monkeypatch,
-                                                          method):
+def test_estimate_is_calibrated_with_the_scans_own_method(hub, hf, llama_dir, monkeypatch, method):
     import spectrum_stream.hub_scan as hub_mod
 
     seen = []
     real = hub_mod.svd_rate
-    monkeypatch.setattr(hub_mod, "svd_rate", lambda device, size, how: seen.append(how) or real(
-        device, size, how))
+    monkeypatch.setattr(
+        hub_mod, "svd_rate", lambda device, size, how: seen.append(how) or real(device, size, how)
+    )
     said = []
     with logged(said.append):
         scan_hub(REPO, opts(method=method))
@@ -252,8 +268,19 @@ def test_killed_mid_download_then_resumed(hub, hf, llama_dir, local, tmp_path):
     hub.faults[shards[2]] = "stall"
     env = subprocess_env(hub, hf)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "spectrum_stream", "scan", REPO, "--device", "cpu",
-           "--out-dir", str(out), "--delete-shards", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spectrum_stream",
+        "scan",
+        REPO,
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--delete-shards",
+        "--quiet",
+    ]
     want = {k for k, s in local.shard_of.items() if s in shards[:2]}
     with open(tmp_path / "first.err", "w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
@@ -276,7 +303,11 @@ def test_killed_mid_download_then_resumed(hub, hf, llama_dir, local, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resumed from the journal" in done.stdout
     assert [line.split(":")[0] for line in done.stderr.splitlines()] == [
-        "Hub", "Plan", "Downloads", "Estimate on cpu"]
+        "Hub",
+        "Plan",
+        "Downloads",
+        "Estimate on cpu",
+    ]
     assert hub.downloads()[before:] == shards[2:]
     same_results(json.loads((out / RESULTS).read_text()), local.results)
 
@@ -304,8 +335,12 @@ def test_connection_dropped_keeps_what_was_scanned(hub, hf, llama_dir, local, ca
 def test_missing_repo_is_one_line_from_the_command(hub, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "spectrum_stream", "scan", "nobody/nothing", "--device", "cpu"],
-        env=subprocess_env(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=120,
-        cwd=tmp_path)
+        env=subprocess_env(hub, tmp_path / "hf"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 1
     line = only_line(done.stderr)
     assert "nobody/nothing: no such model repo" in line and "404" in line
@@ -358,8 +393,9 @@ def test_max_disk(hub, hf, llama_dir, local):
     result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", "lots")
     assert result.exit_code == 1 and "--max-disk" in only_line(result.stderr)
     on_disk = []
-    hub.on_download = lambda repo_id, name: name.endswith(".safetensors") and on_disk.append(
-        len(shard_blobs(hf, hub)))
+    hub.on_download = lambda repo_id, name: (
+        name.endswith(".safetensors") and on_disk.append(len(shard_blobs(hf, hub)))
+    )
     result = cli(REPO, "--device", "cpu", "--quiet", "--max-disk", str(max(sizes.values())))
     assert result.exit_code == 0, result.stderr
     assert on_disk == [0] * len(sizes)  # no shard downloads while another sits on disk
@@ -396,8 +432,9 @@ def test_fp8_scales_in_another_shard_within_max_disk(hub, hf, tmp_path):
     """Each FP8 weight needs its own shard and the scale shard on disk at once."""
     sizes = fp8_checkpoint(tmp_path / "fp8")
     names = sorted(sizes)
-    want = scan(tmp_path / "fp8", ScanOptions(out_dir=tmp_path / "local", device="cpu",
-                                              progress=False)).results
+    want = scan(
+        tmp_path / "fp8", ScanOptions(out_dir=tmp_path / "local", device="cpu", progress=False)
+    ).results
     assert len(want) == 4
     hub.add_repo("tiny/fp8", tmp_path / "fp8")
     need = sizes[names[2]] + max(sizes[names[0]], sizes[names[1]])
@@ -473,8 +510,9 @@ def test_prefetching_reader_stays_within_max_disk(hub, hf, llama_dir, local):
     current one: the download then waits for that release instead of going over the budget."""
     biggest = max((llama_dir / s).stat().st_size for s in shard_names(llama_dir))
     on_disk = []
-    hub.on_download = lambda repo_id, name: name.endswith(".safetensors") and on_disk.append(
-        len(shard_blobs(hf, hub)))
+    hub.on_download = lambda repo_id, name: (
+        name.endswith(".safetensors") and on_disk.append(len(shard_blobs(hf, hub)))
+    )
     said = []
     with logged(said.append):
         report = scan_hub(REPO, opts(prefetch=True), max_disk=biggest)

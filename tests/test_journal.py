@@ -13,18 +13,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spectrum_stream.journal import journal as journal_mod
-from spectrum_stream.results import atomic as results_mod
 from spectrum_stream.errors import ResumeError, SpectrumError
+from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.journal.journal import Journal, read_journal
 from spectrum_stream.journal.lock import ScanLock
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.results import atomic as results_mod
 from spectrum_stream.results.files import rebuild_results
 from spectrum_stream.results.paths import ResultPaths
-from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan
 
-HEADER = {"checkpoint": [{"shard": "a.safetensors", "size": 100, "header_sha256": "ab" * 32}],
-          "settings": {"method": "exact", "include": None, "exclude": None}}
+HEADER = {
+    "checkpoint": [{"shard": "a.safetensors", "size": 100, "header_sha256": "ab" * 32}],
+    "settings": {"method": "exact", "include": None, "exclude": None},
+}
 
 
 def rec(key: str, snr: float = 0.5, status: str = "ok") -> dict:
@@ -47,14 +49,17 @@ TWO_LAYERS = r"layers\.[01]\.|embed_tokens|lm_head"
 
 
 def test_every_line_holds_the_numbers_behind_the_snr(planted_dir, tmp_path):
-    report = scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
-                                           include=TWO_LAYERS))
+    report = scan(
+        planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", include=TWO_LAYERS)
+    )
     header, *records = [json.loads(x) for x in lines(report.paths.journal)]
     assert header["journal"] == 1 and header["settings"]["method"] == "exact"
     shards = sorted(p.name for p in planted_dir.glob("*.safetensors"))
     assert [s["shard"] for s in header["checkpoint"]] == shards
     for s in header["checkpoint"]:
-        assert s["size"] == (planted_dir / s["shard"]).stat().st_size and len(s["header_sha256"]) == 64
+        assert (
+            s["size"] == (planted_dir / s["shard"]).stat().st_size and len(s["header_sha256"]) == 64
+        )
     assert len(records) == report.planned == 2 * 7 + 2
     results = json.loads(report.paths.results.read_text())
     for r in records:
@@ -75,8 +80,9 @@ def test_each_module_is_fsynced_before_the_next(planted_dir, tmp_path, monkeypat
         seen.append(len(lines(ResultPaths.for_model(tmp_path, "planted").journal)))
 
     monkeypatch.setattr(journal_mod, "_fsync", spy)
-    report = scan(planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
-                                           include=TWO_LAYERS))
+    report = scan(
+        planted_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", include=TWO_LAYERS)
+    )
     # one fsync per line, each right after its line: header, then every module in turn
     assert seen == list(range(1, report.planned + 2))
 
@@ -154,15 +160,22 @@ def changed(**kw) -> dict:
     return h
 
 
-@pytest.mark.parametrize("other, says", [
-    (changed(shard={"size": 101}), "shard a.safetensors was 100 bytes, now 101"),
-    (changed(shard={"header_sha256": "cd" * 32}), "the header of shard a.safetensors changed"),
-    (changed(shards=[]), "no longer has shard a.safetensors"),
-    (changed(shards=[HEADER["checkpoint"][0], {"shard": "b", "size": 1, "header_sha256": "x"}]),
-     "has a new shard b"),
-    (changed(include="mlp"), "--include was not set, now 'mlp'"),
-    (changed(method="gram"), "--method was 'exact', now 'gram'"),
-])
+@pytest.mark.parametrize(
+    "other, says",
+    [
+        (changed(shard={"size": 101}), "shard a.safetensors was 100 bytes, now 101"),
+        (changed(shard={"header_sha256": "cd" * 32}), "the header of shard a.safetensors changed"),
+        (changed(shards=[]), "no longer has shard a.safetensors"),
+        (
+            changed(
+                shards=[HEADER["checkpoint"][0], {"shard": "b", "size": 1, "header_sha256": "x"}]
+            ),
+            "has a new shard b",
+        ),
+        (changed(include="mlp"), "--include was not set, now 'mlp'"),
+        (changed(method="gram"), "--method was 'exact', now 'gram'"),
+    ],
+)
 def test_a_different_checkpoint_or_setting_is_refused_saying_what_differs(tmp_path, other, says):
     path = tmp_path / "j.journal.jsonl"
     j = Journal.open(path, HEADER)
@@ -266,19 +279,30 @@ def test_rebuild_results_from_the_journal_alone(tmp_path):
         f.write(b'{"key": "w"')  # a scan is writing right now
     got_paths, results, failed = rebuild_results(paths.journal)
     assert got_paths.results == paths.results == tmp_path / "snr_results_org-model.json"
-    assert json.loads(paths.results.read_text()) == results == {
-        "x": {"snr": 0.25, "type": "mlp.up_proj"}, "y": {"snr": 0.75, "type": "self_attn.q_proj"}}
+    assert (
+        json.loads(paths.results.read_text())
+        == results
+        == {
+            "x": {"snr": 0.25, "type": "mlp.up_proj"},
+            "y": {"snr": 0.75, "type": "self_attn.q_proj"},
+        }
+    )
     assert json.loads(paths.sorted.read_text()) == {
-        "mlp.up_proj": {"x": 0.25}, "self_attn.q_proj": {"y": 0.75}}
+        "mlp.up_proj": {"x": 0.25},
+        "self_attn.q_proj": {"y": 0.75},
+    }
     assert failed == [("z", "holds NaN or Inf values")]
 
 
-@pytest.mark.parametrize("name, content, says", [
-    ("results.json", None, "not a journal file"),
-    ("x.journal.jsonl", None, "no such journal"),
-    ("x.journal.jsonl", b"", "empty"),
-    ("x.journal.jsonl", b"garbage\n", "not a spectrum-stream journal"),
-])
+@pytest.mark.parametrize(
+    "name, content, says",
+    [
+        ("results.json", None, "not a journal file"),
+        ("x.journal.jsonl", None, "no such journal"),
+        ("x.journal.jsonl", b"", "empty"),
+        ("x.journal.jsonl", b"garbage\n", "not a spectrum-stream journal"),
+    ],
+)
 def test_rebuild_refuses_what_is_not_a_journal(tmp_path, name, content, says):
     path = tmp_path / name
     if content is not None:
@@ -290,20 +314,37 @@ def test_rebuild_refuses_what_is_not_a_journal(tmp_path, name, content, says):
 def test_the_lock_refuses_a_second_holder_and_says_who(tmp_path):
     path = tmp_path / "x.lock"
     with ScanLock(path):
-        with pytest.raises(SpectrumError) as info:
-            with ScanLock(path):
-                pass
+        with pytest.raises(SpectrumError) as info, ScanLock(path):
+            pass
         assert "another scan" in str(info.value) and "pid" in str(info.value)
     with ScanLock(path):  # released on exit
         pass
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,  # the same examples every run
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=400) | st.lists(
-    st.sampled_from([b'{"journal": 1, "checkpoint": []}', b'{"key": "a", "status": "ok"}',
-                     b'{"key": 3}', b"[]", b"null", b"{", b"\x00\x00", b""]), max_size=6
-).map(lambda parts: b"\n".join(parts)))
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.binary(max_size=400)
+    | st.lists(
+        st.sampled_from(
+            [
+                b'{"journal": 1, "checkpoint": []}',
+                b'{"key": "a", "status": "ok"}',
+                b'{"key": 3}',
+                b"[]",
+                b"null",
+                b"{",
+                b"\x00\x00",
+                b"",
+            ]
+        ),
+        max_size=6,
+    ).map(lambda parts: b"\n".join(parts))
+)
 def test_reading_any_journal_bytes_only_raises_our_error(tmp_path, data):
     path = tmp_path / "fuzz.journal.jsonl"
     path.write_bytes(data)
@@ -311,5 +352,5 @@ def test_reading_any_journal_bytes_only_raises_our_error(tmp_path, data):
         header, records, good = read_journal(path)
     except SpectrumError:
         return
-    assert 0 <= good <= len(data) and (good == 0 or data[good - 1:good] == b"\n")
+    assert 0 <= good <= len(data) and (good == 0 or data[good - 1 : good] == b"\n")
     assert all(isinstance(k, str) for k in records)

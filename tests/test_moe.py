@@ -9,19 +9,26 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-
-from moe_models import E, LAYERS, expected_matrices, planned_matrices, write_sharded
+from moe_models import LAYERS, E, expected_matrices, planned_matrices, write_sharded
 from reference import reference_snr
+
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream.plan import experts as layout_mod
-from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.cli import main as cli
+from spectrum_stream.options import ScanOptions
+from spectrum_stream.plan import experts as layout_mod
 from spectrum_stream.plan.jobs import plan
 from spectrum_stream.plan.naming import module_type
-from spectrum_stream.options import ScanOptions
+from spectrum_stream.source.checkpoint import open_local
 
-ALL = ["mixtral_dir", "qwen2_moe_dir", "dbrx_dir", "llama4_dir", "gpt_oss_dir",
-       "fused_qwen2_moe_dir", "fused_mixtral_dir"]
+ALL = [
+    "mixtral_dir",
+    "qwen2_moe_dir",
+    "dbrx_dir",
+    "llama4_dir",
+    "gpt_oss_dir",
+    "fused_qwen2_moe_dir",
+    "fused_mixtral_dir",
+]
 
 # how each layout names its routed experts: regex with the expert index as group "e" (for DBRX
 # the first row of the expert, 24 rows each)
@@ -50,8 +57,16 @@ def test_plan_cuts_out_exactly_each_expert(fixture, request):
 @pytest.mark.parametrize("fixture", ALL)
 def test_every_expert_is_scanned_and_matches_float64_reference(fixture, request, tmp_path):
     folder = request.getfixturevalue(fixture)
-    report = scan(folder, ScanOptions(out_dir=tmp_path, progress=False, device="cpu",
-                                      names="checkpoint", grouping="per-expert"))
+    report = scan(
+        folder,
+        ScanOptions(
+            out_dir=tmp_path,
+            progress=False,
+            device="cpu",
+            names="checkpoint",
+            grouping="per-expert",
+        ),
+    )
     assert not report.failed
     results = json.loads(report.paths.results.read_text())  # python's own json, as axolotl
     expected = expected_matrices(folder)
@@ -72,13 +87,21 @@ def test_every_expert_is_scanned_and_matches_float64_reference(fixture, request,
     assert seen == {e: 3 * LAYERS for e in range(E)}
 
 
-def test_expert_types_follow_the_original_naming(mixtral_dir, dbrx_dir, fused_qwen2_moe_dir, tmp_path):
+def test_expert_types_follow_the_original_naming(
+    mixtral_dir, dbrx_dir, fused_qwen2_moe_dir, tmp_path
+):
     original = dict(progress=False, names="checkpoint", grouping="per-expert")
     mix = scan(mixtral_dir, out_dir=tmp_path / "m", **original).results
-    assert mix["model.layers.1.block_sparse_moe.experts.3.w2"]["type"] == "block_sparse_moe.experts.3.w2"
+    assert (
+        mix["model.layers.1.block_sparse_moe.experts.3.w2"]["type"]
+        == "block_sparse_moe.experts.3.w2"
+    )
     assert mix["model.layers.0.block_sparse_moe.gate"]["type"] == "block_sparse_moe.gate"
     dbrx = scan(dbrx_dir, out_dir=tmp_path / "d", **original).results
-    assert dbrx["transformer.blocks.1.ffn.experts.mlp.v1$[24:48]"]["type"] == "ffn.experts.mlp.v1$[24:48]"
+    assert (
+        dbrx["transformer.blocks.1.ffn.experts.mlp.v1$[24:48]"]["type"]
+        == "ffn.experts.mlp.v1$[24:48]"
+    )
     assert dbrx["transformer.blocks.0.ffn.router.layer"]["type"] == "ffn.router.layer"
     fused = scan(fused_qwen2_moe_dir, out_dir=tmp_path / "f", **original).results
     key = "model.layers.1.mlp.experts.gate_up_proj(?#up)$[2]"
@@ -86,8 +109,9 @@ def test_expert_types_follow_the_original_naming(mixtral_dir, dbrx_dir, fused_qw
     assert "model.layers.1.mlp.shared_expert_gate" in fused
 
 
-def test_experts_of_one_tensor_share_one_batched_call(fused_qwen2_moe_dir, dbrx_dir, tmp_path,
-                                                      svd_batch_sizes):
+def test_experts_of_one_tensor_share_one_batched_call(
+    fused_qwen2_moe_dir, dbrx_dir, tmp_path, svd_batch_sizes
+):
     sizes = svd_batch_sizes
     report = scan(fused_qwen2_moe_dir, out_dir=tmp_path / "f", progress=False)
     assert sum(sizes) == len(report.results)
@@ -102,7 +126,9 @@ def test_experts_of_one_tensor_share_one_batched_call(fused_qwen2_moe_dir, dbrx_
 
 
 @pytest.mark.parametrize("fixture", ["dbrx_dir", "llama4_dir", "fused_qwen2_moe_dir"])
-def test_big_fused_tensors_are_read_a_few_experts_at_a_time(fixture, request, tmp_path, monkeypatch):
+def test_big_fused_tensors_are_read_a_few_experts_at_a_time(
+    fixture, request, tmp_path, monkeypatch
+):
     folder = request.getfixturevalue(fixture)
     whole = scan(folder, out_dir=tmp_path / "whole", progress=False).results
     ckpt, _ = open_local(folder)
@@ -157,15 +183,22 @@ def test_dbrx_without_its_config_is_a_clear_error(tmp_path):
     # one of the two numbers is enough
     (folder / "config.json").write_text(json.dumps({"ffn_config": {"moe_num_experts": 4}}))
     keys = set(scan(folder, out_dir=tmp_path / "out3", progress=False).results)
-    assert {f"transformer.blocks.0.ffn.experts.mlp.w1$[{e * 24}:{e * 24 + 24}]" for e in range(4)} <= keys
+    assert {
+        f"transformer.blocks.0.ffn.experts.mlp.w1$[{e * 24}:{e * 24 + 24}]" for e in range(4)
+    } <= keys
 
 
 def test_dbrx_config_that_does_not_fit_the_tensor(tmp_path):
     cfg = {"ffn_config": {"moe_num_experts": 4, "ffn_hidden_size": 25}}
     folder = _write_dbrx_like(tmp_path / "dbrx", cfg)
-    with pytest.raises(SpectrumError, match=r"moe_num_experts \(4\) times ffn_config.ffn_hidden_size \(25\) is 100 rows"):
+    with pytest.raises(
+        SpectrumError,
+        match=r"moe_num_experts \(4\) times ffn_config.ffn_hidden_size \(25\) is 100 rows",
+    ):
         scan(folder, out_dir=tmp_path / "out", progress=False)
-    result = CliRunner().invoke(cli, ["scan", str(folder), "--out-dir", str(tmp_path / "o"), "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["scan", str(folder), "--out-dir", str(tmp_path / "o"), "--quiet"]
+    )
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "is 100 rows, but 'transformer.blocks.0.ffn.experts.mlp.w1' has 96" in result.output

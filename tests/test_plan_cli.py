@@ -10,14 +10,14 @@ import struct
 import pytest
 import torch
 from click.testing import CliRunner
+from hubserver import HubServer
+from test_hub import hf  # noqa: F401  (fixture: huggingface_hub pointed at the local server)
 
 import spectrum_stream
 import spectrum_stream.source.hub.headers as hub_headers
-from hubserver import HubServer
 from spectrum_stream.cli import main
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan
-from test_hub import hf  # noqa: F401  (fixture: huggingface_hub pointed at the local server)
 
 PERCENT = 50
 FIELDS = {"weights", "grads", "optimizer", "activations", "total"}
@@ -45,10 +45,14 @@ def only_error(result) -> str:
 def scanned(tmp_path_factory, llama_dir, mixtral_dir, qwen2_moe_dir):
     """{name: (checkpoint folder, results file)} from real scans (default --names trainer)."""
     out = {}
-    for name, folder in (("llama", llama_dir), ("mixtral", mixtral_dir),
-                         ("qwen2_moe", qwen2_moe_dir)):
-        report = scan(folder, ScanOptions(out_dir=tmp_path_factory.mktemp(name), device="cpu",
-                                          progress=False))
+    for name, folder in (
+        ("llama", llama_dir),
+        ("mixtral", mixtral_dir),
+        ("qwen2_moe", qwen2_moe_dir),
+    ):
+        report = scan(
+            folder, ScanOptions(out_dir=tmp_path_factory.mktemp(name), device="cpu", progress=False)
+        )
         out[name] = (folder, report.paths.results)
     return out
 
@@ -60,8 +64,7 @@ def test_text_says_how_many_gpus_first_and_json_is_the_documented_plan(llama_dir
     assert re.fullmatch(r"Full fine-tuning: 1 x 24 GB \(fits with .* to spare each\)", first)
 
     doc = plan_json(str(llama_dir), "--gpus", "2", "--optimizer", "adamw-8bit")
-    assert doc["params_total"] == sum(
-        p.numel() for p in _load(llama_dir).parameters())
+    assert doc["params_total"] == sum(p.numel() for p in _load(llama_dir).parameters())
     assert doc["settings"]["names"] == "trainer" and doc["settings"]["gpus"] == 2
     assert {"matrices", "seconds", "mnk"} <= set(doc["scan"])
     assert set(doc["methods"]) == {"full", "spectrum", "lora", "qlora"}
@@ -74,6 +77,7 @@ def test_text_says_how_many_gpus_first_and_json_is_the_documented_plan(llama_dir
 
 def _load(folder):
     from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 
@@ -101,14 +105,17 @@ def test_results_written_with_the_other_names_or_model_are_one_line(scanned, tmp
     assert "another model" in other
 
 
-@pytest.mark.parametrize("args, words", [
-    (["/no/such/checkpoint"], "no such file"),
-    (["{llama}", "--gpu-mem", "lots"], "--gpu-mem 'lots'"),
-    (["{llama}", "--gpu-mem", "0GB"], "--gpu-mem"),
-    (["{llama}", "--top-percent", "120"], "--top-percent 120"),
-    (["{llama}", "--revision", "main"], "--revision only apply to a Hub repo"),
-    (["{llama}", "--results", "{missing}"], "missing.json"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["/no/such/checkpoint"], "no such file"),
+        (["{llama}", "--gpu-mem", "lots"], "--gpu-mem 'lots'"),
+        (["{llama}", "--gpu-mem", "0GB"], "--gpu-mem"),
+        (["{llama}", "--top-percent", "120"], "--top-percent 120"),
+        (["{llama}", "--revision", "main"], "--revision only apply to a Hub repo"),
+        (["{llama}", "--results", "{missing}"], "missing.json"),
+    ],
+)
 def test_bad_input_is_one_error_line(llama_dir, tmp_path, args, words):
     args = [a.format(llama=llama_dir, missing=tmp_path / "missing.json") for a in args]
     assert words in only_error(plan(*args))

@@ -17,82 +17,171 @@ import random
 import re
 from pathlib import Path
 
+import planner_shapes
 import pytest
 import torch
 
-import planner_shapes
-from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.plan.jobs import plan as scan_plan
 from spectrum_stream.planner import build_plan, format_plan_text, stored_view, trainer_view
 from spectrum_stream.planner.memory import (
-    GPU_COUNTS, NF4_BYTES, OVERHEAD_FIXED, OVERHEAD_FRACTION, fits, footprint, per_gpu,
+    GPU_COUNTS,
+    NF4_BYTES,
+    OVERHEAD_FIXED,
+    OVERHEAD_FRACTION,
+    fits,
+    footprint,
+    per_gpu,
 )
 from spectrum_stream.planner.params import Param
 from spectrum_stream.planner.trainable import Trained, lora_params, totals, trained
 from spectrum_stream.results.files import compat_results
 from spectrum_stream.results.select import unfrozen_parameters
+from spectrum_stream.source.checkpoint import open_local
 
 PERCENT = 50
 
 
 # --- tiny models, float32 (AdamW's moments then are fp32, as in mixed precision) ------------------
 
+
 def _llama():
     from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                        num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, tie_word_embeddings=False))
+
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _mixtral():
     from transformers import MixtralConfig, MixtralForCausalLM
-    return MixtralForCausalLM(MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=40,
-                                            num_hidden_layers=2, num_attention_heads=4,
-                                            num_key_value_heads=2, num_local_experts=4,
-                                            num_experts_per_tok=2, tie_word_embeddings=False))
+
+    return MixtralForCausalLM(
+        MixtralConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _qwen2_moe():
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
-    return Qwen2MoeForCausalLM(Qwen2MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-        shared_expert_intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
-        mlp_only_layers=[], tie_word_embeddings=False))
+
+    return Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _qwen3_moe():
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-    return Qwen3MoeForCausalLM(Qwen3MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-        num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False))
+
+    return Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            moe_intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _deepseek_v3():
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
-    return DeepseekV3ForCausalLM(DeepseekV3Config(
-        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-        num_hidden_layers=2, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4,
-        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1,
-        q_lora_rank=16, kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
-        tie_word_embeddings=False))
+
+    return DeepseekV3ForCausalLM(
+        DeepseekV3Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            moe_intermediate_size=24,
+            num_hidden_layers=2,
+            first_k_dense_replace=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=2,
+            n_group=1,
+            topk_group=1,
+            q_lora_rank=16,
+            kv_lora_rank=8,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            v_head_dim=8,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _dbrx():
     from transformers import DbrxConfig, DbrxForCausalLM
-    return DbrxForCausalLM(DbrxConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=2,
-                                      max_seq_len=64, attn_config={"kv_n_heads": 2, "rope_theta": 10000},
-                                      ffn_config={"moe_num_experts": 4, "moe_top_k": 2,
-                                                  "ffn_hidden_size": 24}))
+
+    return DbrxForCausalLM(
+        DbrxConfig(
+            vocab_size=64,
+            d_model=32,
+            n_heads=4,
+            n_layers=2,
+            max_seq_len=64,
+            attn_config={"kv_n_heads": 2, "rope_theta": 10000},
+            ffn_config={"moe_num_experts": 4, "moe_top_k": 2, "ffn_hidden_size": 24},
+        )
+    )
 
 
-MODELS = {"llama": _llama, "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe,
-          "deepseek_v3": _deepseek_v3, "dbrx": _dbrx}
+MODELS = {
+    "llama": _llama,
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "deepseek_v3": _deepseek_v3,
+    "dbrx": _dbrx,
+}
 # DBRX and Llama load as stored; the per-expert MoE checkpoints load fused (transformers 5). The
 # trainer view is the stored one for Llama and DBRX too: both views are checked there.
-VIEWS = {"llama": stored_view, "dbrx": stored_view, "mixtral": trainer_view,
-         "qwen2_moe": trainer_view, "qwen3_moe": trainer_view, "deepseek_v3": trainer_view}
+VIEWS = {
+    "llama": stored_view,
+    "dbrx": stored_view,
+    "mixtral": trainer_view,
+    "qwen2_moe": trainer_view,
+    "qwen3_moe": trainer_view,
+    "deepseek_v3": trainer_view,
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +198,7 @@ def saved(tmp_path_factory):
 
 def _load(folder: Path):
     from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 
@@ -116,12 +206,22 @@ def _patterns(ckpt, view, seed: int = 7) -> list[str]:
     """A Spectrum selection from seeded random SNRs over the matrices the scan would report,
     keyed as a scan writes them under the view's --names."""
     rng = random.Random(seed)
-    records = [{"key": s.key, "trainer_key": s.trainer_key, "type": s.type, "status": "ok",
-                "snr": rng.random()} for job in scan_plan(ckpt) for s in job.matrices]
+    records = [
+        {
+            "key": s.key,
+            "trainer_key": s.trainer_key,
+            "type": s.type,
+            "status": "ok",
+            "snr": rng.random(),
+        }
+        for job in scan_plan(ckpt)
+        for s in job.matrices
+    ]
     return unfrozen_parameters(compat_results(records, view.names), PERCENT)
 
 
 # --- an independent reading of axolotl's freezing rules, applied to a loaded model ---------------
+
 
 def _axolotl_rows(patterns: list[str], name: str, rows: int) -> set[int] | None:
     """Rows of dim 0 that keep a gradient, or None when the parameter stays frozen."""
@@ -134,8 +234,9 @@ def _axolotl_rows(patterns: list[str], name: str, rows: int) -> set[int] | None:
         matched = True
         if m:
             a, b = m.group(2), m.group(3)
-            ranges.append((int(a), int(a) + 1) if b is None and a else
-                          (int(a or 0), int(b) if b else rows))
+            ranges.append(
+                (int(a), int(a) + 1) if b is None and a else (int(a or 0), int(b) if b else rows)
+            )
     if not matched:
         return None
     return {r for a, b in ranges for r in range(a, b)} if ranges else set(range(rows))
@@ -162,6 +263,7 @@ def _freeze(model, patterns: list[str]) -> tuple[int, int, list]:
 
 # --- (0) views ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_view_matches_loaded_parameters(saved, name):
     ckpt, _ = open_local(saved[name])
@@ -172,6 +274,7 @@ def test_view_matches_loaded_parameters(saved, name):
 
 
 # --- (2) trainable counts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["llama", "mixtral", "qwen2_moe", "dbrx"])
 def test_trainable_counts_match_axolotl_rules(saved, name):
@@ -189,18 +292,23 @@ def test_trainable_counts_match_axolotl_rules(saved, name):
 def test_a_range_wins_over_an_unranged_match():
     """axolotl: once any matching pattern has a range, only the ranges keep their gradient."""
     p = Param("model.layers.0.mlp.experts.down_proj", (4, 8, 6), 2, True, 4)
-    pats = ["model.layers.0.mlp.experts.down_proj", "model.layers.0.mlp.experts.down_proj$[1]",
-            "model.layers.0.mlp.experts.down_proj$[1:3]"]
+    pats = [
+        "model.layers.0.mlp.experts.down_proj",
+        "model.layers.0.mlp.experts.down_proj$[1]",
+        "model.layers.0.mlp.experts.down_proj$[1:3]",
+    ]
     (t,), _ = trained([p], pats)
     assert (t.rows, t.trainable, t.grad) == (2, 2 * 48, 192)
     assert _axolotl_rows(pats, p.name, 4) == {1, 2}
     (t,), _ = trained([p], pats[:1])
     assert t.rows == 4
-    assert trained([Param("model.layers.10.x.weight", (2, 2), 2, True)],
-                   ["model.layers.1.x"])[0] == []
+    assert (
+        trained([Param("model.layers.10.x.weight", (2, 2), 2, True)], ["model.layers.1.x"])[0] == []
+    )
 
 
 # --- (1) optimizer bytes after a real AdamW step ----------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["llama", "mixtral"])
 def test_optimizer_bytes_equal_adamw_state(saved, name):
@@ -233,22 +341,35 @@ def test_optimizer_bytes_equal_adamw_state(saved, name):
 
 # --- (3) the arithmetic on a hand-computed case ------------------------------------------------------
 
+
 def test_memory_arithmetic_by_hand():
-    a = Param("model.layers.0.mlp.down_proj.weight", (4, 8), 2, True)      # 32 elements
+    a = Param("model.layers.0.mlp.down_proj.weight", (4, 8), 2, True)  # 32 elements
     b = Param("model.layers.1.mlp.experts.gate_up_proj", (2, 6, 8), 2, True, 2)  # 96
-    e = Param("model.embed_tokens.weight", (10, 8), 2, True)                # 80
+    e = Param("model.embed_tokens.weight", (10, 8), 2, True)  # 80
     params = [a, b, e]
     sel = [Trained(a, 4), Trained(b, 1)]  # b: one expert of two trained
     fp = footprint(params, "spectrum", sel, "adamw", activations=1000)
     assert fp.trainable == 32 + 48
     assert (fp.weights, fp.grads, fp.optimizer, fp.master) == (2 * 208, 2 * 128, 8 * 128, 4 * 128)
     assert (fp.unit_weights, fp.unit_grads) == (2 * 96, 2 * 96)  # layer 1 is the largest unit
-    assert per_gpu(fp, 1) == {"weights": 416, "grads": 256, "optimizer": 1024, "master": 512,
-                              "activations": 1000, "total": 3208}
+    assert per_gpu(fp, 1) == {
+        "weights": 416,
+        "grads": 256,
+        "optimizer": 1024,
+        "master": 512,
+        "activations": 1000,
+        "total": 3208,
+    }
     # 2 GPUs: weights 416/2 + 2 gathered units (2 * 192); grads 256/2 + one unit's (192)
     two = per_gpu(fp, 2)
-    assert two == {"weights": 208 + 384, "grads": 128 + 192, "optimizer": 512, "master": 256,
-                   "activations": 1000, "total": 592 + 320 + 512 + 256 + 1000}
+    assert two == {
+        "weights": 208 + 384,
+        "grads": 128 + 192,
+        "optimizer": 512,
+        "master": 256,
+        "activations": 1000,
+        "total": 592 + 320 + 512 + 256 + 1000,
+    }
     need = math.ceil(two["total"] * (1 + OVERHEAD_FRACTION)) + OVERHEAD_FIXED
     f = fits(fp, need)
     assert f["2"] == {"fits": True, "need": need, "margin": 0}
@@ -266,20 +387,27 @@ def test_memory_arithmetic_by_hand():
 
 # --- (4) the text answers the question first ---------------------------------------------------------
 
+
 def test_text_first_lines_say_how_many_gpus(saved):
     ckpt, _ = open_local(saved["llama"])
     text = format_plan_text(build_plan(ckpt, gpu_mem=80e9))
     first = text.splitlines()[:4]
-    assert [ln.split(":")[0] for ln in first] == ["Full fine-tuning", "Spectrum-25%", "LoRA r16",
-                                                   "QLoRA r16"]
+    assert [ln.split(":")[0] for ln in first] == [
+        "Full fine-tuning",
+        "Spectrum-25%",
+        "LoRA r16",
+        "QLoRA r16",
+    ]
     for ln in first:
         assert re.search(r": 1 x 80 GB \(fits with \d+ GB to spare each\)$", ln), ln
 
 
 # --- header-only checkpoints of real sizes -----------------------------------------------------------
 
-@pytest.mark.parametrize("shape, published", [("qwen1.5-110b", 111e9), ("mixtral-8x22b", 141e9),
-                                              ("deepseek-v3", 671e9)])
+
+@pytest.mark.parametrize(
+    "shape, published", [("qwen1.5-110b", 111e9), ("mixtral-8x22b", 141e9), ("deepseek-v3", 671e9)]
+)
 def test_large_shapes_plan_from_headers(tmp_path, shape, published):
     folder = planner_shapes.SHAPES[shape](tmp_path / shape)
     files = list(folder.iterdir())

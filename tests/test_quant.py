@@ -11,19 +11,20 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from moe_models import write_sharded
 from reference import reference_snr
+
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream.read import loader as loader_mod
-from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.plan.jobs import plan
+from spectrum_stream.read import loader as loader_mod
 from spectrum_stream.read.quant import dequant_fp8_block, dequant_mxfp4
+from spectrum_stream.source.checkpoint import open_local
 
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
 
 # --- FP8 E4M3 with 128x128 block scales ------------------------------------------------------------
+
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[.., M, N] float -> (F8_E4M3 weight, float32 scale_inv per 128x128 block)."""
@@ -33,11 +34,12 @@ def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(w.shape, dtype=torch.float8_e4m3fn)
     for i in range(mb):
         for j in range(nb):
-            block = w[..., i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+            block = w[..., i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128]
             s = block.abs().amax(dim=(-2, -1)).clamp_min(1e-12) / 448.0
             scale[..., i, j] = s
-            q[..., i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = (block / s[..., None, None]).to(
-                torch.float8_e4m3fn)
+            q[..., i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128] = (
+                block / s[..., None, None]
+            ).to(torch.float8_e4m3fn)
     return q, scale
 
 
@@ -102,7 +104,10 @@ def _deepseek_like(folder, torch_seed=7):
     tensors[name], tensors[name + "_scale_inv"] = q, s
     deq = torch.from_numpy(dequant_fp8_reference(q, s))
     for e in range(experts):
-        dense[f"{name}(?#gate)$[{e}]"], dense[f"{name}(?#up)$[{e}]"] = deq[e, :inter], deq[e, inter:]
+        dense[f"{name}(?#gate)$[{e}]"], dense[f"{name}(?#up)$[{e}]"] = (
+            deq[e, :inter],
+            deq[e, inter:],
+        )
     config = {"model_type": "deepseek_v3", "hidden_size": hidden}
     write_sharded(folder, tensors, config, shards=3, last=("_scale_inv",))
     return dense
@@ -129,8 +134,12 @@ def test_fp8_checkpoint_scales_in_another_shard(tmp_path):
 
 def test_fp8_scale_shape_that_does_not_fit_is_a_clear_error(tmp_path):
     q, s = quantize_fp8(torch.randn(200, 300))
-    folder = write_sharded(tmp_path / "bad", {"w.weight": q, "w.weight_scale_inv": s[:1]}, {}, shards=1)
-    with pytest.raises(SpectrumError, match=r"'w\.weight'.*must be a float tensor of shape \[2, 3\]"):
+    folder = write_sharded(
+        tmp_path / "bad", {"w.weight": q, "w.weight_scale_inv": s[:1]}, {}, shards=1
+    )
+    with pytest.raises(
+        SpectrumError, match=r"'w\.weight'.*must be a float tensor of shape \[2, 3\]"
+    ):
         scan(folder, out_dir=tmp_path / "out", progress=False)
 
 
@@ -139,11 +148,14 @@ def test_a_dtype_this_torch_cannot_hold_is_a_clear_failure(tmp_path, monkeypatch
     real = loader_mod.torch_dtype
     monkeypatch.setattr(loader_mod, "torch_dtype", lambda d: None if d == "F8_E4M3" else real(d))
     report = scan(tmp_path / "ds", out_dir=tmp_path / "out", progress=False)
-    assert report.failed and all("F8_E4M3" in why and "cannot hold" in why for _, why in report.failed)
+    assert report.failed and all(
+        "F8_E4M3" in why and "cannot hold" in why for _, why in report.failed
+    )
     assert set(report.results) == {"model.embed_tokens", "model.layers.0.mlp.gate"}
 
 
 # --- MXFP4 (gpt-oss) ---------------------------------------------------------------------------
+
 
 def quantize_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[.., R, C] float (C a multiple of 32) -> (U8 blocks [.., R, C/32, 16], U8 scales [.., R, C/32])."""

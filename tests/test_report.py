@@ -19,36 +19,70 @@ from spectrum_stream.report.grid import Entry, expert_grids, layer_grid
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("key, type_, want", [
-    ("model.layers.3.self_attn.q_proj", "self_attn.q_proj", ModuleKey(3, "self_attn.q_proj", None)),
-    ("model.embed_tokens", "model.embed_tokens", ModuleKey(None, "model.embed_tokens", None)),
-    ("lm_head", "lm_head", ModuleKey(None, "lm_head", None)),
-    ("model.layers.3.block_sparse_moe.experts.5.w1", "block_sparse_moe.experts.5.w1",
-     ModuleKey(3, "block_sparse_moe.experts.*.w1", 5)),
-    ("model.layers.12.mlp.experts.5.gate_proj", "mlp.experts.5.gate_proj",
-     ModuleKey(12, "mlp.experts.*.gate_proj", 5)),
-    ("model.layers.3.mlp.experts.gate_up_proj(?#gate)$[5]", "mlp.experts.gate_up_proj(?#gate)$[5]",
-     ModuleKey(3, "mlp.experts.gate_up_proj(?#gate)", 5)),
-    ("model.layers.3.mlp.experts.gate_up_proj(?#up)$[7]", "mlp.experts.gate_up_proj(?#up)",
-     ModuleKey(3, "mlp.experts.gate_up_proj(?#up)", 7)),
-    ("model.layers.3.mlp.experts.down_proj$[5]", "mlp.experts.down_proj$[5]",
-     ModuleKey(3, "mlp.experts.down_proj", 5)),
-    ("model.layers.3.mlp.experts.down_proj$[5]", "mlp.experts.down_proj",
-     ModuleKey(3, "mlp.experts.down_proj", 5)),
-    ("transformer.blocks.2.ffn.experts.mlp.w1$[512:768]", "ffn.experts.mlp.w1$[512:768]",
-     ModuleKey(2, "ffn.experts.mlp.w1", 2)),
-    ("transformer.blocks.0.ffn.experts.mlp.w2$[0:256]", "ffn.experts.mlp.w2$[0:256]",
-     ModuleKey(0, "ffn.experts.mlp.w2", 0)),
-    ("model.layers.1.mlp.shared_expert.up_proj", "mlp.shared_expert.up_proj",
-     ModuleKey(1, "mlp.shared_expert.up_proj", None)),
-    ("transformer.h.0.attn.c_attn", "attn.c_attn", ModuleKey(0, "attn.c_attn", None)),
-    # odd shapes: never an error, expert None
-    ("x.layers.2.w$[300:200]", "w$[300:200]", ModuleKey(2, "w", None)),
-    ("x.layers.2.w$[100:250]", "w$[100:250]", ModuleKey(2, "w", None)),
-    ("x.layers.2.w$[abc]", "w$[abc]", ModuleKey(2, "w$[abc]", None)),
-    ("experts.4.w1", "w1", ModuleKey(None, "w1", 4)),
-    ("", "", ModuleKey(None, "", None)),
-])
+@pytest.mark.parametrize(
+    "key, type_, want",
+    [
+        (
+            "model.layers.3.self_attn.q_proj",
+            "self_attn.q_proj",
+            ModuleKey(3, "self_attn.q_proj", None),
+        ),
+        ("model.embed_tokens", "model.embed_tokens", ModuleKey(None, "model.embed_tokens", None)),
+        ("lm_head", "lm_head", ModuleKey(None, "lm_head", None)),
+        (
+            "model.layers.3.block_sparse_moe.experts.5.w1",
+            "block_sparse_moe.experts.5.w1",
+            ModuleKey(3, "block_sparse_moe.experts.*.w1", 5),
+        ),
+        (
+            "model.layers.12.mlp.experts.5.gate_proj",
+            "mlp.experts.5.gate_proj",
+            ModuleKey(12, "mlp.experts.*.gate_proj", 5),
+        ),
+        (
+            "model.layers.3.mlp.experts.gate_up_proj(?#gate)$[5]",
+            "mlp.experts.gate_up_proj(?#gate)$[5]",
+            ModuleKey(3, "mlp.experts.gate_up_proj(?#gate)", 5),
+        ),
+        (
+            "model.layers.3.mlp.experts.gate_up_proj(?#up)$[7]",
+            "mlp.experts.gate_up_proj(?#up)",
+            ModuleKey(3, "mlp.experts.gate_up_proj(?#up)", 7),
+        ),
+        (
+            "model.layers.3.mlp.experts.down_proj$[5]",
+            "mlp.experts.down_proj$[5]",
+            ModuleKey(3, "mlp.experts.down_proj", 5),
+        ),
+        (
+            "model.layers.3.mlp.experts.down_proj$[5]",
+            "mlp.experts.down_proj",
+            ModuleKey(3, "mlp.experts.down_proj", 5),
+        ),
+        (
+            "transformer.blocks.2.ffn.experts.mlp.w1$[512:768]",
+            "ffn.experts.mlp.w1$[512:768]",
+            ModuleKey(2, "ffn.experts.mlp.w1", 2),
+        ),
+        (
+            "transformer.blocks.0.ffn.experts.mlp.w2$[0:256]",
+            "ffn.experts.mlp.w2$[0:256]",
+            ModuleKey(0, "ffn.experts.mlp.w2", 0),
+        ),
+        (
+            "model.layers.1.mlp.shared_expert.up_proj",
+            "mlp.shared_expert.up_proj",
+            ModuleKey(1, "mlp.shared_expert.up_proj", None),
+        ),
+        ("transformer.h.0.attn.c_attn", "attn.c_attn", ModuleKey(0, "attn.c_attn", None)),
+        # odd shapes: never an error, expert None
+        ("x.layers.2.w$[300:200]", "w$[300:200]", ModuleKey(2, "w", None)),
+        ("x.layers.2.w$[100:250]", "w$[100:250]", ModuleKey(2, "w", None)),
+        ("x.layers.2.w$[abc]", "w$[abc]", ModuleKey(2, "w$[abc]", None)),
+        ("experts.4.w1", "w1", ModuleKey(None, "w1", 4)),
+        ("", "", ModuleKey(None, "", None)),
+    ],
+)
 def test_parse_key(key, type_, want):
     assert parse_key(key, type_) == want
 
@@ -64,8 +98,15 @@ def test_mp_threshold_matches_torch_quantiles():
 
 # ---- synthetic results sets -------------------------------------------------------------------
 
-DENSE_TYPES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+DENSE_TYPES = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 
 
 def _outside(res: dict, rng) -> None:
@@ -74,8 +115,11 @@ def _outside(res: dict, rng) -> None:
 
 
 def dense(rng) -> dict:
-    res = {f"model.layers.{i}.{t}": {"snr": float(rng.lognormal(-3, 1.5)), "type": t}
-           for i in range(3) for t in DENSE_TYPES}
+    res = {
+        f"model.layers.{i}.{t}": {"snr": float(rng.lognormal(-3, 1.5)), "type": t}
+        for i in range(3)
+        for t in DENSE_TYPES
+    }
     _outside(res, rng)
     return res
 
@@ -89,8 +133,10 @@ def mixtral(rng, layers=4, experts=8) -> dict:
             for w in ("w1", "w2", "w3"):
                 t = f"block_sparse_moe.experts.{e}.{w}"
                 res[f"model.layers.{i}.{t}"] = {"snr": float(rng.lognormal(-4, 1)), "type": t}
-        res[f"model.layers.{i}.block_sparse_moe.gate"] = {"snr": float(rng.uniform(0, 0.1)),
-                                                          "type": "block_sparse_moe.gate"}
+        res[f"model.layers.{i}.block_sparse_moe.gate"] = {
+            "snr": float(rng.uniform(0, 0.1)),
+            "type": "block_sparse_moe.gate",
+        }
     _outside(res, rng)
     return res
 
@@ -98,8 +144,10 @@ def mixtral(rng, layers=4, experts=8) -> dict:
 def fused(rng, layers=3, experts=6) -> dict:
     res: dict = {}
     for i in range(layers):
-        res[f"model.layers.{i}.self_attn.q_proj"] = {"snr": float(rng.uniform(0.01, 1)),
-                                                     "type": "self_attn.q_proj"}
+        res[f"model.layers.{i}.self_attn.q_proj"] = {
+            "snr": float(rng.uniform(0.01, 1)),
+            "type": "self_attn.q_proj",
+        }
         for e in range(experts):
             for p in ("gate_up_proj(?#gate)", "gate_up_proj(?#up)", "down_proj"):
                 t = f"mlp.experts.{p}$[{e}]"
@@ -113,7 +161,9 @@ def dbrx(rng, layers=3, experts=4, ffn=256) -> dict:
     res: dict = {}
     for i in range(layers):
         res[f"transformer.blocks.{i}.norm_attn_norm.attn.Wqkv"] = {
-            "snr": float(rng.uniform(0.01, 1)), "type": "norm_attn_norm.attn.Wqkv"}
+            "snr": float(rng.uniform(0.01, 1)),
+            "type": "norm_attn_norm.attn.Wqkv",
+        }
         for e in range(experts):
             for w in ("w1", "v1", "w2"):
                 t = f"ffn.experts.mlp.{w}$[{e * ffn}:{(e + 1) * ffn}]"
@@ -150,6 +200,7 @@ def spectra_for(results: dict, rng, every: int = 5):
 
 # ---- whole pages --------------------------------------------------------------------------------
 
+
 def _check_page(page: Path, results: dict, selected: set[str]) -> str:
     assert page.name == "index.html" and page.is_file()
     html = page.read_text(encoding="utf-8")
@@ -180,8 +231,15 @@ def test_report_pages(tmp_path, make, n_expert_figs):
     selected = top(results, 40)
     assert selected
     spectra, shapes = spectra_for(results, rng)
-    page = build_report(results, tmp_path / "r", selected=selected, top_percent=40,
-                        spectra=spectra, shapes=shapes, title=f"{make.__name__} <test>")
+    page = build_report(
+        results,
+        tmp_path / "r",
+        selected=selected,
+        top_percent=40,
+        spectra=spectra,
+        shapes=shapes,
+        title=f"{make.__name__} <test>",
+    )
     html = _check_page(page, results, selected)
     assert len(re.findall(r'<img src="experts_', html)) == n_expert_figs
     assert re.findall(r'<img src="spectra_', html)
@@ -193,8 +251,9 @@ def test_alpha_heatmap_when_metrics_give_alpha(tmp_path):
     rng = np.random.default_rng(1)
     results = mixtral(rng, layers=3, experts=4)
     metrics = {k: {"alpha": float(rng.uniform(1.5, 8))} for j, k in enumerate(results) if j % 3}
-    page = build_report(results, tmp_path, selected=top(results, 50), top_percent=50,
-                        metrics=metrics)
+    page = build_report(
+        results, tmp_path, selected=top(results, 50), top_percent=50, metrics=metrics
+    )
     html = _check_page(page, results, top(results, 50))
     assert '<img src="alpha_heatmap.png"' in html
     assert "spectra_" not in html
@@ -202,33 +261,51 @@ def test_alpha_heatmap_when_metrics_give_alpha(tmp_path):
 
 def test_hostile_names_are_escaped(tmp_path):
     bad = 'model.layers.0.<img src=x onerror="alert(1)">'
-    results = {bad: {"snr": 0.5, "type": '<img src=x onerror="alert(1)">'},
-               "model.layers.1.a&b": {"snr": 0.1, "type": "a&b"}}
+    results = {
+        bad: {"snr": 0.5, "type": '<img src=x onerror="alert(1)">'},
+        "model.layers.1.a&b": {"snr": 0.1, "type": "a&b"},
+    }
     page = build_report(results, tmp_path, selected={bad}, top_percent=50)
     html = page.read_text()
-    assert "<img src=x" not in html and "onerror=\"alert" not in html
+    assert "<img src=x" not in html and 'onerror="alert' not in html
     assert escape(bad) in html and "a&amp;b" in html
 
 
 def test_non_finite_and_missing_values_do_not_break(tmp_path):
-    results = {"model.layers.0.a": {"snr": float("nan"), "type": "a"},
-               "model.layers.1.a": {"snr": float("inf"), "type": "a"},
-               "model.layers.1.b": {"snr": 0.2, "type": "b"},
-               "lm_head": {"snr": 0.0, "type": "lm_head"}}
-    page = build_report(results, tmp_path, selected={"model.layers.1.b", "gone"}, top_percent=50,
-                        metrics={"model.layers.1.b": {"alpha": None}})
+    results = {
+        "model.layers.0.a": {"snr": float("nan"), "type": "a"},
+        "model.layers.1.a": {"snr": float("inf"), "type": "a"},
+        "model.layers.1.b": {"snr": 0.2, "type": "b"},
+        "lm_head": {"snr": 0.0, "type": "lm_head"},
+    }
+    page = build_report(
+        results,
+        tmp_path,
+        selected={"model.layers.1.b", "gone"},
+        top_percent=50,
+        metrics={"model.layers.1.b": {"alpha": None}},
+    )
     html = _check_page(page, results, {"model.layers.1.b"})
     assert "1 selected keys are not in the results" in html
 
 
-@pytest.mark.parametrize("results", [
-    {},
-    {"lm_head": {"snr": 0.3, "type": "lm_head"}},
-    {"a.0.b": {"snr": -1.0, "type": "b"}, "a.1.b": {"snr": 5.0, "type": "b"}},
-])
+@pytest.mark.parametrize(
+    "results",
+    [
+        {},
+        {"lm_head": {"snr": 0.3, "type": "lm_head"}},
+        {"a.0.b": {"snr": -1.0, "type": "b"}, "a.1.b": {"snr": 5.0, "type": "b"}},
+    ],
+)
 def test_degenerate_results_still_make_a_page(tmp_path, results):
-    page = build_report(results, tmp_path, selected=set(list(results)[-1:]), top_percent=50,
-                        spectra={k: np.array([]) for k in results}, shapes={})
+    page = build_report(
+        results,
+        tmp_path,
+        selected=set(list(results)[-1:]),
+        top_percent=50,
+        spectra={k: np.array([]) for k in results},
+        shapes={},
+    )
     html = _check_page(page, results, set(list(results)[-1:]))
     assert "spectra_" not in html
 
@@ -237,15 +314,22 @@ def test_grids_pool_experts_and_place_dbrx_rows():
     rng = np.random.default_rng(3)
     results = dbrx(rng, layers=3, experts=4, ffn=256)
     sel = top(results, 25)
-    entries = [Entry(k, v["type"], parse_key(k, v["type"]), v["snr"], k in sel)
-               for k, v in results.items()]
+    entries = [
+        Entry(k, v["type"], parse_key(k, v["type"]), v["snr"], k in sel) for k, v in results.items()
+    ]
     lg = layer_grid(entries)
     assert lg.layers == [0, 1, 2]
-    assert lg.columns == ["norm_attn_norm.attn.Wqkv", "ffn.experts.mlp.w1", "ffn.experts.mlp.v1",
-                          "ffn.experts.mlp.w2"]
+    assert lg.columns == [
+        "norm_attn_norm.attn.Wqkv",
+        "ffn.experts.mlp.w1",
+        "ffn.experts.mlp.v1",
+        "ffn.experts.mlp.w2",
+    ]
     assert lg.pooled == [False, True, True, True]
-    w1 = [results[f"transformer.blocks.1.ffn.experts.mlp.w1$[{e * 256}:{(e + 1) * 256}]"]["snr"]
-          for e in range(4)]
+    w1 = [
+        results[f"transformer.blocks.1.ffn.experts.mlp.w1$[{e * 256}:{(e + 1) * 256}]"]["snr"]
+        for e in range(4)
+    ]
     assert lg.values[1, 1] == pytest.approx(np.median(w1))
     assert [n for n, _, _ in lg.outside] == ["transformer.wte", "lm_head"]
     grids = {g.projection: g for g in expert_grids(entries)}

@@ -21,12 +21,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.cli import main
+from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.journal.journal import read_journal
-from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.journal.lock import ScanLock
 from spectrum_stream.options import ScanOptions
+from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.scan import scan
 
 NAME = "planted"
@@ -60,15 +60,29 @@ def reference(one_thread, ckpt, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference")
     report = scan(ckpt, ScanOptions(out_dir=out, progress=False, device="cpu"))
     _, records, _ = read_journal(report.paths.journal)
-    return {"out": out, "results": json.loads(report.paths.results.read_text()),
-            "sorted": json.loads(report.paths.sorted.read_text()),
-            "spectra": read_spectra(report.paths.spectra),
-            "records": records, "planned": report.planned}
+    return {
+        "out": out,
+        "results": json.loads(report.paths.results.read_text()),
+        "sorted": json.loads(report.paths.sorted.read_text()),
+        "spectra": read_spectra(report.paths.spectra),
+        "records": records,
+        "planned": report.planned,
+    }
 
 
 def cli(ckpt: Path, out: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "spectrum_stream", "scan", str(ckpt), "--out-dir", str(out),
-            "--device", "cpu", *more]
+    return [
+        sys.executable,
+        "-m",
+        "spectrum_stream",
+        "scan",
+        str(ckpt),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        *more,
+    ]
 
 
 def journal_lines(out: Path) -> int:
@@ -81,14 +95,16 @@ def journal_lines(out: Path) -> int:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def start_and_stop(cmd: list[str], out: Path, lines: int, sig: int, delay: float = 0.0,
-                   cwd: Path | None = None) -> subprocess.CompletedProcess | None:
+def start_and_stop(
+    cmd: list[str], out: Path, lines: int, sig: int, delay: float = 0.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess | None:
     """Run `cmd`; once the journal holds `lines` lines (and `delay` more seconds), send `sig`.
 
     Returns None if the scan finished before the signal could land.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env=ENV)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=ENV
+    )
     deadline = time.monotonic() + 120
     while journal_lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -130,8 +146,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, refe
         if done >= planned:
             break
         target = rng.randrange(done + 1, done + max(1, (planned + 1 - done) // 2) + 1)
-        stopped = start_and_stop(cli(ckpt, out, "--quiet"), out, target, signal.SIGKILL,
-                                 delay=rng.uniform(0, 0.005))
+        stopped = start_and_stop(
+            cli(ckpt, out, "--quiet"), out, target, signal.SIGKILL, delay=rng.uniform(0, 0.005)
+        )
         if stopped is None:
             break
         assert stopped.returncode == -signal.SIGKILL
@@ -145,7 +162,8 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, refe
         r = CliRunner().invoke(main, ["rebuild", str(out / JOURNAL)])
         assert r.exit_code == 0 and f"{len(records)} modules, 0 failed" in r.stdout
         assert json.loads((out / RESULTS).read_text()) == {
-            k: v for k, v in reference["results"].items() if k in records}
+            k: v for k, v in reference["results"].items() if k in records
+        }
         assert_same_spectra(out, reference, keys=records)
     assert kills >= 3, "the scan was too fast for the kills to land mid-scan"
     kept_keys = set(read_journal(out / JOURNAL)[1])
@@ -155,10 +173,12 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(ckpt, refe
     final = subprocess.run(cli(ckpt, out), capture_output=True, text=True, timeout=120, env=ENV)
     assert final.returncode == 0, final.stderr
     assert "Traceback" not in final.stderr
-    assert (f"{planned - kept} modules this run, {kept} resumed from the journal, 0 failed"
-            in final.stdout)
+    assert (
+        f"{planned - kept} modules this run, {kept} resumed from the journal, 0 failed"
+        in final.stdout
+    )
     # the progress bar starts where the killed scans stopped
-    size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]  # noqa: E731 (bfloat16)
+    size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]
     every = reference["records"].values()
     percent = 100 * sum(size(r) for r in every if r["key"] in kept_keys) / sum(map(size, every))
     first = re.search(r"(\d+)%\|", final.stderr)
@@ -174,12 +194,12 @@ def test_progress_bar_starts_where_it_stopped(ckpt, reference, tmp_path):
     k = 20
     out = tmp_path / "cut"
     out.mkdir()
-    (out / JOURNAL).write_bytes(b"\n".join(lines[:1 + k]) + b"\n" + lines[1 + k][:15])  # + torn
+    (out / JOURNAL).write_bytes(b"\n".join(lines[: 1 + k]) + b"\n" + lines[1 + k][:15])  # + torn
     log = f"snr_results_{NAME}.spectra.bin"  # the values the first k lines point to, and more
     shutil.copy(reference["out"] / log, out / log)
-    done = [json.loads(x) for x in lines[1:1 + k]]
+    done = [json.loads(x) for x in lines[1 : 1 + k]]
     every = [json.loads(x) for x in lines[1:-1]]
-    size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]  # noqa: E731 (bfloat16)
+    size = lambda rec: 2 * rec["shape"][0] * rec["shape"][1]
     percent = 100 * sum(map(size, done)) / sum(map(size, every))
     r = CliRunner().invoke(main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -199,8 +219,11 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(ckpt, reference, 
     assert "Traceback" not in stopped.stderr + stopped.stdout
     lines = stopped.stderr.strip().splitlines()
     assert len(lines) == 1, stopped.stderr
-    m = re.fullmatch(r"interrupted: (\d+) of (\d+) modules are kept in (.+); run the same command "
-                     r"again to resume", lines[0])
+    m = re.fullmatch(
+        r"interrupted: (\d+) of (\d+) modules are kept in (.+); run the same command "
+        r"again to resume",
+        lines[0],
+    )
     assert m and int(m.group(2)) == reference["planned"]
     kept = int(m.group(1))
     assert (tmp_path / m.group(3)).resolve() == (out / JOURNAL).resolve()
@@ -208,7 +231,8 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(ckpt, reference, 
     assert len(records) == kept and good == (out / JOURNAL).stat().st_size
     # what finished is in the results files already, written on the way out
     assert json.loads((out / RESULTS).read_text()) == {
-        k: v for k, v in reference["results"].items() if k in records}
+        k: v for k, v in reference["results"].items() if k in records
+    }
     report = scan(ckpt, ScanOptions(out_dir=out, progress=False, device="cpu"))  # resume
     assert report.skipped == kept and report.scanned == reference["planned"] - kept
     assert_same_results(out, reference)
@@ -217,8 +241,12 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_say_how_to_resume(ckpt, reference, 
 def test_ctrl_c_with_two_gram_workers_keeps_what_finished(ckpt, tmp_path):
     """Two matrices in flight when Ctrl-C lands: what is journaled is whole and in plan order, and
     the resumed scan ends with the same results."""
-    ref = scan(ckpt, ScanOptions(out_dir=tmp_path / "ref", progress=False, device="cpu",
-                                 method="gram", workers=2))
+    ref = scan(
+        ckpt,
+        ScanOptions(
+            out_dir=tmp_path / "ref", progress=False, device="cpu", method="gram", workers=2
+        ),
+    )
     out = tmp_path / "out"
     args = ("--quiet", "--method", "gram", "--workers", "2")
     stopped = start_and_stop(cli(ckpt, out, *args), out, 8, signal.SIGINT)
@@ -226,8 +254,9 @@ def test_ctrl_c_with_two_gram_workers_keeps_what_finished(ckpt, tmp_path):
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr + stopped.stdout
     _, records, good = read_journal(out / JOURNAL)
     assert len(records) < ref.planned and good == (out / JOURNAL).stat().st_size
-    report = scan(ckpt, ScanOptions(out_dir=out, progress=False, device="cpu", method="gram",
-                                    workers=2))
+    report = scan(
+        ckpt, ScanOptions(out_dir=out, progress=False, device="cpu", method="gram", workers=2)
+    )
     assert report.skipped == len(records) and report.skipped + report.scanned == ref.planned
     # same modules in the same order; floats to 1e-9 (the torch route's last bits can move with
     # the thread a matrix ran on, e.g. the buffer's alignment)
@@ -251,8 +280,9 @@ def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, 
         real(fd, data)
 
     monkeypatch.setattr(journal_mod, "write_all", fills_up)
-    r = CliRunner().invoke(main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu",
-                                  "--quiet"])
+    r = CliRunner().invoke(
+        main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu", "--quiet"]
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(out / JOURNAL) in lines[0]
@@ -262,8 +292,9 @@ def test_a_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, 
     _, records, _ = read_journal(out / JOURNAL)
     assert len(records) == 4
     monkeypatch.setattr(journal_mod, "write_all", real)  # space freed
-    r = CliRunner().invoke(main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu",
-                                  "--quiet"])
+    r = CliRunner().invoke(
+        main, ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu", "--quiet"]
+    )
     assert r.exit_code == 0 and "4 resumed from the journal" in r.stdout
     assert_same_results(out, reference)
 
@@ -293,8 +324,9 @@ def test_a_second_scan_of_the_same_results_refuses(ckpt, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "another scan" in lines[0] and f"pid {os.getpid()}" in lines[0]
         assert not (out / JOURNAL).exists()  # it touched nothing
-    r = CliRunner().invoke(main, [*args, "--out-dir", str(tmp_path / "elsewhere"),
-                                  "--include", "q_proj"])
+    r = CliRunner().invoke(
+        main, [*args, "--out-dir", str(tmp_path / "elsewhere"), "--include", "q_proj"]
+    )
     assert r.exit_code == 0  # other results, other lock
 
 
@@ -303,15 +335,30 @@ def test_a_dead_scan_leaves_no_stuck_lock(ckpt, tmp_path):
     out.mkdir()
     lock = out / f"snr_results_{NAME}.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
-         "print('locked', flush=True)\ntime.sleep(120)\n"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        args = ["scan", str(ckpt), "--out-dir", str(out), "--device", "cpu", "--quiet",
-                "--include", "q_proj"]
+        args = [
+            "scan",
+            str(ckpt),
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--include",
+            "q_proj",
+        ]
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 1 and f"another scan (pid {holder.pid})" in r.stderr
     finally:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reference import all_matrices, reference_snr
+
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream.plan.naming import module_type
 from spectrum_stream.options import ScanOptions
+from spectrum_stream.plan.naming import module_type
 
 
 @pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_dir"])
@@ -56,8 +56,10 @@ def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
     w = torch.randn(30, 50, generator=torch.Generator().manual_seed(12))
     folder = tmp_path / "one"
     folder.mkdir()
-    save_file({"model.layers.0.mlp.up_proj.weight": w, "norm.weight": torch.ones(5)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {"model.layers.0.mlp.up_proj.weight": w, "norm.weight": torch.ones(5)},
+        str(folder / "model.safetensors"),
+    )
     by_folder = scan(folder, out_dir=tmp_path / "a", progress=False).results
     by_file = scan(folder / "model.safetensors", out_dir=tmp_path / "b", progress=False, name="x")
     assert set(by_folder) == {"model.layers.0.mlp.up_proj"}
@@ -68,8 +70,9 @@ def test_single_file_and_single_shard_folder(tmp_path, llama_dir):
 def test_include_and_exclude_filter_on_type_or_name(llama_dir, tmp_path):
     only_mlp = scan(llama_dir, out_dir=tmp_path / "i", progress=False, include=r"^mlp\.").results
     assert only_mlp and all(v["type"].startswith("mlp.") for v in only_mlp.values())
-    no_head = scan(llama_dir, out_dir=tmp_path / "e", progress=False,
-                   exclude=r"lm_head|embed|layers\.0\.").results
+    no_head = scan(
+        llama_dir, out_dir=tmp_path / "e", progress=False, exclude=r"lm_head|embed|layers\.0\."
+    ).results
     assert "lm_head" not in no_head and not any(k.startswith("model.layers.0.") for k in no_head)
     assert len(no_head) == 2 * 7
     with pytest.raises(SpectrumError, match="no weight matrices"):
@@ -107,8 +110,9 @@ def test_cuda_requested_without_cuda_is_a_clear_error(llama_dir, tmp_path):
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(llama_dir, tmp_path, monkeypatch,
-                                                               prefetch):
+def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(
+    llama_dir, tmp_path, monkeypatch, prefetch
+):
     import sys
 
     scan_mod = sys.modules["spectrum_stream.loop"]
@@ -145,8 +149,9 @@ def test_keyword_overrides_apply_to_the_options_and_unknown_ones_are_refused(tmp
     assert not (tmp_path / "from-opts").exists()
 
 
-@pytest.mark.parametrize("dtype, name", [(torch.float8_e4m3fnuz, "F8_E4M3FNUZ"),
-                                         (torch.float8_e5m2fnuz, "F8_E5M2FNUZ")])
+@pytest.mark.parametrize(
+    "dtype, name", [(torch.float8_e4m3fnuz, "F8_E4M3FNUZ"), (torch.float8_e5m2fnuz, "F8_E5M2FNUZ")]
+)
 def test_fnuz_fp8_tensors_are_read_and_scanned(tmp_path, dtype, name):
     """AMD's FP8 variants (no scale tensor): the SNR of the values the file holds, dequantized."""
     from safetensors.torch import save_file
@@ -156,14 +161,17 @@ def test_fnuz_fp8_tensors_are_read_and_scanned(tmp_path, dtype, name):
     folder = tmp_path / "fnuz"
     folder.mkdir()
     gen = torch.Generator().manual_seed(15)
-    stored = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 80, generator=gen).to(dtype)
-              for i in range(2)}
+    stored = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 80, generator=gen).to(dtype)
+        for i in range(2)
+    }
     save_file(stored, str(folder / "model.safetensors"))
     header = read_header(folder / "model.safetensors")
     assert {e.dtype for e in header.tensors.values()} == {name}
     for method in ("exact", "gram"):
-        report = scan(folder, out_dir=tmp_path / method, progress=False, device="cpu",
-                      method=method)
+        report = scan(
+            folder, out_dir=tmp_path / method, progress=False, device="cpu", method=method
+        )
         assert not report.failed and len(report.results) == 2
         for tensor, q in stored.items():
             ref = reference_snr(q.to(torch.float64).numpy())
@@ -197,8 +205,13 @@ def nan_checkpoint(folder: Path) -> Path:
     gen = torch.Generator().manual_seed(16)
     bad = torch.randn(16, 12, generator=gen)
     bad[3, 4] = float("nan")
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(16, 12, generator=gen),
-               "model.layers.1.mlp.up_proj.weight": bad}, str(folder / "model.safetensors"))
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": torch.randn(16, 12, generator=gen),
+            "model.layers.1.mlp.up_proj.weight": bad,
+        },
+        str(folder / "model.safetensors"),
+    )
     return folder
 
 
@@ -209,8 +222,11 @@ def test_api_callers_see_warnings_through_logging(tmp_path, caplog, library_logg
     with caplog.at_level(logging.WARNING):
         report = scan(folder, out_dir=tmp_path / "out", progress=False, device="cpu")
     assert [k for k, _ in report.failed] == ["model.layers.1.mlp.up_proj"]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
-                and r.name.startswith("spectrum_stream.")]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("spectrum_stream.")
+    ]
     assert len(warnings) == 1, caplog.records
     message = warnings[0].getMessage()
     assert "model.layers.1.mlp.up_proj" in message and "NaN or Inf" in message

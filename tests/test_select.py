@@ -10,13 +10,21 @@ import pytest
 import yaml
 
 from spectrum_stream import SpectrumError
-from spectrum_stream.results.select import load_results, select, to_yaml, top_count, unfrozen_parameters
+from spectrum_stream.results.select import (
+    load_results,
+    select,
+    to_yaml,
+    top_count,
+    unfrozen_parameters,
+)
 
 
 def make_results(layers: int = 10, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    out = {"lm_head": {"snr": 0.5, "type": "lm_head"},
-           "model.embed_tokens": {"snr": 0.7, "type": "model.embed_tokens"}}
+    out = {
+        "lm_head": {"snr": 0.5, "type": "lm_head"},
+        "model.embed_tokens": {"snr": 0.7, "type": "model.embed_tokens"},
+    }
     for t in ("mlp.down_proj", "self_attn.q_proj", "self_attn.k_proj"):
         for i in range(layers):
             out[f"model.layers.{i}.{t}"] = {"snr": rng.random(), "type": t}
@@ -52,10 +60,15 @@ def test_tied_model_gets_no_lm_head_pattern():
 
 
 def test_other_architecture_names_its_own_embedding():
-    results = {"transformer.wte": {"snr": 1.0, "type": "transformer.wte"},
-               "transformer.h.0.attn.c_attn": {"snr": 1.0, "type": "attn.c_attn"},
-               "transformer.h.1.attn.c_attn": {"snr": 2.0, "type": "attn.c_attn"}}
-    assert unfrozen_parameters(results, 50) == ["^transformer.wte.weight$", "transformer.h.1.attn.c_attn"]
+    results = {
+        "transformer.wte": {"snr": 1.0, "type": "transformer.wte"},
+        "transformer.h.0.attn.c_attn": {"snr": 1.0, "type": "attn.c_attn"},
+        "transformer.h.1.attn.c_attn": {"snr": 2.0, "type": "attn.c_attn"},
+    }
+    assert unfrozen_parameters(results, 50) == [
+        "^transformer.wte.weight$",
+        "transformer.h.1.attn.c_attn",
+    ]
 
 
 def test_yaml_is_what_axolotl_reads():
@@ -67,8 +80,12 @@ def test_yaml_is_what_axolotl_reads():
 
 def test_bad_results_files_are_clear_errors(tmp_path):
     bad = tmp_path / "r.json"
-    for content in ["{not json", "[1]", json.dumps({"a": {"snr": None, "type": "t"}}),
-                    json.dumps({"a": {"snr": 1.0}})]:
+    for content in [
+        "{not json",
+        "[1]",
+        json.dumps({"a": {"snr": None, "type": "t"}}),
+        json.dumps({"a": {"snr": 1.0}}),
+    ]:
         bad.write_text(content)
         with pytest.raises(SpectrumError):
             load_results(bad)

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from reference import reference_snr
-from spectrum_stream.kernel.snr import snr_from_singular_values, spectrum_stats
+
 from spectrum_stream.examples.synthetic import planted_matrix
+from spectrum_stream.kernel.snr import snr_from_singular_values, spectrum_stats
 
 # fixed, so that a failure reproduces; SPECTRUM_TEST_SEED=<n> explores other inputs
 SEED = int(os.environ.get("SPECTRUM_TEST_SEED", "20240611"))

@@ -15,11 +15,16 @@ from spectrum_stream.metrics import read_spectra, spectra_path, write_spectra
 
 def test_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    spectra = {"model.layers.0.mlp.down_proj": rng.random(24),  # any order, float64 in
-               "model.layers.0.self_attn.q_proj": rng.random(16).astype(np.float32),
-               "lm_head": np.array([3.0, 2.0, 1.0])}
-    shapes = {"model.layers.0.mlp.down_proj": (24, 40), "model.layers.0.self_attn.q_proj": (16, 16),
-              "lm_head": (3, 96)}
+    spectra = {
+        "model.layers.0.mlp.down_proj": rng.random(24),  # any order, float64 in
+        "model.layers.0.self_attn.q_proj": rng.random(16).astype(np.float32),
+        "lm_head": np.array([3.0, 2.0, 1.0]),
+    }
+    shapes = {
+        "model.layers.0.mlp.down_proj": (24, 40),
+        "model.layers.0.self_attn.q_proj": (16, 16),
+        "lm_head": (3, 96),
+    }
     path = tmp_path / "snr_results_m_spectra.safetensors"
     write_spectra(path, spectra, shapes)
     back, back_shapes = read_spectra(path)
@@ -32,8 +37,9 @@ def test_round_trip(tmp_path):
 
 
 def test_spectra_path_sits_beside_the_results():
-    assert spectra_path("out/snr_results_Qwen-Qwen1.5-110B.json") == \
-        Path("out/snr_results_Qwen-Qwen1.5-110B_spectra.safetensors")
+    assert spectra_path("out/snr_results_Qwen-Qwen1.5-110B.json") == Path(
+        "out/snr_results_Qwen-Qwen1.5-110B_spectra.safetensors"
+    )
     with pytest.raises(SpectrumError):
         spectra_path("out/model.json")
 
@@ -43,8 +49,18 @@ def test_a_shape_is_required(tmp_path):
         write_spectra(tmp_path / "s.safetensors", {"a": np.ones(2), "b": np.ones(2)}, {"a": (2, 2)})
 
 
-@pytest.mark.parametrize("make", ["model_weights", "other_format", "no_shapes", "too_many_values",
-                                  "not_safetensors", "empty", "newer_version"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        "model_weights",
+        "other_format",
+        "no_shapes",
+        "too_many_values",
+        "not_safetensors",
+        "empty",
+        "newer_version",
+    ],
+)
 def test_foreign_files_are_refused_naming_the_file(tmp_path, make):
     path = tmp_path / f"{make}.safetensors"
     tensor = {"w": np.ones(4, dtype=np.float32)}
@@ -55,11 +71,25 @@ def test_foreign_files_are_refused_naming_the_file(tmp_path, make):
     elif make == "no_shapes":
         save_file(tensor, path, metadata={"format": "spectrum-stream/spectra", "version": "1"})
     elif make == "too_many_values":
-        save_file(tensor, path, metadata={"format": "spectrum-stream/spectra", "version": "1",
-                                          "shapes": json.dumps({"w": [2, 8]})})
+        save_file(
+            tensor,
+            path,
+            metadata={
+                "format": "spectrum-stream/spectra",
+                "version": "1",
+                "shapes": json.dumps({"w": [2, 8]}),
+            },
+        )
     elif make == "newer_version":
-        save_file(tensor, path, metadata={"format": "spectrum-stream/spectra", "version": "2",
-                                          "shapes": json.dumps({"w": [4, 8]})})
+        save_file(
+            tensor,
+            path,
+            metadata={
+                "format": "spectrum-stream/spectra",
+                "version": "2",
+                "shapes": json.dumps({"w": [4, 8]}),
+            },
+        )
     elif make == "not_safetensors":
         path.write_text('{"model.layers.0.mlp.down_proj": {"snr": 1.0, "type": "mlp.down_proj"}}')
     else:

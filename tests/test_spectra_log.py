@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from spectrum_stream.journal.spectra_log import (SpectraLog, read_spectrum, relocate,
-                                                 spectra_log_path)
+from spectrum_stream.journal.spectra_log import (
+    SpectraLog,
+    read_spectrum,
+    relocate,
+    spectra_log_path,
+)
 
 
 def test_values_come_back_for_their_own_reference_only(tmp_path):
@@ -45,9 +49,11 @@ def test_a_torn_write_is_skipped_and_later_values_land_after_it(tmp_path):
 
 def test_relocated_lines_point_into_the_new_log(tmp_path):
     src = SpectraLog(tmp_path / "a.spectra.bin")
-    recs = [{"key": "m1", "spectrum": src.append(np.ones(3, dtype=np.float32))},
-            {"key": "m2", "spectrum": ["a.spectra.bin", 999, 3, 0]},  # values lost
-            {"key": "m3"}]  # a failed module: no values
+    recs = [
+        {"key": "m1", "spectrum": src.append(np.ones(3, dtype=np.float32))},
+        {"key": "m2", "spectrum": ["a.spectra.bin", 999, 3, 0]},  # values lost
+        {"key": "m3"},
+    ]  # a failed module: no values
     src.close()
     dst = SpectraLog(tmp_path / "b.spectra.bin")
     moved = relocate(recs, lambda rec: read_spectrum(tmp_path, rec["spectrum"]), dst)
@@ -59,10 +65,14 @@ def test_relocated_lines_point_into_the_new_log(tmp_path):
 
 
 def test_the_log_is_named_after_its_journal(tmp_path):
-    assert spectra_log_path(tmp_path / "snr_results_m.journal.jsonl") == \
-        tmp_path / "snr_results_m.spectra.bin"
-    assert spectra_log_path(tmp_path / "snr_results_m.rank1-of-2.journal.jsonl") == \
-        tmp_path / "snr_results_m.rank1-of-2.spectra.bin"
+    assert (
+        spectra_log_path(tmp_path / "snr_results_m.journal.jsonl")
+        == tmp_path / "snr_results_m.spectra.bin"
+    )
+    assert (
+        spectra_log_path(tmp_path / "snr_results_m.rank1-of-2.journal.jsonl")
+        == tmp_path / "snr_results_m.rank1-of-2.spectra.bin"
+    )
 
 
 def test_a_line_with_a_damaged_shape_keeps_its_snr_but_no_spectrum(tmp_path):

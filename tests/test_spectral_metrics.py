@@ -57,7 +57,9 @@ def matrices() -> dict[str, np.ndarray]:
     for m, n in [(64, 48), (200, 120), (96, 256), (128, 128)]:
         mats[f"random.{m}x{n}"] = _random(rng, m, n)
         mats[f"planted.{m}x{n}"] = _planted(rng, m, n)
-    mats["small.12x10"] = _random(rng, 12, 10)  # fewer than 20 eigenvalues: weightwatcher's small-N fit
+    mats["small.12x10"] = _random(
+        rng, 12, 10
+    )  # fewer than 20 eigenvalues: weightwatcher's small-N fit
     mats["small.30x15"] = _planted(rng, 30, 15, rank=2)
     mats["tiny.6x5"] = _random(rng, 6, 5)  # fewer than 8: the whole spectrum is the tail
     mats.update(_mixtral_matrices())
@@ -76,8 +78,14 @@ def weightwatcher_rows(matrices) -> dict[str, dict]:
             linear.weight.copy_(torch.from_numpy(w))
         layers.append(linear)
     details = ww.WeightWatcher(model=torch.nn.Sequential(*layers)).analyze(
-        min_evals=1, max_evals=50_000, randomize=False, mp_fit=False, plot=False,
-        fix_fingers=False, pl_package="ww")
+        min_evals=1,
+        max_evals=50_000,
+        randomize=False,
+        mp_fit=False,
+        plot=False,
+        fix_fingers=False,
+        pl_package="ww",
+    )
     assert len(details) == len(matrices), "weightwatcher skipped a layer"
     return {name: details.iloc[i].to_dict() for i, name in enumerate(matrices)}
 
@@ -106,8 +114,10 @@ def test_float32_singular_values_choose_the_same_fit(matrices, weightwatcher_row
 
 def test_the_threshold_and_small_paths_are_exercised(matrices):
     """Guards the comparison above: it must cover small-N fits and eigenvalues under the threshold."""
-    counts = {name: int((np.linalg.svd(w.astype(np.float64), compute_uv=False) ** 2 > EVALS_THRESH).sum())
-              for name, w in matrices.items()}
+    counts = {
+        name: int((np.linalg.svd(w.astype(np.float64), compute_uv=False) ** 2 > EVALS_THRESH).sum())
+        for name, w in matrices.items()
+    }
     assert min(counts.values()) < 8 and any(8 <= c < 20 for c in counts.values())
     assert any(c < min(w.shape) for c, w in zip(counts.values(), matrices.values()))
 
@@ -120,8 +130,11 @@ def test_failed_fit_is_nan_where_weightwatcher_writes_minus_one():
     linear = torch.nn.Linear(9, 10, bias=False)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(rank_one))
-    theirs = ww.WeightWatcher(model=torch.nn.Sequential(linear)).analyze(
-        min_evals=1, max_evals=50_000, randomize=False, mp_fit=False, plot=False).iloc[0]
+    theirs = (
+        ww.WeightWatcher(model=torch.nn.Sequential(linear))
+        .analyze(min_evals=1, max_evals=50_000, randomize=False, mp_fit=False, plot=False)
+        .iloc[0]
+    )
     ours = _ours(rank_one)
     assert theirs["alpha"] == -1 and theirs["num_pl_spikes"] == -1
     for metric in ("alpha", "xmin", "D", "alpha_weighted", "log_alpha_norm"):
@@ -132,6 +145,7 @@ def test_failed_fit_is_nan_where_weightwatcher_writes_minus_one():
 
 
 # --- a slow, obviously-correct reference of the fit ---------------------------------------------
+
 
 def reference_fit(evals: list[float]) -> tuple[float, float, float]:
     """(alpha, xmin, D) with plain Python loops, written from the rules in docs/metrics.md."""
@@ -157,17 +171,28 @@ def reference_fit(evals: list[float]) -> tuple[float, float, float]:
     return alpha, x[i], d
 
 
-@pytest.mark.parametrize("seed,size,kind", [
-    (0, 40, "gaussian"), (1, 150, "gaussian"), (2, 300, "pareto"), (3, 200, "lognormal"),
-    (4, 250, "planted"), (5, 12, "gaussian"), (6, 19, "pareto"), (7, 5, "lognormal"),
-])
+@pytest.mark.parametrize(
+    "seed,size,kind",
+    [
+        (0, 40, "gaussian"),
+        (1, 150, "gaussian"),
+        (2, 300, "pareto"),
+        (3, 200, "lognormal"),
+        (4, 250, "planted"),
+        (5, 12, "gaussian"),
+        (6, 19, "pareto"),
+        (7, 5, "lognormal"),
+    ],
+)
 def test_fit_matches_the_slow_reference(seed, size, kind):
     rng = np.random.default_rng(seed)
     evals = {
         "gaussian": lambda: rng.standard_normal(size) ** 2,
         "pareto": lambda: rng.pareto(1.7, size) + 1e-3,
         "lognormal": lambda: rng.lognormal(0.0, 2.0, size),
-        "planted": lambda: np.concatenate([rng.standard_normal(size - 6) ** 2, 50 + 20 * rng.random(6)]),
+        "planted": lambda: np.concatenate(
+            [rng.standard_normal(size - 6) ** 2, 50 + 20 * rng.random(6)]
+        ),
     }[kind]()
     fit = fit_power_law(rng.permutation(evals))  # any order
     alpha, xmin, d = reference_fit(evals.tolist())
@@ -189,8 +214,10 @@ def test_large_spectrum_is_fast_and_matches_the_unpruned_minimum():
     logs = np.log(x)
     n = x.size - np.arange(x.size - 1)
     alphas = 1 + n / (np.cumsum(logs[::-1])[::-1][:-1] - n * logs[:-1])
-    ds = [np.max(np.abs(1 - (x[i:] / x[i]) ** (1 - alphas[i]) - np.arange(n[i]) / n[i]))
-          for i in range(x.size - 1)]
+    ds = [
+        np.max(np.abs(1 - (x[i:] / x[i]) ** (1 - alphas[i]) - np.arange(n[i]) / n[i]))
+        for i in range(x.size - 1)
+    ]
     best = int(np.argmin(ds))
     assert (fit.alpha, fit.xmin) == (pytest.approx(alphas[best], rel=1e-12), x[best])
 
@@ -205,16 +232,23 @@ def test_norm_metrics_by_hand():
     assert out["entropy"] == pytest.approx(-(p * np.log(p)).sum() / math.log(3 + 1e-10))
     if not math.isnan(out["alpha"]):
         assert out["alpha_weighted"] == pytest.approx(out["alpha"] * math.log10(9))
-        assert out["log_alpha_norm"] == pytest.approx(math.log10(sum(v ** out["alpha"] for v in (9, 4, 1))))
+        assert out["log_alpha_norm"] == pytest.approx(
+            math.log10(sum(v ** out["alpha"] for v in (9, 4, 1)))
+        )
 
 
 def test_entropy_rank_uses_the_precision_of_the_values():
     """A singular value at 1e-9 of the largest counts in float64 but is numerical zero in float32."""
     s = np.array([1.0, 0.5, 1e-9])
-    assert spectral_metrics(s, 3, 3)["entropy"] != spectral_metrics(s.astype(np.float32), 3, 3)["entropy"]
+    assert (
+        spectral_metrics(s, 3, 3)["entropy"]
+        != spectral_metrics(s.astype(np.float32), 3, 3)["entropy"]
+    )
     p = np.array([1.0, 0.25, 1e-18]) / 1.25 + 1e-10
     expected32 = -(p * np.log(p)).sum() / math.log(2 + 1e-10)
-    assert spectral_metrics(s.astype(np.float32), 3, 3)["entropy"] == pytest.approx(expected32, rel=1e-6)
+    assert spectral_metrics(s.astype(np.float32), 3, 3)["entropy"] == pytest.approx(
+        expected32, rel=1e-6
+    )
 
 
 def test_degenerate_inputs():
@@ -222,7 +256,9 @@ def test_degenerate_inputs():
     assert all(v is None or math.isnan(v) for v in spectral_metrics(np.array([]), 0, 3).values())
     with pytest.raises(ValueError):
         spectral_metrics(np.array([1.0, math.nan]), 2, 2)
-    huge = spectral_metrics(np.geomspace(1e3, 1.0, 64), 64, 64)  # lam^alpha overflows if done literally
+    huge = spectral_metrics(
+        np.geomspace(1e3, 1.0, 64), 64, 64
+    )  # lam^alpha overflows if done literally
     assert math.isfinite(huge["log_alpha_norm"])
 
 
@@ -231,8 +267,10 @@ def test_rows_and_tables(tmp_path):
     w = _planted(rng, 40, 30)
     spectra = {"model.layers.0.mlp.down_proj": np.linalg.svd(w, compute_uv=False)}
     shapes = {"model.layers.0.mlp.down_proj": (40, 30)}
-    results = {"model.layers.0.mlp.down_proj": {"snr": 0.5, "type": "mlp.down_proj"},
-               "model.norm": {"snr": 1.0, "type": "model.norm"}}
+    results = {
+        "model.layers.0.mlp.down_proj": {"snr": 0.5, "type": "mlp.down_proj"},
+        "model.norm": {"snr": 1.0, "type": "model.norm"},
+    }
     rows = metrics_rows(spectra, shapes, results)
     assert [r["key"] for r in rows] == list(results)
     assert rows[0]["snr"] == 0.5 and rows[0]["alpha"] == pytest.approx(_ours(w)["alpha"])

@@ -100,8 +100,9 @@ def fake_cuda(monkeypatch):
         yield
         calls.append((threading.current_thread().name, "restored"))
 
-    monkeypatch.setattr(torch.cuda, "set_device",
-                        lambda d: calls.append((threading.current_thread().name, d)))
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda d: calls.append((threading.current_thread().name, d))
+    )
     monkeypatch.setattr(torch.cuda, "device", device)
     return calls
 
@@ -119,7 +120,9 @@ def test_bind_thread_and_on_device_set_the_cuda_device(fake_cuda):
 
 def test_the_prefetch_thread_binds_before_it_reads(fake_cuda):
     dev = torch.device("cuda:1")
-    got = list(prefetched([1, 2, 3], lambda x: x * 2, True, init=lambda: device_mod.bind_thread(dev)))
+    got = list(
+        prefetched([1, 2, 3], lambda x: x * 2, True, init=lambda: device_mod.bind_thread(dev))
+    )
     assert [g[1] for g in got] == [2, 4, 6]
     assert fake_cuda and all(name.startswith("spectrum-read") and d == dev for name, d in fake_cuda)
 
@@ -127,8 +130,9 @@ def test_the_prefetch_thread_binds_before_it_reads(fake_cuda):
 def test_scan_binds_the_read_thread_to_its_device(llama_dir, tmp_path, monkeypatch):
     scan_mod = sys.modules["spectrum_stream.loop"]
     bound = []
-    monkeypatch.setattr(scan_mod, "bind_thread",
-                        lambda d: bound.append((threading.current_thread().name, d)))
+    monkeypatch.setattr(
+        scan_mod, "bind_thread", lambda d: bound.append((threading.current_thread().name, d))
+    )
     scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", prefetch=True))
     assert bound and all(n.startswith("spectrum-read") and d == CPU for n, d in bound)
 

@@ -16,14 +16,14 @@ import logging
 
 import pytest
 import torch
-
 from moe_models import expected_matrices
+from test_axolotl_match import LayerPattern, unfrozen_rows
+
 from spectrum_stream import freeze, scan
 from spectrum_stream.journal.journal import read_journal
 from spectrum_stream.plan.trainer_names import TrainerNames
 from spectrum_stream.results.files import rebuild_results
 from spectrum_stream.results.select import always_unfrozen, select
-from test_axolotl_match import LayerPattern, unfrozen_rows
 
 FRACTION = 0.5
 PLUGIN_HEAD = ["^lm_head.weight$", "^model.embed_tokens.weight$"]  # axolotl's plugin adds these
@@ -39,10 +39,21 @@ def qwen3_moe_dir(tmp_path_factory):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(51)
-    cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
-                         tie_word_embeddings=False)
+    cfg = Qwen3MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        tie_word_embeddings=False,
+    )
     return _save(Qwen3MoeForCausalLM(cfg), tmp_path_factory.mktemp("t5") / "tiny-qwen3-moe")
 
 
@@ -51,12 +62,27 @@ def deepseek_v3_dir(tmp_path_factory):
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     torch.manual_seed(52)
-    cfg = DeepseekV3Config(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                           n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
-                           first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8,
-                           v_head_dim=8, qk_nope_head_dim=8, n_group=1, topk_group=1,
-                           tie_word_embeddings=False)
+    cfg = DeepseekV3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        q_lora_rank=16,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        v_head_dim=8,
+        qk_nope_head_dim=8,
+        n_group=1,
+        topk_group=1,
+        tie_word_embeddings=False,
+    )
     return _save(DeepseekV3ForCausalLM(cfg), tmp_path_factory.mktemp("t5") / "tiny-deepseek-v3")
 
 
@@ -65,13 +91,27 @@ def bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(53)
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=32)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
     return _save(BertForMaskedLM(cfg), tmp_path_factory.mktemp("t5") / "tiny-bert")
 
 
-FAMILIES = ["llama_dir", "bert_dir", "mixtral_dir", "qwen2_moe_dir", "qwen3_moe_dir", "deepseek_v3_dir",
-            "dbrx_dir", "fused_qwen2_moe_dir"]
+FAMILIES = [
+    "llama_dir",
+    "bert_dir",
+    "mixtral_dir",
+    "qwen2_moe_dir",
+    "qwen3_moe_dir",
+    "deepseek_v3_dir",
+    "dbrx_dir",
+    "fused_qwen2_moe_dir",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +127,18 @@ def scanned(tmp_path_factory):
             _, records, _ = read_journal(report.paths.journal)
             cache[folder] = (report, results, records)
         return cache[folder]
+
     return get
 
 
 def load(folder):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    auto = AutoModelForMaskedLM if AutoConfig.from_pretrained(folder).model_type == "bert" \
+    auto = (
+        AutoModelForMaskedLM
+        if AutoConfig.from_pretrained(folder).model_type == "bert"
         else AutoModelForCausalLM
+    )
     return auto.from_pretrained(folder)
 
 
@@ -105,14 +149,22 @@ def locate(matrix: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[str, 
     for name, p in params.items():
         p = p.detach().float()
         if p.dim() == 2 and p.shape[1] == n and p.shape[0] % m == 0:
-            hits += [(name, set(range(r, r + m))) for r in range(0, p.shape[0], m)
-                     if torch.equal(p[r:r + m], matrix)]
+            hits += [
+                (name, set(range(r, r + m)))
+                for r in range(0, p.shape[0], m)
+                if torch.equal(p[r : r + m], matrix)
+            ]
         elif p.dim() == 3:
             for e in range(p.shape[0]):
                 x = p[e]
-                pieces = [x] + (list(x.chunk(2, 0)) if x.shape[0] == 2 * m else []) \
+                pieces = (
+                    [x]
+                    + (list(x.chunk(2, 0)) if x.shape[0] == 2 * m else [])
                     + (list(x.chunk(2, 1)) if x.shape[1] == 2 * n else [])
-                if any(piece.shape == matrix.shape and torch.equal(piece, matrix) for piece in pieces):
+                )
+                if any(
+                    piece.shape == matrix.shape and torch.equal(piece, matrix) for piece in pieces
+                ):
                     hits.append((name, {e}))
     assert len(hits) == 1, f"matrix found {len(hits)} times in the loaded model"
     return hits[0]
@@ -150,7 +202,9 @@ def trained_rows(model) -> dict[str, set[int]]:
     out = {}
     for name, p in model.named_parameters():
         if p.requires_grad and p.grad is not None:
-            rows = p.grad.reshape(p.shape[0], -1).ne(0).any(dim=1) if p.dim() else p.grad.ne(0)[None]
+            rows = (
+                p.grad.reshape(p.shape[0], -1).ne(0).any(dim=1) if p.dim() else p.grad.ne(0)[None]
+            )
             out[name] = {i for i, hit in enumerate(rows.tolist()) if hit}
     return {n: r for n, r in out.items() if r}
 
@@ -172,13 +226,15 @@ def _axolotl():
     plugin = pytest.importorskip("axolotl.integrations.spectrum")
     freeze_mod = pytest.importorskip("axolotl.utils.freeze")
     from axolotl.utils.dict import DictDefault
+
     return plugin, freeze_mod, DictDefault
 
 
 @pytest.mark.parametrize("engine", ["axolotl-rules", "axolotl-0.19", "freeze"])
 @pytest.mark.parametrize("fixture", FAMILIES)
-def test_default_keys_train_exactly_the_selected_matrices(fixture, engine, request, scanned,
-                                                          monkeypatch):
+def test_default_keys_train_exactly_the_selected_matrices(
+    fixture, engine, request, scanned, monkeypatch
+):
     folder = request.getfixturevalue(fixture)
     report, results, records = scanned(folder)
     model = load(folder)
@@ -209,16 +265,31 @@ def test_default_keys_train_exactly_the_selected_matrices(fixture, engine, reque
         assert summary.unmatched == []
         got = trained_rows(model)
         heads = [p.strip("^$") for p in always_unfrozen(results)]
-        assert summary.trainable == sum(params[n][0].numel() * len(r) if params[n].dim() else 1
-                                        for n, r in got.items())
+        assert summary.trainable == sum(
+            params[n][0].numel() * len(r) if params[n].dim() else 1 for n, r in got.items()
+        )
     want = expected_rows(folder, chosen, heads, records, params)
     assert got == want
     if ".experts." in "".join(results) and "dbrx" not in fixture:
         assert any(0 < len(r) < shapes[n] for n, r in got.items()), "some experts stay frozen"
 
 
-@pytest.mark.parametrize("model_type", ["llama", "bert", "mixtral", "minimax", "phimoe", "qwen2_moe",
-                                        "qwen3_moe", "deepseek_v3", "olmoe", "dbrx", "qwen3_vl_moe"])
+@pytest.mark.parametrize(
+    "model_type",
+    [
+        "llama",
+        "bert",
+        "mixtral",
+        "minimax",
+        "phimoe",
+        "qwen2_moe",
+        "qwen3_moe",
+        "deepseek_v3",
+        "olmoe",
+        "dbrx",
+        "qwen3_vl_moe",
+    ],
+)
 def test_builtin_rules_are_transformers_mapping(model_type):
     pytest.importorskip("transformers.conversion_mapping")
     config = {"model_type": model_type}
@@ -241,11 +312,14 @@ def test_keys_without_transformers_are_the_same(mixtral_dir, monkeypatch, scanne
 
 def test_rebuild_switches_names_without_a_rescan(mixtral_dir, scanned, tmp_path):
     report, results, records = scanned(mixtral_dir)
-    original = scan(mixtral_dir, out_dir=tmp_path, progress=False, names="checkpoint",
-                    grouping="per-expert").results
+    original = scan(
+        mixtral_dir, out_dir=tmp_path, progress=False, names="checkpoint", grouping="per-expert"
+    ).results
     assert "model.layers.1.block_sparse_moe.experts.3.w2" in original
-    assert original["model.layers.1.block_sparse_moe.experts.3.w2"]["type"] == \
-        "block_sparse_moe.experts.3.w2"
+    assert (
+        original["model.layers.1.block_sparse_moe.experts.3.w2"]["type"]
+        == "block_sparse_moe.experts.3.w2"
+    )
     _, rebuilt, _ = rebuild_results(report.paths.journal, "checkpoint", "per-expert")
     assert rebuilt == original
     _, back, _ = rebuild_results(report.paths.journal)
@@ -255,8 +329,9 @@ def test_rebuild_switches_names_without_a_rescan(mixtral_dir, scanned, tmp_path)
     assert rec["trainer_key"] == "model.layers.1.mlp.experts.gate_up_proj(?#gate)$[3]"
 
 
-def test_freeze_masks_rows_and_says_what_an_optimizer_still_does(fused_qwen2_moe_dir, scanned,
-                                                                 logged):
+def test_freeze_masks_rows_and_says_what_an_optimizer_still_does(
+    fused_qwen2_moe_dir, scanned, logged
+):
     _, results, _ = scanned(fused_qwen2_moe_dir)
     model = load(fused_qwen2_moe_dir)
     summary = freeze(model, results, top_percent=50)
@@ -276,8 +351,9 @@ def test_freeze_masks_rows_and_says_what_an_optimizer_still_does(fused_qwen2_moe
     assert not torch.equal(param.detach(), before)
 
     # plain AdamW with weight decay on every trainable parameter moves the masked rows
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2,
-                            weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1
+    )
     opt.step()
     assert not torch.equal(param.detach()[frozen], before[frozen])
     summary.remove()
@@ -288,8 +364,10 @@ def test_freeze_reports_keys_that_match_nothing(mixtral_dir, tmp_path, logged):
     model = load(mixtral_dir)
     summary = freeze(model, results, top_percent=50)
     assert any("block_sparse_moe.experts" in k for k in summary.unmatched)
-    assert any(r.levelno == logging.WARNING and "match no parameter" in r.getMessage()
-               for r in logged.records)
+    assert any(
+        r.levelno == logging.WARNING and "match no parameter" in r.getMessage()
+        for r in logged.records
+    )
 
 
 def test_cli_names_and_grouping(mixtral_dir, tmp_path, monkeypatch):
@@ -299,14 +377,31 @@ def test_cli_names_and_grouping(mixtral_dir, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    done = runner.invoke(main, ["scan", str(mixtral_dir), "--device", "cpu", "--quiet",
-                                "--names", "checkpoint", "--expert-grouping", "per-expert"])
+    done = runner.invoke(
+        main,
+        [
+            "scan",
+            str(mixtral_dir),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--names",
+            "checkpoint",
+            "--expert-grouping",
+            "per-expert",
+        ],
+    )
     assert done.exit_code == 0, done.output
-    [path] = [p for p in (tmp_path / "model_snr_results").glob("snr_results_*.json")
-              if not p.stem.endswith("_sorted")]
+    [path] = [
+        p
+        for p in (tmp_path / "model_snr_results").glob("snr_results_*.json")
+        if not p.stem.endswith("_sorted")
+    ]
     results = json.loads(path.read_text())
-    assert results["model.layers.1.block_sparse_moe.experts.3.w2"]["type"] == \
-        "block_sparse_moe.experts.3.w2"
+    assert (
+        results["model.layers.1.block_sparse_moe.experts.3.w2"]["type"]
+        == "block_sparse_moe.experts.3.w2"
+    )
     journal = path.with_name(path.stem + ".journal.jsonl")
     done = runner.invoke(main, ["rebuild", str(journal)])
     assert done.exit_code == 0, done.output

@@ -12,13 +12,13 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.errors import SpectrumError
 from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.kernel.workers import OrderedPool, default_workers
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.scan import scan, scan_checkpoint
+from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.source.shards import LocalSource
-from spectrum_stream.kernel.workers import OrderedPool, default_workers
 
 
 def blas_threads() -> list[int]:
@@ -35,10 +35,21 @@ def test_two_workers_match_one_in_results_and_journal_order(fixture, request, tm
     """The MoE checkpoint also sends same-shape batches (split experts) through the pool."""
     folder = request.getfixturevalue(fixture)
     torch_before, blas_before = torch.get_num_threads(), blas_threads()
-    one = scan(folder, ScanOptions(out_dir=tmp_path / "1", progress=False, device="cpu",
-                                   method="gram", workers=1))
-    two = scan(folder, ScanOptions(out_dir=tmp_path / "2", progress=False, device="cpu",
-                                   method="gram", workers=2, batch_bytes=64 * 1024))
+    one = scan(
+        folder,
+        ScanOptions(out_dir=tmp_path / "1", progress=False, device="cpu", method="gram", workers=1),
+    )
+    two = scan(
+        folder,
+        ScanOptions(
+            out_dir=tmp_path / "2",
+            progress=False,
+            device="cpu",
+            method="gram",
+            workers=2,
+            batch_bytes=64 * 1024,
+        ),
+    )
     assert (torch.get_num_threads(), blas_threads()) == (torch_before, blas_before)
     assert journal_keys(two) == journal_keys(one)
     assert two.results.keys() == one.results.keys() and len(one.results) > 10
@@ -60,6 +71,7 @@ def test_a_shard_is_released_only_after_its_modules_are_journaled(llama_dir, tmp
             released.append(shard)
 
     from spectrum_stream.plan.jobs import plan
+
     plan_jobs = plan(ckpt, None, None)
     scan_checkpoint(ckpt, CheckingSource(folder), opts)
     assert len(released) == len({job.main.shard for job in plan_jobs}) > 1
@@ -91,8 +103,11 @@ def interrupt_main_thread_once_it_waits(inside: str, timeout: float = 10) -> thr
 
     def waiting_inside() -> bool:
         frame = sys._current_frames().get(main.ident)
-        if frame is None or frame.f_code.co_name != "wait" or \
-                frame.f_code.co_filename != threading.__file__:
+        if (
+            frame is None
+            or frame.f_code.co_name != "wait"
+            or frame.f_code.co_filename != threading.__file__
+        ):
             return False
         while frame is not None and frame.f_code.co_name != inside:
             frame = frame.f_back
@@ -192,12 +207,27 @@ def test_cli_takes_workers(llama_dir, tmp_path):
 
     from spectrum_stream.cli import main
 
-    r = CliRunner().invoke(main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--device",
-                                  "cpu", "--method", "gram", "--workers", "3", "--quiet"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "scan",
+            str(llama_dir),
+            "--out-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--method",
+            "gram",
+            "--workers",
+            "3",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (Path(tmp_path) / "snr_results_tiny-llama.json").exists()
-    r = CliRunner().invoke(main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--workers",
-                                  "0"])
+    r = CliRunner().invoke(
+        main, ["scan", str(llama_dir), "--out-dir", str(tmp_path), "--workers", "0"]
+    )
     assert r.exit_code == 2 and "--workers" in r.stderr
 
 
@@ -216,8 +246,12 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_
 
     monkeypatch.setattr(_Runner, "consume", consume_then_fail)
     with pytest.raises(OSError, match="went away"):
-        scan(planted_dir, ScanOptions(out_dir=tmp_path / "out", progress=False, device="cpu",
-                                      method="gram", workers=2))
+        scan(
+            planted_dir,
+            ScanOptions(
+                out_dir=tmp_path / "out", progress=False, device="cpu", method="gram", workers=2
+            ),
+        )
     _, records, _ = read_journal(tmp_path / "out" / "snr_results_planted.journal.jsonl")
     assert list(records) == calls[:5]
 
@@ -269,8 +303,22 @@ def test_ctrl_c_exits_at_once_while_a_worker_is_inside_torch(planted_dir, tmp_pa
     import sys
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", BUSY_FIRST_MATRIX, "scan", str(planted_dir), "--out-dir",
-           str(out), "--device", "cpu", "--method", "gram", "--workers", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        BUSY_FIRST_MATRIX,
+        "scan",
+        str(planted_dir),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--method",
+        "gram",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
@@ -339,6 +387,15 @@ def test_batches_waiting_in_memory_are_bounded_by_the_workers(llama_dir, tmp_pat
         return real(self, batch)
 
     monkeypatch.setattr(_Runner, "decompose_batch", watching)
-    scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", method="exact",
-                                workers=2, batch_bytes=64 * 1024))
+    scan(
+        llama_dir,
+        ScanOptions(
+            out_dir=tmp_path,
+            progress=False,
+            device="cpu",
+            method="exact",
+            workers=2,
+            batch_bytes=64 * 1024,
+        ),
+    )
     assert most and max(most) <= 2

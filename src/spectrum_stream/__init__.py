@@ -17,7 +17,17 @@ from .trainers.freeze import FreezeSummary, freeze
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "CheckpointError", "FreezeSummary", "ResumeError", "SpectrumError", "freeze",
-    "ScanInterrupted", "ScanOptions", "ScanReport", "scan", "scan_hub", "select", "to_yaml",
+    "CheckpointError",
+    "FreezeSummary",
+    "ResumeError",
+    "ScanInterrupted",
+    "ScanOptions",
+    "ScanReport",
+    "SpectrumError",
+    "freeze",
+    "scan",
+    "scan_hub",
+    "select",
+    "to_yaml",
     "unfrozen_parameters",
 ]

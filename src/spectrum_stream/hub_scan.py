@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # The plan.
 
+
 @dataclass
 class HubPlan:
     """What a scan's plan means for the Hub, computed before any weight moves."""
@@ -79,19 +80,38 @@ def hub_plan(p: ScanPlan, repo: HubRepo) -> HubPlan:
         if running > need_at_once:
             need_at_once, at = running, i
     need_shards = [s for s in needed if first[s] <= at <= last[s]]
-    flops = sum(float(m * n * min(m, n)) for job, t in zip(jobs, todo) if t
-                for spec in job.matrices if spec.key not in done for m, n in [spec.shape])
+    flops = sum(
+        float(m * n * min(m, n))
+        for job, t in zip(jobs, todo)
+        if t
+        for spec in job.matrices
+        if spec.key not in done
+        for m, n in [spec.shape]
+    )
     cached = [s for s in needed if repo.cached(s) is not None]
     return HubPlan(
-        scan=p, done=sum(1 for j in jobs for s in j.matrices if s.key in done),
-        weight_bytes=sum(j.nbytes for j in jobs), shard_bytes=sum(sizes.values()),
-        needed=needed, cached=cached,
+        scan=p,
+        done=sum(1 for j in jobs for s in j.matrices if s.key in done),
+        weight_bytes=sum(j.nbytes for j in jobs),
+        shard_bytes=sum(sizes.values()),
+        needed=needed,
+        cached=cached,
         download_bytes=sum(sizes[s] for s in needed if s not in cached),
-        need_at_once=need_at_once, need_shards=need_shards, flops=flops)
+        need_at_once=need_at_once,
+        need_shards=need_shards,
+        flops=flops,
+    )
 
 
-def plan_lines(p: HubPlan, repo: HubRepo, ckpt: Checkpoint, device, rate: float | None,
-               delete: bool, max_disk: int | None) -> list[str]:
+def plan_lines(
+    p: HubPlan,
+    repo: HubRepo,
+    ckpt: Checkpoint,
+    device,
+    rate: float | None,
+    delete: bool,
+    max_disk: int | None,
+) -> list[str]:
     n_shards = len(ckpt.shards)
     lines = [
         f"Hub: {repo.repo_id} at {repo.revision} (commit {repo.commit[:12]}), index and "
@@ -110,18 +130,22 @@ def plan_lines(p: HubPlan, repo: HubRepo, ckpt: Checkpoint, device, rate: float 
     disk = f"one at a time into {repo.cache_dir}"
     if delete:  # what the scan holds, plus one shard downloading ahead, within the budget
         ahead = p.need_at_once + max(ckpt.shards[s].size for s in p.needed)
-        disk += (f", each deleted once scanned: at most about "
-                 f"{human_bytes(min(ahead, max_disk or ahead))} of shards on disk at once")
+        disk += (
+            f", each deleted once scanned: at most about "
+            f"{human_bytes(min(ahead, max_disk or ahead))} of shards on disk at once"
+        )
     lines.append(f"Downloads: {what}, {disk}")
     if rate:
         lines.append(
             f"Estimate on {device}: about {human_seconds(p.flops / rate)} of decomposition for "
-            f"{p.scan.matrices - p.done} matrices (calibrated here); downloads run alongside")
+            f"{p.scan.matrices - p.done} matrices (calibrated here); downloads run alongside"
+        )
     return lines
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole Hub scan.
+
 
 @contextmanager
 def _quiet_library_logs():
@@ -137,10 +161,19 @@ def _quiet_library_logs():
         logger.setLevel(level)
 
 
-def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | None = None,
-             token: str | None = None, delete_shards: bool = False, max_disk: int | None = None,
-             endpoint: str | None = None, cache_dir: str | Path | None = None,
-             estimate: bool = True, group=None) -> ScanReport:
+def scan_hub(
+    repo_id: str,
+    opts: ScanOptions | None = None,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    delete_shards: bool = False,
+    max_disk: int | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+    estimate: bool = True,
+    group=None,
+) -> ScanReport:
     """Scan a Hub model repo shard by shard; resumes from the journal like a local scan.
 
     `max_disk` (bytes) implies `delete_shards`. `endpoint` and `cache_dir` default to
@@ -153,8 +186,9 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
     delete = delete_shards or max_disk is not None
     with _quiet_library_logs():
         if group is not None:
-            return _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir,
-                                delete, max_disk)
+            return _scan_ranked(
+                repo_id, opts, group, revision, token, endpoint, cache_dir, delete, max_disk
+            )
         device = resolve_device(opts.device)
         ckpt, repo = open_hub(repo_id, revision, token, endpoint, cache_dir)
         p = hub_plan(plan_scan(ckpt, opts), repo)
@@ -171,7 +205,8 @@ def scan_hub(repo_id: str, opts: ScanOptions | None = None, *, revision: str | N
             kept = len(finished_everywhere(p.scan.paths.journal))
             raise SpectrumError(
                 f"{exc.reason}; {kept} modules are kept in {os.path.relpath(p.scan.paths.journal)} "
-                "(results written); run the same command again to resume") from None
+                "(results written); run the same command again to resume"
+            ) from None
         finally:
             source.close()
 
@@ -184,15 +219,18 @@ def _check_disk(p: HubPlan, ckpt: Checkpoint, max_disk: int | None, what: str = 
     if ckpt.shards[biggest].size > max_disk:
         raise SpectrumError(
             f"--max-disk {human_bytes(max_disk)}{what} is smaller than shard {biggest} "
-            f"({human_bytes(ckpt.shards[biggest].size)}); raise it to at least that")
+            f"({human_bytes(ckpt.shards[biggest].size)}); raise it to at least that"
+        )
     if p.need_at_once > max_disk:
         raise SpectrumError(
             f"--max-disk {human_bytes(max_disk)}{what} is too small: the scan needs shards "
-            f"{', '.join(p.need_shards)} on disk at once ({human_bytes(p.need_at_once)})")
+            f"{', '.join(p.need_shards)} on disk at once ({human_bytes(p.need_at_once)})"
+        )
 
 
-def _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir, delete,
-                 max_disk) -> ScanReport:
+def _scan_ranked(
+    repo_id, opts, group, revision, token, endpoint, cache_dir, delete, max_disk
+) -> ScanReport:
     """One rank of a Hub scan under torchrun: its own whole shards, in the node's shared cache."""
     import dataclasses
 
@@ -202,8 +240,12 @@ def _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir, del
     ckpt, repo = group.agree(lambda: open_hub(repo_id, revision, token, endpoint, cache_dir))
     p = group.agree(lambda: plan_scan(ckpt, opts))
     budget = node_share(max_disk, group.ranks)
-    what = (f" (this rank's part of --max-disk {human_bytes(max_disk)} for "
-            f"{group.ranks.local_world} ranks on a node)" if max_disk is not None else "")
+    what = (
+        f" (this rank's part of --max-disk {human_bytes(max_disk)} for "
+        f"{group.ranks.local_world} ranks on a node)"
+        if max_disk is not None
+        else ""
+    )
     sources: list[HubSource] = []
 
     def source_for(jobs, finished):
@@ -213,8 +255,12 @@ def _scan_ranked(repo_id, opts, group, revision, token, endpoint, cache_dir, del
             for line in plan_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
                 log.info("rank 0: %s", line)
             if max_disk is not None:
-                log.info("--max-disk %s is per node: each of its %d ranks keeps within %s",
-                         human_bytes(max_disk), group.ranks.local_world, human_bytes(budget))
+                log.info(
+                    "--max-disk %s is per node: each of its %d ranks keeps within %s",
+                    human_bytes(max_disk),
+                    group.ranks.local_world,
+                    human_bytes(budget),
+                )
         sources.append(HubSource(repo, ckpt, hp.needed, delete, budget))
         return sources[-1]
 

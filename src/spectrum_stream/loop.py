@@ -57,8 +57,15 @@ class _Outcome:
 class _Runner:
     """The loop over jobs, with same-shape batching and per-shard release."""
 
-    def __init__(self, journal: Journal, spectra: SpectraLog, source: ShardSource,
-                 device: torch.device, opts: ScanOptions, report: ScanReport):
+    def __init__(
+        self,
+        journal: Journal,
+        spectra: SpectraLog,
+        source: ShardSource,
+        device: torch.device,
+        opts: ScanOptions,
+        report: ScanReport,
+    ):
         self.journal, self.spectra, self.source, self.device = journal, spectra, source, device
         self.opts, self.report = opts, report
         self.pending: list[tuple[MatrixSpec, torch.Tensor, TensorJob, float]] = []
@@ -66,8 +73,9 @@ class _Runner:
         self.budget = opts.batch_bytes  # host memory for a batch on the CPU
         self.gpu_budget, self.reserve = 0, 0  # device cap; room kept for a prefetched tensor
         if device.type == "cuda":
-            self.gpu_budget = memory.device_budget(opts.max_gpu_mem,
-                                                   torch.cuda.mem_get_info(device)[0])
+            self.gpu_budget = memory.device_budget(
+                opts.max_gpu_mem, torch.cuda.mem_get_info(device)[0]
+            )
             if opts.method == "gram":
                 warning = float64_warning(float64_ratio(device), torch.cuda.get_device_name(device))
                 if warning:
@@ -81,13 +89,21 @@ class _Runner:
         spectrum = None
         if failure is None and o.result.values is not None:  # values first, then the line
             spectrum = self.spectra.append(o.result.values.numpy())
-        rec = module_record(o.spec, o.job, seconds=o.seconds, device=str(self.device),
-                            method=o.result.method if o.result else self.opts.method,
-                            stats=stats, failure=failure, note=o.result and o.result.note,
-                            spectrum=spectrum)
+        rec = module_record(
+            o.spec,
+            o.job,
+            seconds=o.seconds,
+            device=str(self.device),
+            method=o.result.method if o.result else self.opts.method,
+            stats=stats,
+            failure=failure,
+            note=o.result and o.result.note,
+            spectrum=spectrum,
+        )
         if failure is not None:
-            log.warning("%s: %s: %s; left out of the results", o.job.main.shard, o.spec.key,
-                        failure)
+            log.warning(
+                "%s: %s: %s; left out of the results", o.job.main.shard, o.spec.key, failure
+            )
         self.journal.append(rec)  # count only what is on disk (Ctrl-C may land mid-append)
         if failure is None:
             self.report.scanned += 1
@@ -117,17 +133,23 @@ class _Runner:
         mats = [m for _, m, _, _ in batch]
         results = decompose_each(mats, self.opts.method, self.opts.svd_driver)
         if self.device.type == "cuda" and mats[0].device.type == "cpu":
-            results = [r if isinstance(r, str) or r.note == ON_CPU_NOTE
-                       else with_note(r, PAST_CAP_NOTE) for r in results]
+            results = [
+                r if isinstance(r, str) or r.note == ON_CPU_NOTE else with_note(r, PAST_CAP_NOTE)
+                for r in results
+            ]
         share = (time.perf_counter() - t0) / len(batch)
-        return [_Outcome(spec, job, read_s + share, failure=r) if isinstance(r, str)
-                else _Outcome(spec, job, read_s + share, r)
-                for (spec, _, job, read_s), r in zip(batch, results)]
+        return [
+            _Outcome(spec, job, read_s + share, failure=r)
+            if isinstance(r, str)
+            else _Outcome(spec, job, read_s + share, r)
+            for (spec, _, job, read_s), r in zip(batch, results)
+        ]
 
     def add(self, spec: MatrixSpec, mat: torch.Tensor, job: TensorJob, read_s: float) -> None:
         if mat.numel() == 0:
-            self.record(_Outcome(spec, job, read_s,
-                                 failure=f"empty tensor (shape {list(mat.shape)})"))
+            self.record(
+                _Outcome(spec, job, read_s, failure=f"empty tensor (shape {list(mat.shape)})")
+            )
             return
         # a sum is cheap and non-finite whenever a value is; only then look element by element
         if not math.isfinite(float(mat.sum())) and not bool(torch.isfinite(mat).all()):
@@ -147,8 +169,9 @@ class _Runner:
         if tuple(self.pending[0][1].shape) != shape:
             self.flush()
         elif self.pending[0][1].device.type == "cuda":
-            need = memory.whole_bytes(shape, self.opts.method, len(self.pending) + count,
-                                      self.opts.svd_driver)
+            need = memory.whole_bytes(
+                shape, self.opts.method, len(self.pending) + count, self.opts.svd_driver
+            )
             if need + self.reserve > self.gpu_budget:
                 self.flush()
         elif self.pending_bytes + nbytes > self.budget:
@@ -165,16 +188,22 @@ class _Runner:
         """
         spec = job.matrices[0]
         numel = math.prod(spec.shape)
-        single = (job.decode == "plain" and len(job.matrices) == 1 and not spec.index
-                  and numel > 0)
+        single = job.decode == "plain" and len(job.matrices) == 1 and not spec.index and numel > 0
         if self.device.type != "cuda":
             stream = self.opts.method == "gram" and single
             return memory.Placement("stream" if stream else "whole", 0)
         entry = job.main.entry
         itemsize = max(1, entry.nbytes // max(1, math.prod(entry.shape)))
-        return memory.place(spec.shape, self.opts.method, self.gpu_budget,
-                            batch=len(job.matrices), driver=self.opts.svd_driver,
-                            reserve=self.reserve, can_stream=single, raw_itemsize=itemsize)
+        return memory.place(
+            spec.shape,
+            self.opts.method,
+            self.gpu_budget,
+            batch=len(job.matrices),
+            driver=self.opts.svd_driver,
+            reserve=self.reserve,
+            can_stream=single,
+            raw_itemsize=itemsize,
+        )
 
     def load(self, job: TensorJob):
         where = self.placement(job).where
@@ -198,28 +227,51 @@ class _Runner:
         on a GPU, kernel/memory.py's accounting decides instead."""
         method = self.opts.method
         copies = 0 if streamed else sum(4 * math.prod(s.shape) for s in job.matrices)
-        work = max(host_memory.decomposition_bytes(s.shape, method, streamed)
-                   - (0 if streamed else 4 * math.prod(s.shape)) for s in job.matrices)
+        work = max(
+            host_memory.decomposition_bytes(s.shape, method, streamed)
+            - (0 if streamed else 4 * math.prod(s.shape))
+            for s in job.matrices
+        )
         need = copies + work
         have = host_memory.available_bytes()
         if have is not None and need > have:
-            what = ("float32 copies + LAPACK workspace" if method == "exact"
-                    else "float64 Gram matrix + blocks")
+            what = (
+                "float32 copies + LAPACK workspace"
+                if method == "exact"
+                else "float64 Gram matrix + blocks"
+            )
             raise SpectrumError(
                 f"needs about {human_bytes(need)} of memory to decompose (--method {method}: "
-                f"{what}), only {human_bytes(have)} available in RAM")
+                f"{what}), only {human_bytes(have)} available in RAM"
+            )
 
-    def stream_gram(self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path]) -> list[_Outcome]:
+    def stream_gram(
+        self, job: TensorJob, spec: MatrixSpec, paths: dict[str, Path]
+    ) -> list[_Outcome]:
         t0 = time.perf_counter()
-        exact_fits = self.device.type != "cuda" or memory.place(
-            spec.shape, "exact", self.gpu_budget, driver=self.opts.svd_driver,
-            reserve=self.reserve).where == "whole"
+        exact_fits = (
+            self.device.type != "cuda"
+            or memory.place(
+                spec.shape,
+                "exact",
+                self.gpu_budget,
+                driver=self.opts.svd_driver,
+                reserve=self.reserve,
+            ).where
+            == "whole"
+        )
 
         def run(device: torch.device, block_bytes: int) -> Decomposed:
             whole_on = device if exact_fits else CPU  # the exact fallback, only where it fits
             return streamed_gram(
-                paths[job.main.shard], job.main.entry, spec.shape, device, block_bytes,
-                lambda: decode(job, paths.__getitem__, whole_on), self.opts.svd_driver)
+                paths[job.main.shard],
+                job.main.entry,
+                spec.shape,
+                device,
+                block_bytes,
+                lambda: decode(job, paths.__getitem__, whole_on),
+                self.opts.svd_driver,
+            )
 
         try:
             try:
@@ -230,7 +282,9 @@ class _Runner:
                 torch.cuda.empty_cache()
                 result = with_note(run(CPU, memory.GRAM_BLOCK_BYTES), ON_CPU_NOTE)
         except (RuntimeError, SpectrumError) as exc:
-            failure = str(exc) if isinstance(exc, SpectrumError) else f"decomposition failed ({exc})"
+            failure = (
+                str(exc) if isinstance(exc, SpectrumError) else f"decomposition failed ({exc})"
+            )
             return [_Outcome(spec, job, time.perf_counter() - t0, failure=failure)]
         return [_Outcome(spec, job, time.perf_counter() - t0, result)]
 
@@ -259,8 +313,10 @@ class _Runner:
                 raise
             except BaseException:
                 if self.pool.inflight:
-                    log.warning("stopping: first journaling what the %d decompositions in flight "
-                                "finish", len(self.pool.inflight))
+                    log.warning(
+                        "stopping: first journaling what the %d decompositions in flight finish",
+                        len(self.pool.inflight),
+                    )
                 with contextlib.suppress(Exception):  # the first error is the one to report
                     self.pool.drain()  # e.g. a failed download must not cost the workers' results
                 raise
@@ -277,12 +333,27 @@ class _Runner:
         ahead = self.opts.prefetch if self.opts.prefetch is not None else self.device.type == "cuda"
         if ahead and self.device.type == "cuda":
             self.reserve = memory.prefetch_reserve(
-                [(memory.whole_bytes(j.matrices[0].shape, self.opts.method, len(j.matrices),
-                                     self.opts.svd_driver),
-                  memory.load_bytes(j.matrices[0].shape, len(j.matrices), j.decode))
-                 for j, todo in work if todo], self.gpu_budget)
-        loads = prefetched([job for job, todo in work if todo], self.load, ahead,
-                           init=lambda: bind_thread(self.device))
+                [
+                    (
+                        memory.whole_bytes(
+                            j.matrices[0].shape,
+                            self.opts.method,
+                            len(j.matrices),
+                            self.opts.svd_driver,
+                        ),
+                        memory.load_bytes(j.matrices[0].shape, len(j.matrices), j.decode),
+                    )
+                    for j, todo in work
+                    if todo
+                ],
+                self.gpu_budget,
+            )
+        loads = prefetched(
+            [job for job, todo in work if todo],
+            self.load,
+            ahead,
+            init=lambda: bind_thread(self.device),
+        )
         for job, todo in work:
             if todo:
                 # decide before using the next tensor, so a finished batch does not sit beside it
@@ -294,7 +365,9 @@ class _Runner:
                 bar.update(job.nbytes)
                 bar.set_postfix_str(
                     f"{self.report.skipped + self.report.scanned + len(self.report.failed)}"
-                    f"/{self.report.planned} modules", refresh=False)
+                    f"/{self.report.planned} modules",
+                    refresh=False,
+                )
             for shard in job.shards:
                 users[shard] -= 1
                 if users[shard] == 0:
@@ -304,15 +377,31 @@ class _Runner:
         loads.close()
 
 
-def run_jobs(name: str, jobs: list[TensorJob], journal: Journal, finished: set[str],
-             source: ShardSource, device: torch.device, opts: ScanOptions, report: ScanReport,
-             desc: str | None = None) -> None:
+def run_jobs(
+    name: str,
+    jobs: list[TensorJob],
+    journal: Journal,
+    finished: set[str],
+    source: ShardSource,
+    device: torch.device,
+    opts: ScanOptions,
+    report: ScanReport,
+    desc: str | None = None,
+) -> None:
     """Scan `jobs` into `journal`, skipping `finished` keys; Ctrl-C sets report.interrupted."""
     report.skipped = sum(1 for j in jobs for s in j.matrices if s.key in finished)
     initial = sum(j.nbytes for j in jobs if all(s.key in finished for s in j.matrices))
-    bar = tqdm(total=sum(j.nbytes for j in jobs), initial=initial, unit="B",
-               unit_scale=True, unit_divisor=1024, desc=desc or f"scan {name}", file=sys.stderr,
-               disable=not opts.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(j.nbytes for j in jobs),
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc or f"scan {name}",
+        file=sys.stderr,
+        disable=not opts.progress,
+        dynamic_ncols=True,
+    )
     spectra = SpectraLog(spectra_log_path(journal.path), fresh=opts.fresh)
     try:
         with on_device(device):  # this thread's current CUDA device; read threads bind theirs

@@ -49,16 +49,22 @@ class ScanOptions:
         if self.method not in METHODS:
             raise SpectrumError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.svd_driver in APPROXIMATE_DRIVERS:
-            raise SpectrumError(f"--svd-driver {self.svd_driver}: cuSOLVER's approximate driver "
-                                "(no accuracy guarantee), so its values could not be journaled as "
-                                "exact; use gesvd or gesvdj")
+            raise SpectrumError(
+                f"--svd-driver {self.svd_driver}: cuSOLVER's approximate driver "
+                "(no accuracy guarantee), so its values could not be journaled as "
+                "exact; use gesvd or gesvdj"
+            )
         if self.svd_driver and device_type != "cuda":
-            raise SpectrumError(f"--svd-driver {self.svd_driver}: only for CUDA devices, not "
-                                f"{device_type}")
+            raise SpectrumError(
+                f"--svd-driver {self.svd_driver}: only for CUDA devices, not {device_type}"
+            )
         if self.workers is not None and (
-                self.workers < 1 or (self.workers > 1 and device_type != "cpu")):
-            raise SpectrumError(f"--workers {self.workers}: a count of 1 or more, above 1 only "
-                                f"on CPU (device {device_type})")
+            self.workers < 1 or (self.workers > 1 and device_type != "cpu")
+        ):
+            raise SpectrumError(
+                f"--workers {self.workers}: a count of 1 or more, above 1 only "
+                f"on CPU (device {device_type})"
+            )
 
 
 @dataclass
@@ -66,7 +72,7 @@ class ScanReport:
     """What a scan did, for the summary and for callers of the API."""
 
     model_name: str
-    paths: "ResultPaths"
+    paths: ResultPaths
     device: str
     planned: int = 0
     skipped: int = 0

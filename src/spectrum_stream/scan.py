@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .errors import SpectrumError
 from .journal.journal import Journal
-from .journal.ranks import finished_everywhere, fold_rank_journals
 from .journal.lock import ScanLock
+from .journal.ranks import finished_everywhere, fold_rank_journals
 from .loop import run_jobs
 from .options import ScanInterrupted, ScanOptions, ScanReport
 from .plan.jobs import plan
@@ -92,8 +91,9 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
             report.seconds = time.perf_counter() - started
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
-                report.results = write_results(in_plan_order(journal.records, p.jobs), p.paths,
-                                               opts.names, opts.grouping)
+                report.results = write_results(
+                    in_plan_order(journal.records, p.jobs), p.paths, opts.names, opts.grouping
+                )
             except SpectrumError:
                 if pending is None:
                     raise

@@ -6,9 +6,22 @@ import re
 
 from .errors import SpectrumError
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str, flag: str = "--max-disk") -> int:
@@ -16,8 +29,7 @@ def parse_size(text: str, flag: str = "--max-disk") -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*", str(text))
     unit = m and _UNITS.get(m.group(2).lower())
     if not unit or int(float(m.group(1)) * unit) <= 0:
-        raise SpectrumError(
-            f"{flag} {text!r}: expected a size such as 40GB, 500MiB or 2000000000")
+        raise SpectrumError(f"{flag} {text!r}: expected a size such as 40GB, 500MiB or 2000000000")
     return int(float(m.group(1)) * unit)
 
 

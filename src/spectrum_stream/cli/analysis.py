@@ -15,17 +15,31 @@ import click
 from ..errors import SpectrumError
 
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
-_workers = click.option("--workers", type=click.IntRange(min=1), metavar="N",
-                        help="Processes that fit the spectra (default: the CPU cores; small "
-                        "scans stay in one process).")
-_top = click.option("--top-percent", type=float, default=25.0, show_default=True,
-                    help="Share of each type selected, highest SNR first.")
+_workers = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Processes that fit the spectra (default: the CPU cores; small "
+    "scans stay in one process).",
+)
+_top = click.option(
+    "--top-percent",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Share of each type selected, highest SNR first.",
+)
 
 
 @click.command()
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
-              help="The table to write: .csv or .json (chosen by the suffix).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The table to write: .csv or .json (chosen by the suffix).",
+)
 @_workers
 @_quiet
 def metrics(results, output, workers, quiet):
@@ -48,15 +62,28 @@ def metrics(results, output, workers, quiet):
 
 @click.command()
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("--output", "-o", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for index.html and its pictures (created if needed).")
+@click.option(
+    "--output",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for index.html and its pictures (created if needed).",
+)
 @_top
-@click.option("--expert-grouping", type=click.Choice(["pooled", "per-expert"]),
-              help="Rank experts together (pooled) or per expert index, as `select` does "
-              "(default: the file's own types).")
-@click.option("--metrics", "metrics_file", type=click.Path(path_type=Path),
-              help="A table written by `spectrum-stream metrics` (.csv or .json) for the alpha "
-              "heatmap (default: computed from the kept spectra).")
+@click.option(
+    "--expert-grouping",
+    type=click.Choice(["pooled", "per-expert"]),
+    help="Rank experts together (pooled) or per expert index, as `select` does "
+    "(default: the file's own types).",
+)
+@click.option(
+    "--metrics",
+    "metrics_file",
+    type=click.Path(path_type=Path),
+    help="A table written by `spectrum-stream metrics` (.csv or .json) for the alpha "
+    "heatmap (default: computed from the kept spectra).",
+)
 @_workers
 @_quiet
 def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers, quiet):
@@ -64,9 +91,15 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
     modules chosen for training."""
     from ..report.from_results import report_from_results
 
-    page = report_from_results(results, out_dir, top_percent=top_percent,
-                               grouping=expert_grouping, metrics_file=metrics_file,
-                               progress=not quiet, workers=workers)
+    page = report_from_results(
+        results,
+        out_dir,
+        top_percent=top_percent,
+        grouping=expert_grouping,
+        metrics_file=metrics_file,
+        progress=not quiet,
+        workers=workers,
+    )
     click.echo(f"wrote {page}")
     click.echo(f"open {page.resolve().as_uri()}")
 
@@ -75,11 +108,22 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @_top
-@click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]), default="per-expert",
-              show_default=True, help="How experts are grouped before ranking, in both files "
-              "(per-expert: the original tool's types).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text: a readable summary; json: every number (NaN as null).")
+@click.option(
+    "--expert-grouping",
+    type=click.Choice(["per-expert", "pooled"]),
+    default="per-expert",
+    show_default=True,
+    help="How experts are grouped before ranking, in both files "
+    "(per-expert: the original tool's types).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: a readable summary; json: every number (NaN as null).",
+)
 def compare(a, b, top_percent, expert_grouping, fmt):
     """How far two results files (e.g. ours and one the original Spectrum tool published) agree:
     rank correlation of SNRs and overlap of the top-P selections, per type."""
@@ -87,8 +131,9 @@ def compare(a, b, top_percent, expert_grouping, fmt):
 
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
-    found = compare_results(load_published_results(a), load_published_results(b), top_percent,
-                            expert_grouping)
+    found = compare_results(
+        load_published_results(a), load_published_results(b), top_percent, expert_grouping
+    )
     if fmt == "json":
         click.echo(json.dumps(_json_safe(found), indent=2, allow_nan=False))
     else:

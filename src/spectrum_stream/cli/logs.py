@@ -34,4 +34,5 @@ def install(quiet: bool = False) -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logging.getLogger("spectrum_stream.source.hub.downloads").setLevel(
-        logging.WARNING if quiet else logging.NOTSET)
+        logging.WARNING if quiet else logging.NOTSET
+    )

@@ -55,7 +55,8 @@ class _Cli(click.Group):
             click.echo(
                 f"interrupted: {kept} of {r.planned} modules are kept in "
                 f"{os.path.relpath(r.paths.journal)}; run the same command again to resume",
-                err=True)
+                err=True,
+            )
             _exit_interrupted()
         except SpectrumError as exc:
             _fail(str(exc))
@@ -73,68 +74,147 @@ def main():
     """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
 
 
-_device = click.option("--device", default="auto", show_default=True,
-                       help="auto (the GPU when there is one), cpu, cuda or cuda:N.")
-_out_dir = click.option("--out-dir", type=click.Path(path_type=Path),
-                        default=Path("model_snr_results"), show_default=True,
-                        help="Where results, journal and lock go (axolotl looks in ./model_snr_results).")
+_device = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (the GPU when there is one), cpu, cuda or cuda:N.",
+)
+_out_dir = click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=Path("model_snr_results"),
+    show_default=True,
+    help="Where results, journal and lock go (axolotl looks in ./model_snr_results).",
+)
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
-_names = click.option("--names", type=click.Choice(["trainer", "checkpoint"]), default="trainer",
-                      show_default=True,
-                      help="Results keys: trainer = the parameters of the model as transformers 5 "
-                      "loads it (fused experts as rows, experts.gate_up_proj$[N]); checkpoint = "
-                      "the checkpoint's module names (transformers 4, other trainers).")
-_grouping = click.option("--expert-grouping", type=click.Choice(["pooled", "per-expert"]),
-                         default="pooled", show_default=True,
-                         help="Results types: pooled = all experts of a projection rank together; "
-                         "per-expert = one type per expert index (the original tool).")
+_names = click.option(
+    "--names",
+    type=click.Choice(["trainer", "checkpoint"]),
+    default="trainer",
+    show_default=True,
+    help="Results keys: trainer = the parameters of the model as transformers 5 "
+    "loads it (fused experts as rows, experts.gate_up_proj$[N]); checkpoint = "
+    "the checkpoint's module names (transformers 4, other trainers).",
+)
+_grouping = click.option(
+    "--expert-grouping",
+    type=click.Choice(["pooled", "per-expert"]),
+    default="pooled",
+    show_default=True,
+    help="Results types: pooled = all experts of a projection rank together; "
+    "per-expert = one type per expert index (the original tool).",
+)
 
 
 @main.command()
 @click.argument("path")
 @_device
 @_out_dir
-@click.option("--name", help="Model name for the results file name (default: config.json's "
-              "_name_or_path, else the folder name).")
+@click.option(
+    "--name",
+    help="Model name for the results file name (default: config.json's "
+    "_name_or_path, else the folder name).",
+)
 @click.option("--include", metavar="REGEX", help="Scan only modules whose type or name matches.")
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
-@click.option("--method", type=click.Choice(["exact", "gram"]), default="exact", show_default=True,
-              help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
-              "of the float64 Gram matrix, 1.8-2x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
-              "passes 1e-5 is redone exactly (noted in the journal).")
-@click.option("--batch-mem", type=click.IntRange(min=1), default=256, show_default=True,
-              metavar="MIB", help="Memory budget for batching same-shape matrices; with --method "
-              "gram, bigger matrices are read in blocks and never held whole in float32.")
-@click.option("--prefetch/--no-prefetch", default=None,
-              help="Read the next tensor while the current one is decomposed (default: on for "
-              "CUDA, off for CPU, where it measured no gain).")
-@click.option("--svd-driver", type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
-              help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
-              "512+ columns, torch's choice below). gesvda is approximate and refused.")
-@click.option("--max-gpu-mem", type=click.IntRange(min=1), metavar="MIB",
-              help="CUDA only: cap on GPU memory (default: 90% of what is free). A matrix whose route "
-              "needs more is read in blocks (--method gram) or decomposed on the CPU (exact).")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="CPU only: matrices decomposed at once, the cores shared between them "
-              "(default: 2 with --method gram, where it measured faster; else 1). Each holds its "
-              "own batch or Gram matrix, so memory grows with N.")
+@click.option(
+    "--method",
+    type=click.Choice(["exact", "gram"]),
+    default="exact",
+    show_default=True,
+    help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
+    "of the float64 Gram matrix, 1.8-2x faster on CPU (bench/RESULTS.md); any matrix whose error bound "
+    "passes 1e-5 is redone exactly (noted in the journal).",
+)
+@click.option(
+    "--batch-mem",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    metavar="MIB",
+    help="Memory budget for batching same-shape matrices; with --method "
+    "gram, bigger matrices are read in blocks and never held whole in float32.",
+)
+@click.option(
+    "--prefetch/--no-prefetch",
+    default=None,
+    help="Read the next tensor while the current one is decomposed (default: on for "
+    "CUDA, off for CPU, where it measured no gain).",
+)
+@click.option(
+    "--svd-driver",
+    type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
+    help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
+    "512+ columns, torch's choice below). gesvda is approximate and refused.",
+)
+@click.option(
+    "--max-gpu-mem",
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    help="CUDA only: cap on GPU memory (default: 90% of what is free). A matrix whose route "
+    "needs more is read in blocks (--method gram) or decomposed on the CPU (exact).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="CPU only: matrices decomposed at once, the cores shared between them "
+    "(default: 2 with --method gram, where it measured faster; else 1). Each holds its "
+    "own batch or Gram matrix, so memory grows with N.",
+)
 @click.option("--fresh", is_flag=True, help="Ignore the journal and start over.")
 @click.option("--revision", help="Hub: branch, tag or commit to scan (default: main).")
-@click.option("--token", help="Hub: access token for gated or private repos (default: HF_TOKEN "
-              "or your saved login).")
-@click.option("--delete-shards", is_flag=True, help="Hub: delete each shard from the Hugging Face "
-              "cache once all its modules are journaled.")
-@click.option("--max-disk", metavar="SIZE", help="Hub: most bytes of shards on disk at once, e.g. "
-              "40GB or 500MiB (implies --delete-shards).")
-@click.option("--peer-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
-              metavar="SECONDS", help="Under torchrun: how long a rank waits for a silent peer, "
-              "and for each exchange between ranks, before it stops the run.")
+@click.option(
+    "--token",
+    help="Hub: access token for gated or private repos (default: HF_TOKEN or your saved login).",
+)
+@click.option(
+    "--delete-shards",
+    is_flag=True,
+    help="Hub: delete each shard from the Hugging Face cache once all its modules are journaled.",
+)
+@click.option(
+    "--max-disk",
+    metavar="SIZE",
+    help="Hub: most bytes of shards on disk at once, e.g. "
+    "40GB or 500MiB (implies --delete-shards).",
+)
+@click.option(
+    "--peer-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Under torchrun: how long a rank waits for a silent peer, "
+    "and for each exchange between ranks, before it stops the run.",
+)
 @_names
 @_grouping
 @_quiet
-def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefetch, svd_driver,
-         max_gpu_mem, workers, fresh, revision, token, delete_shards, max_disk, peer_timeout, names,
-         expert_grouping, quiet):
+def scan(
+    path,
+    device,
+    out_dir,
+    name,
+    include,
+    exclude,
+    method,
+    batch_mem,
+    prefetch,
+    svd_driver,
+    max_gpu_mem,
+    workers,
+    fresh,
+    revision,
+    token,
+    delete_shards,
+    max_disk,
+    peer_timeout,
+    names,
+    expert_grouping,
+    quiet,
+):
     """Scan the checkpoint at PATH (a folder, an index or a .safetensors file) or the Hub model
     repo ORG/NAME, shard by shard. An existing local path wins over a repo id.
 
@@ -171,28 +251,54 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
                 except re.error as exc:
                     raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
         hub = is_hub_id(path)
-        hub_only = [flag for flag, value in (("--revision", revision), ("--token", token),
-                    ("--delete-shards", delete_shards), ("--max-disk", max_disk)) if value]
+        hub_only = [
+            flag
+            for flag, value in (
+                ("--revision", revision),
+                ("--token", token),
+                ("--delete-shards", delete_shards),
+                ("--max-disk", max_disk),
+            )
+            if value
+        ]
         if hub_only and not hub:
-            raise SpectrumError(f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
-                                "(ORG/NAME that is not a local path)")
+            raise SpectrumError(
+                f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
+                "(ORG/NAME that is not a local path)"
+            )
         if max_disk is not None:
             parse_size(max_disk)
         return hub
 
     try:
         hub = group.agree(check) if group else check()
-        opts = ScanOptions(out_dir=out_dir, name=name, device=device, include=include,
-                           exclude=exclude, method=method, fresh=fresh,
-                           batch_bytes=batch_mem * 1024**2, progress=not quiet, prefetch=prefetch,
-                           svd_driver=svd_driver,
-                           max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
-                           workers=workers, names=names, grouping=expert_grouping)
+        opts = ScanOptions(
+            out_dir=out_dir,
+            name=name,
+            device=device,
+            include=include,
+            exclude=exclude,
+            method=method,
+            fresh=fresh,
+            batch_bytes=batch_mem * 1024**2,
+            progress=not quiet,
+            prefetch=prefetch,
+            svd_driver=svd_driver,
+            max_gpu_mem=max_gpu_mem * 1024**2 if max_gpu_mem else None,
+            workers=workers,
+            names=names,
+            grouping=expert_grouping,
+        )
         if hub:
-            report = scan_hub(path, opts, revision=revision, token=token,
-                              delete_shards=delete_shards,
-                              max_disk=parse_size(max_disk) if max_disk is not None else None,
-                              group=group)
+            report = scan_hub(
+                path,
+                opts,
+                revision=revision,
+                token=token,
+                delete_shards=delete_shards,
+                max_disk=parse_size(max_disk) if max_disk is not None else None,
+                group=group,
+            )
         elif group is not None:
             from ..distributed.ranked import scan_local_ranked
 
@@ -208,17 +314,34 @@ def scan(path, device, out_dir, name, include, exclude, method, batch_mem, prefe
 
 @main.command()
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("--top-percent", type=float, default=25.0, show_default=True,
-              help="Share of each type to unfreeze, highest SNR first.")
-@click.option("--expert-grouping", type=click.Choice(["per-expert", "pooled"]),
-              help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
-              "experts of a projection together (default: the file's types, which `scan "
-              "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).")
-@click.option("--fused-experts", is_flag=True,
-              help="For results written with --names checkpoint: name per-expert modules "
-              "(experts.N.w1 ...) as the fused parameters of transformers >= 5.")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True, help="yaml: axolotl's unfrozen_parameters; json: a plain list.")
+@click.option(
+    "--top-percent",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Share of each type to unfreeze, highest SNR first.",
+)
+@click.option(
+    "--expert-grouping",
+    type=click.Choice(["per-expert", "pooled"]),
+    help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
+    "experts of a projection together (default: the file's types, which `scan "
+    "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).",
+)
+@click.option(
+    "--fused-experts",
+    is_flag=True,
+    help="For results written with --names checkpoint: name per-expert modules "
+    "(experts.N.w1 ...) as the fused parameters of transformers >= 5.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
+)
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
 def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     """Choose the modules to train from a RESULTS file written by `scan`."""
@@ -248,8 +371,10 @@ def rebuild(journal, names, expert_grouping):
     from ..results.files import rebuild_results
 
     paths, results, failed = rebuild_results(journal, names, expert_grouping)
-    click.echo(f"wrote {os.path.relpath(paths.results)}, {os.path.relpath(paths.sorted)} and "
-               f"{os.path.relpath(paths.spectra)}: {len(results)} modules, {len(failed)} failed")
+    click.echo(
+        f"wrote {os.path.relpath(paths.results)}, {os.path.relpath(paths.sorted)} and "
+        f"{os.path.relpath(paths.spectra)}: {len(results)} modules, {len(failed)} failed"
+    )
 
 
 @main.command()
@@ -264,12 +389,15 @@ def demo(device, out_dir, keep, quiet):
     from .summary import format_summary
 
     logs.install(quiet)
-    click.echo("Writing a 4-layer Llama-layout checkpoint with planted signal, then scanning it.",
-               err=True)
+    click.echo(
+        "Writing a 4-layer Llama-layout checkpoint with planted signal, then scanning it.", err=True
+    )
     report, verdicts = run_demo(out_dir, device=device, progress=not quiet, keep=keep)
     click.echo(format_summary(report))
     hits = sum(v.lstrip().startswith("ok") for v in verdicts)
-    click.echo(f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first")
+    click.echo(
+        f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first"
+    )
     click.echo("\n".join(verdicts))
     from ..report.from_results import report_from_results
 

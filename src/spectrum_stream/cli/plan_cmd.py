@@ -21,8 +21,10 @@ def _open(path: str, revision: str | None, token: str | None):
         return open_hub(path, revision, token)[0]
     hub_only = [flag for flag, value in (("--revision", revision), ("--token", token)) if value]
     if hub_only:
-        raise SpectrumError(f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
-                            "(ORG/NAME that is not a local path)")
+        raise SpectrumError(
+            f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
+            "(ORG/NAME that is not a local path)"
+        )
     return open_local(path)[0]
 
 
@@ -43,33 +45,80 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
 
 @click.command("plan")
 @click.argument("path")
-@click.option("--results", "results_path", type=click.Path(dir_okay=False),
-              help="A results file from `scan`: Spectrum's selection is exactly what `select` "
-              "writes from it (default: a seeded stand-in with the same counts per type).")
-@click.option("--top-percent", type=float, default=25.0, show_default=True,
-              help="Spectrum's share of each type.")
-@click.option("--gpus", type=click.IntRange(min=1), help="Plan for this many GPUs (default: "
-              "the fewest of 1, 2, 4, 8 that fits).")
-@click.option("--gpu-mem", default="80GB", show_default=True, metavar="SIZE",
-              help="Memory of one GPU, e.g. 80GB, 141GB, 24GiB.")
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(dir_okay=False),
+    help="A results file from `scan`: Spectrum's selection is exactly what `select` "
+    "writes from it (default: a seeded stand-in with the same counts per type).",
+)
+@click.option(
+    "--top-percent",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Spectrum's share of each type.",
+)
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=1),
+    help="Plan for this many GPUs (default: the fewest of 1, 2, 4, 8 that fits).",
+)
+@click.option(
+    "--gpu-mem",
+    default="80GB",
+    show_default=True,
+    metavar="SIZE",
+    help="Memory of one GPU, e.g. 80GB, 141GB, 24GiB.",
+)
 @click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adamw", "adamw-8bit"]), default="adamw",
-              show_default=True)
+@click.option(
+    "--optimizer", type=click.Choice(["adamw", "adamw-8bit"]), default="adamw", show_default=True
+)
 @click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--names", type=click.Choice(["trainer", "checkpoint"]), default="trainer",
-              show_default=True, help="trainer = the model as transformers 5 loads it (fused "
-              "experts); checkpoint = the tensors as stored (transformers 4). --results keys "
-              "must be written with the same --names.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="json: the plan document of docs/planner.md.")
-@click.option("--calibrate/--no-calibrate", default=None,
-              help="Measure the SVD rate on --device for the scan time (default: on a GPU only).")
+@click.option(
+    "--names",
+    type=click.Choice(["trainer", "checkpoint"]),
+    default="trainer",
+    show_default=True,
+    help="trainer = the model as transformers 5 loads it (fused "
+    "experts); checkpoint = the tensors as stored (transformers 4). --results keys "
+    "must be written with the same --names.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: the plan document of docs/planner.md.",
+)
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=None,
+    help="Measure the SVD rate on --device for the scan time (default: on a GPU only).",
+)
 @click.option("--device", default="auto", show_default=True, help="For --calibrate.")
 @click.option("--revision", help="Hub: branch, tag or commit (default: main).")
 @click.option("--token", help="Hub: access token (default: HF_TOKEN or your saved login).")
-def plan_command(path, results_path, top_percent, gpus, gpu_mem, seq_len, micro_batch, optimizer,
-                 lora_rank, names, fmt, calibrate, device, revision, token):
+def plan_command(
+    path,
+    results_path,
+    top_percent,
+    gpus,
+    gpu_mem,
+    seq_len,
+    micro_batch,
+    optimizer,
+    lora_rank,
+    names,
+    fmt,
+    calibrate,
+    device,
+    revision,
+    token,
+):
     """Plan fine-tuning the checkpoint at PATH or the Hub repo ORG/NAME: GPUs per method (full,
     Spectrum, LoRA, QLoRA), memory per GPU, and the scan's cost. Reads headers only."""
     from ..planner import build_plan, format_plan_text, stored_view, trainer_view
@@ -85,8 +134,19 @@ def plan_command(path, results_path, top_percent, gpus, gpu_mem, seq_len, micro_
     view, other = (trainer_view, stored_view) if names == "trainer" else (stored_view, trainer_view)
     if results is not None:
         check_results_names(ckpt, results, view, other, results_path)
-    plan = build_plan(ckpt, results, top_percent, gpus, mem, seq_len, micro_batch, optimizer,
-                      lora_rank, view, rates=_measured_rates(ckpt, device, calibrate))
+    plan = build_plan(
+        ckpt,
+        results,
+        top_percent,
+        gpus,
+        mem,
+        seq_len,
+        micro_batch,
+        optimizer,
+        lora_rank,
+        view,
+        rates=_measured_rates(ckpt, device, calibrate),
+    )
     if fmt == "json":
         click.echo(json.dumps(plan, indent=2))
     else:

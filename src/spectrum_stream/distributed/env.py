@@ -30,13 +30,17 @@ def from_env(environ=os.environ) -> Ranks | None:
         local = int(environ.get("LOCAL_RANK", rank))
         local_world = int(environ.get("LOCAL_WORLD_SIZE", world))
     except ValueError:
-        raise SpectrumError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be whole "
-                            "numbers (as torchrun sets them)") from None
+        raise SpectrumError(
+            "RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be whole "
+            "numbers (as torchrun sets them)"
+        ) from None
     if world <= 1:
         return None
     if not (0 <= rank < world and 0 <= local < local_world):
-        raise SpectrumError(f"RANK {rank} / WORLD_SIZE {world} (LOCAL_RANK {local} / "
-                            f"LOCAL_WORLD_SIZE {local_world}) do not fit together")
+        raise SpectrumError(
+            f"RANK {rank} / WORLD_SIZE {world} (LOCAL_RANK {local} / "
+            f"LOCAL_WORLD_SIZE {local_world}) do not fit together"
+        )
     return Ranks(rank, world, local, local_world)
 
 

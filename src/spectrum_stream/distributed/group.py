@@ -14,7 +14,8 @@ import datetime
 import os
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,7 @@ class Group:
         self._beat = threading.Thread(target=self._heartbeat, name="rank-heartbeat", daemon=True)
 
     @classmethod
-    def start(cls, ranks: Ranks, device: str, timeout: float) -> "Group":
+    def start(cls, ranks: Ranks, device: str, timeout: float) -> Group:
         """Join the job: NCCL for GPUs (each rank on its own), gloo on CPU."""
         delta = datetime.timedelta(seconds=timeout)
         backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -46,12 +47,18 @@ class Group:
             torch.cuda.set_device(torch.device(device))
         try:
             dist.init_process_group(backend, timeout=delta)
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                  is_master=False, timeout=delta)
+            store = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                is_master=False,
+                timeout=delta,
+            )
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             raise SpectrumError(f"rank {ranks.rank}: cannot join the other ranks ({exc})") from None
-        prefix = f"spectrum_stream/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/" \
-                 f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        prefix = (
+            f"spectrum_stream/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+            f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        )
         group = cls(ranks, timeout, dist.PrefixStore(prefix, store))
         group._beat.start()
         return group
@@ -112,7 +119,8 @@ class Group:
                     raise SpectrumError(
                         f"rank {r} gave no sign of life for {self.timeout:.0f} s (--peer-timeout); "
                         "every rank's finished modules are journaled, run the same command again "
-                        "to resume")
+                        "to resume"
+                    )
             if waiting:
                 pause.wait(POLL_S)
 
@@ -146,8 +154,11 @@ class Group:
         if first is not None:
             r, message = first
             if self.rank == 0:
-                raise SpectrumError(message if r == 0 or all(e == message for e in errors)
-                                    else f"rank {r}: {message}")
+                raise SpectrumError(
+                    message
+                    if r == 0 or all(e == message for e in errors)
+                    else f"rank {r}: {message}"
+                )
             raise AlreadyReported()
         return value
 

@@ -18,21 +18,28 @@ import contextlib
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..errors import AlreadyReported, SpectrumError
 from ..journal.journal import Journal, read_journal
 from ..journal.lock import ScanLock
-from ..journal.ranks import (merge_records, missing_from, rank_journal, rank_journals, rank_lock,
-                             read_all, remove_journal)
+from ..journal.ranks import (
+    merge_records,
+    missing_from,
+    rank_journal,
+    rank_journals,
+    rank_lock,
+    read_all,
+    remove_journal,
+)
 from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
+from ..loop import run_jobs
 from ..options import ScanInterrupted, ScanOptions, ScanReport
 from ..plan.specs import TensorJob
 from ..read.device import resolve_device
 from ..results.files import write_results
-from ..loop import run_jobs
 from ..scan import ScanPlan, in_plan_order, plan_scan
 from ..source.checkpoint import open_local
 from ..source.hub.errors import HubDownloadError
@@ -76,14 +83,16 @@ def _tidy(main) -> None:
         pass
 
 
-def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: SourceFor,
-                allow_split: bool = True) -> ScanReport:
+def scan_ranked(
+    p: ScanPlan, group: Group, opts: ScanOptions, source_for: SourceFor, allow_split: bool = True
+) -> ScanReport:
     """This rank's part of the scan of plan `p`; rank 0's report holds every rank's totals."""
     r, w = group.rank, group.world
     started = time.perf_counter()
     device = group.agree(lambda: resolve_device(opts.device))
     group.agree(lambda: opts.check(device.type))
     with contextlib.ExitStack() as stack:
+
         def lock():
             stack.enter_context(ScanLock(rank_lock(p.paths.lock, r, w)))
             if r == 0:
@@ -107,18 +116,31 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
         journal = group.agree(lambda: Journal.open(rank_journal(p.paths.journal, r, w), p.header))
         report = ScanReport(p.name, p.paths, str(device))
         try:
-            run_jobs(p.name, jobs, journal, finished, source, device, opts, report,
-                     desc=f"scan {p.name} [rank {r} of {w}]")
+            run_jobs(
+                p.name,
+                jobs,
+                journal,
+                finished,
+                source,
+                device,
+                opts,
+                report,
+                desc=f"scan {p.name} [rank {r} of {w}]",
+            )
             if report.interrupted:
                 raise KeyboardInterrupt
             group.wait_for_peers()
         except KeyboardInterrupt:
             if r != 0 or group.peer_failure() is not None:
                 raise AlreadyReported(code=130) from None
-            raise RanksInterrupted(report, (
-                f"interrupted: every rank's finished modules are kept in its journal beside "
-                f"{os.path.relpath(p.paths.journal)} ({os.path.basename(journal.path)} and "
-                f"{w - 1} more); run the same command again to resume")) from None
+            raise RanksInterrupted(
+                report,
+                (
+                    f"interrupted: every rank's finished modules are kept in its journal beside "
+                    f"{os.path.relpath(p.paths.journal)} ({os.path.basename(journal.path)} and "
+                    f"{w - 1} more); run the same command again to resume"
+                ),
+            ) from None
         except AlreadyReported:
             raise
         except Exception as exc:
@@ -126,8 +148,10 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
             if isinstance(exc, (SpectrumError, HubDownloadError, OSError)):
                 what = getattr(exc, "reason", None) or str(exc)
                 if "run the same command again" not in what:
-                    what += ("; every rank's finished modules are journaled, run the same command "
-                             "again to resume")
+                    what += (
+                        "; every rank's finished modules are journaled, run the same command "
+                        "again to resume"
+                    )
                 raise SpectrumError(f"rank {r}: {what}") from None
             raise
         finally:
@@ -140,11 +164,18 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
             found = read_spectrum(folder, rec["spectrum"]) if "spectrum" in rec else None
             if found is not None:
                 values[rec["key"]] = found.tobytes()
-        gathered = group.gather({"records": list(mine.values()), "scanned": report.scanned,
-                                 "failed": report.failed, "device": str(device),
-                                 "values": values})
+        gathered = group.gather(
+            {
+                "records": list(mine.values()),
+                "scanned": report.scanned,
+                "failed": report.failed,
+                "device": str(device),
+                "values": values,
+            }
+        )
         result = None
         if r == 0:
+
             def write():
                 records: dict[str, dict] = {}
                 for part in gathered:
@@ -161,11 +192,20 @@ def scan_ranked(p: ScanPlan, group: Group, opts: ScanOptions, source_for: Source
                     log = SpectraLog(p.paths.spectra_log)
                     stack.callback(log.close)
                     missing = missing_from(main, ordered)
-                    main.extend(relocate(missing, lambda rec: np.frombuffer(
-                        values[rec["key"]], dtype=np.float32) if rec["key"] in values else None,
-                        log))
-                return write_results(in_plan_order(main.records, p.jobs), p.paths, opts.names,
-                                     opts.grouping)
+                    main.extend(
+                        relocate(
+                            missing,
+                            lambda rec: (
+                                np.frombuffer(values[rec["key"]], dtype=np.float32)
+                                if rec["key"] in values
+                                else None
+                            ),
+                            log,
+                        )
+                    )
+                return write_results(
+                    in_plan_order(main.records, p.jobs), p.paths, opts.names, opts.grouping
+                )
 
             result = write
         results = group.agree(result or (lambda: None))

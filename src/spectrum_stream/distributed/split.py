@@ -20,8 +20,14 @@ TOLERANCE = 0.02
 
 def job_cost(job: TensorJob, finished: set[str] = frozenset()) -> float:
     """Flops of the matrices of `job` still to do (m*n*k each)."""
-    return float(sum(m * n * min(m, n) for spec in job.matrices if spec.key not in finished
-                     for m, n in [spec.shape]))
+    return float(
+        sum(
+            m * n * min(m, n)
+            for spec in job.matrices
+            if spec.key not in finished
+            for m, n in [spec.shape]
+        )
+    )
 
 
 @dataclass
@@ -55,12 +61,21 @@ def _islands(jobs: list[TensorJob], todo: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def split(jobs: list[TensorJob], world: int, finished: set[str] = frozenset(), *,
-          allow_split: bool = True, tolerance: float = TOLERANCE) -> list[Share]:
+def split(
+    jobs: list[TensorJob],
+    world: int,
+    finished: set[str] = frozenset(),
+    *,
+    allow_split: bool = True,
+    tolerance: float = TOLERANCE,
+) -> list[Share]:
     """Each rank's share of the jobs with work left; the same answer on every rank."""
     cost = [job_cost(j, finished) for j in jobs]
-    todo = [i for i, c in enumerate(cost) if c > 0 or any(s.key not in finished
-                                                            for s in jobs[i].matrices)]
+    todo = [
+        i
+        for i, c in enumerate(cost)
+        if c > 0 or any(s.key not in finished for s in jobs[i].matrices)
+    ]
     pieces = sorted(_islands(jobs, todo), key=lambda p: (-sum(cost[i] for i in p), p[0]))
     owned: list[list[list[int]]] = [[] for _ in range(world)]
     load = [0.0] * world
@@ -126,10 +141,14 @@ def share_lines(shares: list[Share], human_bytes) -> list[str]:
     """What rank 0 prints: each rank's share and the imbalance."""
     total = sum(s.cost for s in shares) or 1.0
     shared = shared_shards(shares)
-    lines = [f"rank {s.rank}: {len(s.jobs)} tensors in {len(s.shards)} shards"
-             f"{f' ({len(s.shards & shared)} shared)' if s.shards & shared else ''}, "
-             f"{human_bytes(s.nbytes)}, {s.cost:.3g} flops ({100 * s.cost / total:.1f}%)"
-             for s in shares]
-    lines.append(f"split: heaviest rank {100 * imbalance(shares):.1f}% above the mean; "
-                 f"{len(shared)} shard{'s' if len(shared) != 1 else ''} opened by two ranks")
+    lines = [
+        f"rank {s.rank}: {len(s.jobs)} tensors in {len(s.shards)} shards"
+        f"{f' ({len(s.shards & shared)} shared)' if s.shards & shared else ''}, "
+        f"{human_bytes(s.nbytes)}, {s.cost:.3g} flops ({100 * s.cost / total:.1f}%)"
+        for s in shares
+    ]
+    lines.append(
+        f"split: heaviest rank {100 * imbalance(shares):.1f}% above the mean; "
+        f"{len(shared)} shard{'s' if len(shared) != 1 else ''} opened by two ranks"
+    )
     return lines

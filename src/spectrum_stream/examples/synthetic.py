@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 NOISE_STD = 0.02
 
 
-def planted_matrix(rows: int, cols: int, rank: int, generator: torch.Generator,
-                   noise_std: float = NOISE_STD) -> torch.Tensor:
+def planted_matrix(
+    rows: int, cols: int, rank: int, generator: torch.Generator, noise_std: float = NOISE_STD
+) -> torch.Tensor:
     """A [rows, cols] matrix: `rank` strong directions well above a Gaussian noise bulk."""
     noise = torch.randn(rows, cols, generator=generator) * noise_std
     if rank == 0:
@@ -29,22 +30,35 @@ def planted_matrix(rows: int, cols: int, rank: int, generator: torch.Generator,
     return u @ torch.diag(strengths) @ v.T + noise
 
 
-def llama_shapes(hidden: int, intermediate: int, heads: int, kv_heads: int) -> dict[str, tuple[int, int]]:
+def llama_shapes(
+    hidden: int, intermediate: int, heads: int, kv_heads: int
+) -> dict[str, tuple[int, int]]:
     """Per-layer module type -> [out, in] in the Llama layout."""
     kv = hidden // heads * kv_heads
     return {
-        "self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv, hidden),
-        "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, hidden),
-        "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
+        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, hidden),
+        "mlp.gate_proj": (intermediate, hidden),
+        "mlp.up_proj": (intermediate, hidden),
         "mlp.down_proj": (hidden, intermediate),
     }
 
 
-def write_planted_llama(folder: str | Path, layers: int = 4, hidden: int = 256,
-                        intermediate: int = 512, heads: int = 4, kv_heads: int = 2,
-                        vocab: int = 512, ranks: tuple[int, ...] = (2, 5, 10, 20),
-                        shards: int = 2, dtype: torch.dtype = torch.bfloat16,
-                        seed: int = 0) -> dict[str, int]:
+def write_planted_llama(
+    folder: str | Path,
+    layers: int = 4,
+    hidden: int = 256,
+    intermediate: int = 512,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 512,
+    ranks: tuple[int, ...] = (2, 5, 10, 20),
+    shards: int = 2,
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+) -> dict[str, int]:
     """Write a sharded Llama-layout checkpoint; return {module name: planted rank}.
 
     Within each type, layer i gets rank ranks[(i + type_offset) % len(ranks)], so every type has a
@@ -57,13 +71,16 @@ def write_planted_llama(folder: str | Path, layers: int = 4, hidden: int = 256,
     planted: dict[str, int] = {}
     for layer in range(layers):
         tensors[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
-        for t_index, (mtype, (rows, cols)) in enumerate(llama_shapes(hidden, intermediate, heads,
-                                                                     kv_heads).items()):
+        for t_index, (mtype, (rows, cols)) in enumerate(
+            llama_shapes(hidden, intermediate, heads, kv_heads).items()
+        ):
             rank = ranks[(layer + t_index) % len(ranks)]
             name = f"model.layers.{layer}.{mtype}"
             tensors[f"{name}.weight"] = planted_matrix(rows, cols, rank, gen).to(dtype)
             planted[name] = rank
-        tensors[f"model.layers.{layer}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
+        tensors[f"model.layers.{layer}.post_attention_layernorm.weight"] = torch.ones(
+            hidden, dtype=dtype
+        )
     tensors["model.embed_tokens.weight"] = planted_matrix(vocab, hidden, ranks[-1], gen).to(dtype)
     tensors["model.norm.weight"] = torch.ones(hidden, dtype=dtype)
     tensors["lm_head.weight"] = planted_matrix(vocab, hidden, ranks[0], gen).to(dtype)
@@ -73,20 +90,30 @@ def write_planted_llama(folder: str | Path, layers: int = 4, hidden: int = 256,
     per_shard = -(-len(names) // shards)
     weight_map, total = {}, 0
     for i in range(shards):
-        part = names[i * per_shard:(i + 1) * per_shard]
+        part = names[i * per_shard : (i + 1) * per_shard]
         fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({n: tensors[n].contiguous() for n in part}, str(folder / fname),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: tensors[n].contiguous() for n in part},
+            str(folder / fname),
+            metadata={"format": "pt"},
+        )
         for n in part:
             weight_map[n] = fname
             total += tensors[n].numel() * tensors[n].element_size()
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": intermediate, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": vocab,
-        "torch_dtype": str(dtype).removeprefix("torch."), "tie_word_embeddings": False,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "tie_word_embeddings": False,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return planted

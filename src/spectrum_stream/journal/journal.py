@@ -19,14 +19,26 @@ from pathlib import Path
 import orjson
 
 from ..errors import ResumeError, SpectrumError
-from ..source.jsonfile import (JsonFileError, Mismatch, anything, integer, list_of, mapping, number, obj,
-                               parse_json, string)
+from ..source.jsonfile import (
+    JsonFileError,
+    Mismatch,
+    anything,
+    integer,
+    list_of,
+    mapping,
+    number,
+    obj,
+    parse_json,
+    string,
+)
 
 JOURNAL_VERSION = 1
 JOURNAL_SUFFIX = ".journal.jsonl"
 MAX_LINE_BYTES = 64 * 1024**2  # one module's line, spectra included; a longer one is garbage
-HEADER_SCHEMA = obj({"journal": integer(), "checkpoint": list_of(obj({"shard": string}))},
-                    {"settings": mapping(anything)})
+HEADER_SCHEMA = obj(
+    {"journal": integer(), "checkpoint": list_of(obj({"shard": string}))},
+    {"settings": mapping(anything)},
+)
 RECORD_SCHEMA = obj({"key": string, "status": string})
 OK_RECORD_SCHEMA = obj({"key": string, "type": string, "snr": number})
 
@@ -35,7 +47,7 @@ def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is out (a write may be partial); tests replace this."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _fsync(fd: int) -> None:
@@ -59,8 +71,10 @@ def fsync_dir(folder: Path) -> None:
 def _describe_difference(old: dict, new: dict) -> str:
     """One phrase saying what differs between two journal headers."""
     if old.get("journal") != new.get("journal"):
-        return (f"it is journal format {old.get('journal')!r}, "
-                f"this version writes {new.get('journal')!r}")
+        return (
+            f"it is journal format {old.get('journal')!r}, "
+            f"this version writes {new.get('journal')!r}"
+        )
     if old.get("checkpoint") != new.get("checkpoint"):
         try:
             before = {s["shard"]: s for s in old.get("checkpoint") or []}
@@ -83,7 +97,7 @@ def _describe_difference(old: dict, new: dict) -> str:
     for key in sorted(set(old_settings) | set(new_settings)):
         a, b = old_settings.get(key), new_settings.get(key)
         if a != b:
-            show = lambda v: "not set" if v is None else repr(v)  # noqa: E731
+            show = lambda v: "not set" if v is None else repr(v)
             return f"--{key} was {show(a)}, now {show(b)}"
     return "the journal header differs"
 
@@ -108,7 +122,7 @@ class Journal:
         self._size = size  # bytes of whole lines on disk
 
     @classmethod
-    def open(cls, path: Path, header: dict, fresh: bool = False) -> "Journal":
+    def open(cls, path: Path, header: dict, fresh: bool = False) -> Journal:
         """Start a journal, or resume one written with the same header (else ResumeError)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

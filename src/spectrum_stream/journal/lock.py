@@ -23,7 +23,7 @@ class ScanLock:
         self.path = Path(path)
         self._fd = -1
 
-    def __enter__(self) -> "ScanLock":
+    def __enter__(self) -> ScanLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

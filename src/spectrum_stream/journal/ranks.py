@@ -14,15 +14,15 @@ from pathlib import Path
 import orjson
 
 from ..errors import ResumeError, SpectrumError
-from .journal import (JOURNAL_SUFFIX as SUFFIX, JOURNAL_VERSION, Journal, _describe_difference,
-                      finished_keys, read_journal)
+from .journal import JOURNAL_SUFFIX as SUFFIX
+from .journal import JOURNAL_VERSION, Journal, _describe_difference, finished_keys, read_journal
 from .spectra_log import SpectraLog, read_spectrum, relocate, spectra_log_path
 
 _RANK = re.compile(r"\.rank(\d+)-of-(\d+)$")
 
 
 def _base(main: Path) -> str:
-    return Path(main).name[: -len(SUFFIX)] if Path(main).name.endswith(SUFFIX) else Path(main).name
+    return Path(main).name.removesuffix(SUFFIX)
 
 
 def rank_journal(main: Path, rank: int, world: int) -> Path:
@@ -53,7 +53,7 @@ def rank_journals(main: Path) -> list[Path]:
         return []
     found = []
     for path in main.parent.glob(f"{glob_escape(base)}.rank*-of-*{SUFFIX}"):
-        m = _RANK.fullmatch(_base(path)[len(base):])
+        m = _RANK.fullmatch(_base(path)[len(base) :])
         if m:
             found.append((int(m.group(2)), int(m.group(1)), path))
     return [p for _, _, p in sorted(found)]
@@ -97,8 +97,10 @@ def read_all(main: Path, header: dict | None = None, ranks_only: bool = False) -
         if got is None:
             continue
         if strict and got != want:
-            raise ResumeError(f"{path}: cannot resume, {_describe_difference(got, want)}; "
-                              "run again with --fresh to start over")
+            raise ResumeError(
+                f"{path}: cannot resume, {_describe_difference(got, want)}; "
+                "run again with --fresh to start over"
+            )
         if want is None:  # the first journal found decides which checkpoint counts
             want = got
         elif got != want:

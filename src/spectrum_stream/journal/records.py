@@ -22,18 +22,36 @@ def failure_of(stats: SpectrumStats | None) -> str | None:
     return None
 
 
-def module_record(spec: MatrixSpec, job: TensorJob, *, seconds: float, method: str, device: str,
-                  stats: SpectrumStats | None = None, failure: str | None = None,
-                  note: str | None = None, spectrum: list[int] | None = None) -> dict:
+def module_record(
+    spec: MatrixSpec,
+    job: TensorJob,
+    *,
+    seconds: float,
+    method: str,
+    device: str,
+    stats: SpectrumStats | None = None,
+    failure: str | None = None,
+    note: str | None = None,
+    spectrum: list[int] | None = None,
+) -> dict:
     """The journal line of one module: status ok with its statistics, or failed with the reason."""
     rec = {
-        "key": spec.key, "trainer_key": spec.trainer_key or spec.key, "type": spec.type,
+        "key": spec.key,
+        "trainer_key": spec.trainer_key or spec.key,
+        "type": spec.type,
         "tensor": job.main.name,
-        "shape": list(spec.shape), "dtype": job.main.entry.dtype, "shard": job.main.shard,
+        "shape": list(spec.shape),
+        "dtype": job.main.entry.dtype,
+        "shard": job.main.shard,
     }
     if failure is None:
-        rec.update(status="ok", snr=stats.snr, sigma_max=stats.sigma_max,
-                   threshold=stats.threshold, n_signal=stats.n_signal)
+        rec.update(
+            status="ok",
+            snr=stats.snr,
+            sigma_max=stats.sigma_max,
+            threshold=stats.threshold,
+            n_signal=stats.n_signal,
+        )
     else:
         rec.update(status="failed", reason=failure)
     rec.update(seconds=round(seconds, 6), method=method, device=device)

@@ -30,7 +30,7 @@ def spectra_log_path(journal: Path) -> Path:
     """The values file that belongs to a journal (`<base>.journal.jsonl` -> `<base>.spectra.bin`)."""
     journal = Path(journal)
     name = journal.name
-    base = name[: -len(JOURNAL_SUFFIX)] if name.endswith(JOURNAL_SUFFIX) else name
+    base = name.removesuffix(JOURNAL_SUFFIX)
     return journal.with_name(base + SUFFIX)
 
 
@@ -54,9 +54,10 @@ class SpectraLog:
             os.fsync(self._fd)
         except OSError as exc:
             what = exc.strerror or str(exc)
-            raise SpectrumError(f"{self.path}: cannot write spectra ({what}); every module "
-                                "before this one is kept, fix this and run again to resume"
-                                ) from None
+            raise SpectrumError(
+                f"{self.path}: cannot write spectra ({what}); every module "
+                "before this one is kept, fix this and run again to resume"
+            ) from None
         return [self.path.name, offset, len(data) // 4, zlib.crc32(data)]
 
     def close(self) -> None:

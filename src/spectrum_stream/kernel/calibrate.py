@@ -62,5 +62,7 @@ def float64_warning(ratio: float, device_name: str) -> str | None:
     """The warning a gram scan gives where float64 is weak (None where it is not)."""
     if ratio < WEAK_FLOAT64:
         return None
-    return (f"float64 runs {ratio:.0f}x slower than float32 on {device_name}: --method gram "
-            "builds float64 Gram matrices, so --method exact is likely faster on this GPU")
+    return (
+        f"float64 runs {ratio:.0f}x slower than float32 on {device_name}: --method gram "
+        "builds float64 Gram matrices, so --method exact is likely faster on this GPU"
+    )

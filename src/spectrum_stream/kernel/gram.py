@@ -7,7 +7,7 @@ route.py decides, with one policy, when that is too far and the matrix is redone
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -27,13 +27,14 @@ def gram_matrix(w: torch.Tensor, block_bytes: int = GRAM_BLOCK_BYTES) -> torch.T
     m, n = w.shape
     if m >= n:
         step = max(1, block_bytes // (8 * n))
-        return accumulate_gram((w[i:i + step] for i in range(0, m, step)), n, True, w.device)
+        return accumulate_gram((w[i : i + step] for i in range(0, m, step)), n, True, w.device)
     step = max(1, block_bytes // (8 * m))
-    return accumulate_gram((w[:, j:j + step] for j in range(0, n, step)), m, False, w.device)
+    return accumulate_gram((w[:, j : j + step] for j in range(0, n, step)), m, False, w.device)
 
 
-def accumulate_gram(chunks: Iterable[torch.Tensor], k: int, rows: bool,
-                    device: torch.device) -> torch.Tensor:
+def accumulate_gram(
+    chunks: Iterable[torch.Tensor], k: int, rows: bool, device: torch.device
+) -> torch.Tensor:
     """A [k, k] float64 Gram matrix summed over pieces of one matrix, never holding it whole.
 
     rows=True: pieces are row blocks [r, k] of a tall matrix, G = Σ Pᵀ P (= WᵀW);
@@ -93,8 +94,11 @@ def gram_error_bound(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
     tiny = torch.finfo(s.dtype).tiny
     signal = torch.where(above, s, 0.0).sum(-1).clamp_min(tiny)
     noise_count = (~above).sum(-1)
-    noise = torch.where(noise_count == 0, torch.ones_like(signal),
-                        torch.where(above, 0.0, s).sum(-1).clamp_min(tiny))
+    noise = torch.where(
+        noise_count == 0,
+        torch.ones_like(signal),
+        torch.where(above, 0.0, s).sum(-1).clamp_min(tiny),
+    )
     d_signal = torch.where(above, ds, 0.0).sum(-1) + torch.where(unsure, s, 0.0).sum(-1)
     d_noise = torch.where(above, 0.0, ds).sum(-1) + torch.where(unsure, s, 0.0).sum(-1)
     return d_signal / signal + d_noise / noise + ds[:, 0] / s0[:, 0]

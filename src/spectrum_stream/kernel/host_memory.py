@@ -25,8 +25,9 @@ from .gram import GRAM_BLOCK_BYTES
 LAPACK_NB = 64  # block size of LAPACK's blocked bidiagonal reduction (workspace nb * (m + n))
 
 
-def decomposition_bytes(shape: tuple[int, int], method: str, streamed: bool = False,
-                        block_bytes: int = GRAM_BLOCK_BYTES) -> int:
+def decomposition_bytes(
+    shape: tuple[int, int], method: str, streamed: bool = False, block_bytes: int = GRAM_BLOCK_BYTES
+) -> int:
     """Peak bytes to get the singular values of one [m, n] matrix by `method` (exact | gram)."""
     m, n = shape
     k, big = min(m, n), max(m, n)

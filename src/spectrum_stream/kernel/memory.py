@@ -74,22 +74,32 @@ def streamed_gram_bytes(shape: tuple[int, int], block_bytes: int, raw_itemsize: 
     return STREAM_BLOCKS_IN_FLIGHT * raw_itemsize * values + 8 * values + 3 * 8 * k * k
 
 
-def load_bytes(shape: tuple[int, int], count: int = 1, decode: str = "plain",
-               raw_itemsize: int = 2) -> int:
+def load_bytes(
+    shape: tuple[int, int], count: int = 1, decode: str = "plain", raw_itemsize: int = 2
+) -> int:
     """Device bytes a tensor of `count` [m, n] matrices takes while it is decoded there (what a
     prefetched tensor holds beside the one being decomposed)."""
     per_value = LOAD_BYTES_PER_VALUE.get(decode, raw_itemsize + 4)
     return per_value * shape[0] * shape[1] * count
 
 
-def whole_bytes(shape: tuple[int, int], method: str, batch: int = 1,
-                driver: str | None = None) -> int:
+def whole_bytes(
+    shape: tuple[int, int], method: str, batch: int = 1, driver: str | None = None
+) -> int:
     return exact_bytes(shape, batch, driver) if method == "exact" else gram_bytes(shape, batch)
 
 
-def place(shape: tuple[int, int], method: str, budget: int, *, batch: int = 1,
-          driver: str | None = None, reserve: int = 0, can_stream: bool = True,
-          raw_itemsize: int = 2) -> Placement:
+def place(
+    shape: tuple[int, int],
+    method: str,
+    budget: int,
+    *,
+    batch: int = 1,
+    driver: str | None = None,
+    reserve: int = 0,
+    can_stream: bool = True,
+    raw_itemsize: int = 2,
+) -> Placement:
     """Whole on the device if the route fits `budget` beside `reserve` (a prefetched tensor);
     else gram streams (`can_stream`: a plain single matrix) with the biggest block that fits;
     else the CPU."""

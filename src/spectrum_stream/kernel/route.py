@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,8 +49,10 @@ def exact(mats: list[torch.Tensor], driver: str | None = None) -> list[Decompose
     batch = torch.stack(mats) if len(mats) > 1 else mats[0][None]
     _, m, n = batch.shape
     s = exact_singular_values(batch, driver)
-    return [Decomposed(st, "exact", values=row)  # one copy to the CPU for the whole batch
-            for st, row in zip(snr_from_singular_values(s, m, n), _values(s))]
+    return [
+        Decomposed(st, "exact", values=row)  # one copy to the CPU for the whole batch
+        for st, row in zip(snr_from_singular_values(s, m, n), _values(s))
+    ]
 
 
 def _gram_accepted(stats: SpectrumStats, bound: float) -> bool:
@@ -58,24 +60,33 @@ def _gram_accepted(stats: SpectrumStats, bound: float) -> bool:
     return bound <= GRAM_TOLERANCE and math.isfinite(stats.snr)
 
 
-def _redo_exact(whole: Callable[[], torch.Tensor], bound: float,
-                driver: str | None) -> Decomposed:
+def _redo_exact(whole: Callable[[], torch.Tensor], bound: float, driver: str | None) -> Decomposed:
     (done,) = exact([whole()], driver)
-    return Decomposed(done.stats, "exact", f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}",
-                      done.values)
+    return Decomposed(
+        done.stats, "exact", f"gram error bound {bound:.1e} > {GRAM_TOLERANCE:.0e}", done.values
+    )
 
 
-def _from_grams(grams: torch.Tensor, m: int, n: int,
-                wholes: list[Callable[[], torch.Tensor]], driver: str | None) -> list[Decomposed]:
+def _from_grams(
+    grams: torch.Tensor,
+    m: int,
+    n: int,
+    wholes: list[Callable[[], torch.Tensor]],
+    driver: str | None,
+) -> list[Decomposed]:
     s = singular_values_from_gram(grams)
     stats, bounds = gram_spectrum(s, m, n)
-    return [Decomposed(st, "gram", values=row) if _gram_accepted(st, bound)
-            else _redo_exact(whole, bound, driver)
-            for st, bound, row, whole in zip(stats, bounds, _values(s), wholes)]
+    return [
+        Decomposed(st, "gram", values=row)
+        if _gram_accepted(st, bound)
+        else _redo_exact(whole, bound, driver)
+        for st, bound, row, whole in zip(stats, bounds, _values(s), wholes)
+    ]
 
 
-def decompose(mats: list[torch.Tensor], method: str = "exact",
-              driver: str | None = None) -> list[Decomposed]:
+def decompose(
+    mats: list[torch.Tensor], method: str = "exact", driver: str | None = None
+) -> list[Decomposed]:
     """Statistics of same-shape [m, n] float32 matrices held whole, by `method`."""
     if method == "exact":
         return exact(mats, driver)
@@ -91,8 +102,9 @@ def with_note(d: Decomposed, note: str) -> Decomposed:
     return dataclasses.replace(d, note=f"{d.note}; {note}" if d.note else note)
 
 
-def _alone(mat: torch.Tensor, method: str, driver: str | None,
-           error: RuntimeError | None = None) -> Decomposed | str:
+def _alone(
+    mat: torch.Tensor, method: str, driver: str | None, error: RuntimeError | None = None
+) -> Decomposed | str:
     """One matrix (`error`: what its batch-of-one call already raised); out of memory on the
     device, it is decomposed on the CPU, never retried at the same size."""
     try:
@@ -110,8 +122,9 @@ def _alone(mat: torch.Tensor, method: str, driver: str | None,
         return f"SVD failed ({exc})"
 
 
-def decompose_each(mats: list[torch.Tensor], method: str,
-                   driver: str | None = None) -> list[Decomposed | str]:
+def decompose_each(
+    mats: list[torch.Tensor], method: str, driver: str | None = None
+) -> list[Decomposed | str]:
     """decompose() of a batch; if the batch fails, each matrix alone, so that one bad matrix fails
     only itself (its entry is then the reason, a string). A matrix out of GPU memory on its own
     goes to the CPU (the same route there)."""
@@ -123,9 +136,15 @@ def decompose_each(mats: list[torch.Tensor], method: str,
     return [_alone(mat, method, driver) for mat in mats]
 
 
-def streamed_gram(path: Path, entry: TensorEntry, shape: tuple[int, int], device: torch.device,
-                  block_bytes: int, whole: Callable[[], torch.Tensor],
-                  driver: str | None = None) -> Decomposed:
+def streamed_gram(
+    path: Path,
+    entry: TensorEntry,
+    shape: tuple[int, int],
+    device: torch.device,
+    block_bytes: int,
+    whole: Callable[[], torch.Tensor],
+    driver: str | None = None,
+) -> Decomposed:
     """The gram route for a matrix never held whole: its Gram matrix summed over float64 blocks
     read straight from the file (`whole` reads it all, only for the exact fallback)."""
     m, n = shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
@@ -68,8 +69,9 @@ def r_factor(batch: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(batch, mode="r")[1]
 
 
-def exact_singular_values(batch: torch.Tensor, driver: str | None = None,
-                          qr: bool | None = None) -> torch.Tensor:
+def exact_singular_values(
+    batch: torch.Tensor, driver: str | None = None, qr: bool | None = None
+) -> torch.Tensor:
     """svdvals of a [B, m, n] batch, on its tall orientation (same values; LAPACK is up to 3x
     faster there). A matrix at least QR_MIN_RATIO times taller than wide goes through its R
     factor when `qr` (default: on CUDA; CPU LAPACK does that itself). `driver` is cuSOLVER's,

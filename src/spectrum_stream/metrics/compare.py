@@ -24,7 +24,9 @@ def spearman(x, y) -> float:
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1:
-        raise ValueError(f"spearman needs two 1-D sequences of one length, got {xs.shape} and {ys.shape}")
+        raise ValueError(
+            f"spearman needs two 1-D sequences of one length, got {xs.shape} and {ys.shape}"
+        )
     if xs.size < 2:
         return math.nan
     rx = _average_ranks(xs) - (xs.size + 1) / 2
@@ -70,8 +72,12 @@ def _usable(results: dict) -> tuple[dict, list[str]]:
     kept, skipped = {}, []
     for key, info in results.items():
         snr = info.get("snr") if isinstance(info, dict) else None
-        ok = (isinstance(snr, int | float) and not isinstance(snr, bool) and math.isfinite(snr)
-              and isinstance(info.get("type"), str))
+        ok = (
+            isinstance(snr, int | float)
+            and not isinstance(snr, bool)
+            and math.isfinite(snr)
+            and isinstance(info.get("type"), str)
+        )
         if ok:
             kept[key] = info
         else:
@@ -89,7 +95,9 @@ def _nan_to_none(value: float):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def compare_results(a: dict, b: dict, top_percent: float = 25.0, grouping: str = "per-expert") -> dict:
+def compare_results(
+    a: dict, b: dict, top_percent: float = 25.0, grouping: str = "per-expert"
+) -> dict:
     """Compare two results dicts {key: {"snr", "type"}} type by type (see docs/metrics.md).
 
     Per type present in both: spearman over the common keys (None below 2), top_overlap (Jaccard of
@@ -100,32 +108,47 @@ def compare_results(a: dict, b: dict, top_percent: float = 25.0, grouping: str =
     clean_a, skipped_a = _usable(a)
     clean_b, skipped_b = _usable(b)
     groups_a, groups_b = group(clean_a, grouping), group(clean_b, grouping)
-    chosen_a, chosen_b = select(clean_a, top_percent, grouping), select(clean_b, top_percent, grouping)
+    chosen_a, chosen_b = (
+        select(clean_a, top_percent, grouping),
+        select(clean_b, top_percent, grouping),
+    )
     types = {}
     for t in [t for t in groups_a if t in groups_b]:
         snr_a, snr_b = dict(groups_a[t]), dict(groups_b[t])
         common = [key for key in snr_a if key in snr_b]
         top_a, top_b = set(chosen_a[t]), set(chosen_b[t])
         types[t] = {
-            "spearman": _nan_to_none(spearman([snr_a[k] for k in common], [snr_b[k] for k in common])),
+            "spearman": _nan_to_none(
+                spearman([snr_a[k] for k in common], [snr_b[k] for k in common])
+            ),
             "top_overlap": _jaccard(top_a, top_b),
             "entered": [k for k in chosen_b[t] if k not in top_a],
             "left": [k for k in chosen_a[t] if k not in top_b],
-            "n_a": len(snr_a), "n_b": len(snr_b), "n_common": len(common),
-            "n_top_a": len(top_a), "n_top_b": len(top_b),
+            "n_a": len(snr_a),
+            "n_b": len(snr_b),
+            "n_common": len(common),
+            "n_top_a": len(top_a),
+            "n_top_b": len(top_b),
         }
     common_keys = [key for key in clean_a if key in clean_b]
     all_top_a = {k for keys in chosen_a.values() for k in keys}
     all_top_b = {k for keys in chosen_b.values() for k in keys}
     return {
-        "top_percent": top_percent, "grouping": grouping,
-        "spearman": _nan_to_none(spearman([clean_a[k]["snr"] for k in common_keys],
-                                          [clean_b[k]["snr"] for k in common_keys])),
+        "top_percent": top_percent,
+        "grouping": grouping,
+        "spearman": _nan_to_none(
+            spearman(
+                [clean_a[k]["snr"] for k in common_keys], [clean_b[k]["snr"] for k in common_keys]
+            )
+        ),
         "top_overlap": _jaccard(all_top_a, all_top_b),
-        "n_a": len(clean_a), "n_b": len(clean_b), "n_common": len(common_keys),
+        "n_a": len(clean_a),
+        "n_b": len(clean_b),
+        "n_common": len(common_keys),
         "only_in_a": [k for k in a if k not in b],
         "only_in_b": [k for k in b if k not in a],
-        "skipped_a": skipped_a, "skipped_b": skipped_b,
+        "skipped_a": skipped_a,
+        "skipped_b": skipped_b,
         "types_only_in_a": [t for t in groups_a if t not in groups_b],
         "types_only_in_b": [t for t in groups_b if t not in groups_a],
         "types": types,
@@ -146,17 +169,24 @@ def format_compare_text(report: dict, names: tuple[str, str] = ("A", "B")) -> st
     if types:
         width = max(len("type"), *(len(t) for t in types))
         lines.append("")
-        lines.append(f"{'type':<{width}}  {'n_' + name_a:>6} {'n_' + name_b:>6} {'common':>6} "
-                     f"{'spearman':>8} {'top_jacc':>8} {'entered':>7} {'left':>5}")
+        lines.append(
+            f"{'type':<{width}}  {'n_' + name_a:>6} {'n_' + name_b:>6} {'common':>6} "
+            f"{'spearman':>8} {'top_jacc':>8} {'entered':>7} {'left':>5}"
+        )
         for t, row in types.items():
-            lines.append(f"{t:<{width}}  {row['n_a']:>6} {row['n_b']:>6} {row['n_common']:>6} "
-                         f"{_num(row['spearman']):>8} {row['top_overlap']:>8.3f} "
-                         f"{len(row['entered']):>7} {len(row['left']):>5}")
-    for label, keys in ((f"only in {name_a}", report["only_in_a"]), (f"only in {name_b}", report["only_in_b"]),
-                        (f"skipped in {name_a} (SNR not a finite number)", report["skipped_a"]),
-                        (f"skipped in {name_b} (SNR not a finite number)", report["skipped_b"]),
-                        (f"types only in {name_a}", report["types_only_in_a"]),
-                        (f"types only in {name_b}", report["types_only_in_b"])):
+            lines.append(
+                f"{t:<{width}}  {row['n_a']:>6} {row['n_b']:>6} {row['n_common']:>6} "
+                f"{_num(row['spearman']):>8} {row['top_overlap']:>8.3f} "
+                f"{len(row['entered']):>7} {len(row['left']):>5}"
+            )
+    for label, keys in (
+        (f"only in {name_a}", report["only_in_a"]),
+        (f"only in {name_b}", report["only_in_b"]),
+        (f"skipped in {name_a} (SNR not a finite number)", report["skipped_a"]),
+        (f"skipped in {name_b} (SNR not a finite number)", report["skipped_b"]),
+        (f"types only in {name_a}", report["types_only_in_a"]),
+        (f"types only in {name_b}", report["types_only_in_b"]),
+    ):
         if keys:
             shown = ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
             lines.append(f"{label}: {len(keys)}: {shown}")

@@ -48,16 +48,28 @@ def _chunks(keys: list[str], spectra: dict, limit: int) -> list[list[str]]:
     return out
 
 
-def compute_rows(results: dict[str, dict], spectra: dict, shapes: dict, *, progress: bool = True,
-                 workers: int | None = None) -> list[dict]:
+def compute_rows(
+    results: dict[str, dict],
+    spectra: dict,
+    shapes: dict,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+) -> list[dict]:
     """Rows as metrics_rows gives them (key, type, snr, then the metrics; None where no spectrum),
     computed in a process pool when the work is big enough and more than one core is free."""
     keys = [key for key in results if key in spectra]
     workers = cpu_count() if workers is None else max(1, workers)
     total = sum(int(np.size(spectra[k])) for k in keys)
     computed: dict[str, dict] = {}
-    with tqdm(total=len(keys), unit="module", desc="metrics", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(keys),
+        unit="module",
+        desc="metrics",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         if workers <= 1 or total < POOL_MIN_VALUES or len(keys) < 2:
             for key in keys:
                 computed[key] = spectral_metrics(spectra[key], *shapes[key])
@@ -65,8 +77,10 @@ def compute_rows(results: dict[str, dict], spectra: dict, shapes: dict, *, progr
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 chunks = _chunks(keys, spectra, CHUNK_VALUES)
-                futures = [(chunk, pool.submit(_metrics_of, [(spectra[k], *shapes[k]) for k in chunk]))
-                           for chunk in chunks]
+                futures = [
+                    (chunk, pool.submit(_metrics_of, [(spectra[k], *shapes[k]) for k in chunk]))
+                    for chunk in chunks
+                ]
                 for chunk, future in futures:
                     computed.update(zip(chunk, future.result()))
                     bar.update(len(chunk))

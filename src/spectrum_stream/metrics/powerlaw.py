@@ -117,7 +117,7 @@ def _ks_distances(logs, alphas, tail_len, wanted) -> np.ndarray:
     done = 0
     rows = 8  # small blocks first: the best few candidates usually settle it
     while done < order.size and ds[order[done]] <= best:
-        block = order[done:done + rows]
+        block = order[done : done + rows]
         block = block[ds[block] <= best]
         done += rows
         ds[block] = _full_gaps(logs, alphas, tail_len, block)
@@ -129,7 +129,9 @@ def _ks_distances(logs, alphas, tail_len, wanted) -> np.ndarray:
 def _gaps(logs, alphas, tail_len, rows, cols):
     """|fitted CDF - empirical CDF| at tail columns `cols` (2-D) of candidates `rows`; 0 left of xmin."""
     t = cols - rows[:, None]
-    exponent = (1.0 - alphas[rows])[:, None] * (logs[np.maximum(cols, rows[:, None])] - logs[rows][:, None])
+    exponent = (1.0 - alphas[rows])[:, None] * (
+        logs[np.maximum(cols, rows[:, None])] - logs[rows][:, None]
+    )
     gap = np.abs(-np.expm1(exponent) - t / tail_len[rows][:, None])
     gap[t < 0] = 0.0
     return gap

@@ -19,8 +19,18 @@ from ..errors import SpectrumError
 from ..results.atomic import atomic_write
 from .powerlaw import fit_power_law
 
-METRIC_NAMES = ("alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm",
-                "stable_rank", "entropy", "num_pl_spikes", "xmin", "D")
+METRIC_NAMES = (
+    "alpha",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "log_norm",
+    "log_spectral_norm",
+    "stable_rank",
+    "entropy",
+    "num_pl_spikes",
+    "xmin",
+    "D",
+)
 ROW_FIELDS = ("key", "type", "snr") + METRIC_NAMES
 ENTROPY_EPS = 1e-10  # weightwatcher's EPSILON in float64 runs (it uses 6e-5 when CUDA is present)
 
@@ -36,7 +46,11 @@ def spectral_metrics(s, m: int, n: int) -> dict:
     values = np.asarray(s)
     if values.ndim != 1:
         raise ValueError(f"singular values must be 1-D, got shape {values.shape}")
-    eps = np.finfo(values.dtype).eps if np.issubdtype(values.dtype, np.floating) else np.finfo(float).eps
+    eps = (
+        np.finfo(values.dtype).eps
+        if np.issubdtype(values.dtype, np.floating)
+        else np.finfo(float).eps
+    )
     sv = np.abs(values.astype(np.float64))
     if not np.isfinite(sv).all():
         raise ValueError("singular values must be finite")
@@ -52,10 +66,14 @@ def spectral_metrics(s, m: int, n: int) -> dict:
     out["entropy"] = _entropy(sv, evals, total, max(m, n), eps)
     fit = fit_power_law(evals)
     if math.isfinite(fit.alpha):
-        out.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D,
-                   num_pl_spikes=int(np.count_nonzero(evals >= fit.xmin)),
-                   alpha_weighted=fit.alpha * out["log_spectral_norm"],
-                   log_alpha_norm=_log10_sum_powers(evals, fit.alpha))
+        out.update(
+            alpha=fit.alpha,
+            xmin=fit.xmin,
+            D=fit.D,
+            num_pl_spikes=int(np.count_nonzero(evals >= fit.xmin)),
+            alpha_weighted=fit.alpha * out["log_spectral_norm"],
+            log_alpha_norm=_log10_sum_powers(evals, fit.alpha),
+        )
     return out
 
 
@@ -97,17 +115,23 @@ def write_table(rows: list[dict], path) -> None:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        atomic_write(path, orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        atomic_write(
+            path, orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
     elif suffix == ".csv":
         atomic_write(path, _csv_bytes(rows))
     else:
-        raise SpectrumError(f"{path}: metrics table must end in .csv or .json, not {suffix or 'nothing'!r}")
+        raise SpectrumError(
+            f"{path}: metrics table must end in .csv or .json, not {suffix or 'nothing'!r}"
+        )
 
 
 def _csv_bytes(rows: list[dict]) -> bytes:
     """CSV text with a fixed header; None and non-finite numbers are empty cells."""
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(row.get(k)) for k in ROW_FIELDS})

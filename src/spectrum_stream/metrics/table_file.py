@@ -30,15 +30,19 @@ def read_metrics_table(path) -> dict[str, dict]:
         rows = _csv_rows(path)
     else:
         raise SpectrumError(f"{path}: a metrics table must end in .csv or .json")
-    return {row["key"]: {name: _number(row.get(name), path, row["key"], name)
-                         for name in METRIC_NAMES} for row in rows}
+    return {
+        row["key"]: {name: _number(row.get(name), path, row["key"], name) for name in METRIC_NAMES}
+        for row in rows
+    }
 
 
 def _csv_rows(path: Path) -> list[dict]:
     try:
         size = os.path.getsize(path)
         if size > MAX_JSON_BYTES:
-            raise SpectrumError(f"{path}: {size} bytes, more than the {MAX_JSON_BYTES} this tool reads")
+            raise SpectrumError(
+                f"{path}: {size} bytes, more than the {MAX_JSON_BYTES} this tool reads"
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpectrumError(f"{path}: cannot read {_WHAT} ({exc.strerror or exc})") from None

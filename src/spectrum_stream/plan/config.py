@@ -73,8 +73,11 @@ def check_config(config: dict, ckpt, exclude: str | None = None) -> None:
         return found
 
     skip = re.compile(exclude) if exclude else None
-    shapes = {name: (entry.dtype, entry.shape) for name, (_, entry) in ckpt.tensors.items()
-              if skip is None or not skip.search(name)}
+    shapes = {
+        name: (entry.dtype, entry.shape)
+        for name, (_, entry) in ckpt.tensors.items()
+        if skip is None or not skip.search(name)
+    }
 
     dbrx = {n: s for n, (_, s) in shapes.items() if _DBRX_EXPERTS.search(n) and len(s) == 2}
     if dbrx:
@@ -83,20 +86,31 @@ def check_config(config: dict, ckpt, exclude: str | None = None) -> None:
         ffn = positive("ffn_config", "ffn_hidden_size", why=why)
         for name, (rows, _) in sorted(dbrx.items()):
             if experts is None and ffn is None:
-                raise fail("ffn_config.moe_num_experts", f"is missing (and so is "
-                           f"ffn_config.ffn_hidden_size); {why}, e.g. {name!r}")
+                raise fail(
+                    "ffn_config.moe_num_experts",
+                    f"is missing (and so is ffn_config.ffn_hidden_size); {why}, e.g. {name!r}",
+                )
             if experts and ffn and experts * ffn != rows:
-                raise fail("ffn_config.moe_num_experts", f"({experts}) times "
-                           f"ffn_config.ffn_hidden_size ({ffn}) is {experts * ffn} rows, but "
-                           f"{name!r} has {rows}")
+                raise fail(
+                    "ffn_config.moe_num_experts",
+                    f"({experts}) times "
+                    f"ffn_config.ffn_hidden_size ({ffn}) is {experts * ffn} rows, but "
+                    f"{name!r} has {rows}",
+                )
             if (experts or ffn) and rows % (experts or ffn):
                 key = "moe_num_experts" if experts else "ffn_hidden_size"
-                raise fail(f"ffn_config.{key}", f"({experts or ffn}) does not divide the {rows} "
-                           f"rows of {name!r}")
+                raise fail(
+                    f"ffn_config.{key}",
+                    f"({experts or ffn}) does not divide the {rows} rows of {name!r}",
+                )
 
-    fused = {n: s for n, (dtype, s) in shapes.items() if _FUSED_EXPERTS.search(n)
-             and not _DBRX_EXPERTS.search(n)
-             and (len(s) == 3 or (len(s) == 4 and n.endswith("_blocks") and dtype == "U8"))}
+    fused = {
+        n: s
+        for n, (dtype, s) in shapes.items()
+        if _FUSED_EXPERTS.search(n)
+        and not _DBRX_EXPERTS.search(n)
+        and (len(s) == 3 or (len(s) == 4 and n.endswith("_blocks") and dtype == "U8"))
+    }
     indexed: dict[str, int] = {}
     for n in shapes:
         m = _PER_EXPERT.search(n)
@@ -110,8 +124,11 @@ def check_config(config: dict, ckpt, exclude: str | None = None) -> None:
                 continue
             for name, shape in sorted(fused.items()):
                 if shape[0] != count:
-                    raise fail(key, f"is {count}, but the fused expert tensor {name!r} holds "
-                               f"{shape[0]} experts (shape {list(shape)})")
+                    raise fail(
+                        key,
+                        f"is {count}, but the fused expert tensor {name!r} holds "
+                        f"{shape[0]} experts (shape {list(shape)})",
+                    )
             if indexed:
                 name, top = max(indexed.items(), key=lambda kv: kv[1])
                 if top >= count:
@@ -123,5 +140,8 @@ def check_config(config: dict, ckpt, exclude: str | None = None) -> None:
     if any(n.endswith("_scale_inv") for n in shapes):
         for key, value in _occurrences(config, ("quantization_config", "weight_block_size")):
             if value != [FP8_BLOCK, FP8_BLOCK]:
-                raise fail(key, f"is {value!r}; spectrum-stream reads FP8 block scales of "
-                           f"[{FP8_BLOCK}, {FP8_BLOCK}] only (the `_scale_inv` tensors' blocks)")
+                raise fail(
+                    key,
+                    f"is {value!r}; spectrum-stream reads FP8 block scales of "
+                    f"[{FP8_BLOCK}, {FP8_BLOCK}] only (the `_scale_inv` tensors' blocks)",
+                )

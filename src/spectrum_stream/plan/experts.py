@@ -14,8 +14,8 @@ experts' bytes (experts are the outermost dimension, so they are contiguous).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from ..source.checkpoint import Checkpoint
 from .config import config_int, model_types
@@ -65,17 +65,22 @@ def _gate_up_split(name: str, shape: tuple[int, ...], ckpt: Checkpoint, mxfp4: b
     else:
         dim = 2 if model_types(ckpt.config) & {"llama4", "llama4_text", "gpt_oss"} else 1
     if shape[dim] % 2:
-        raise layout_error(name, shape, f"gate_up_proj needs an even size on dim {dim} to split gate and up")
+        raise layout_error(
+            name, shape, f"gate_up_proj needs an even size on dim {dim} to split gate and up"
+        )
     return dim
 
 
-def fused_3d(name: str, param: str, shape: tuple[int, ...], ckpt: Checkpoint,
-            mxfp4: bool = False) -> _Fused:
+def fused_3d(
+    name: str, param: str, shape: tuple[int, ...], ckpt: Checkpoint, mxfp4: bool = False
+) -> _Fused:
     """[E, A, B] -> one [A, B] matrix per expert (gate and up apart for a gate_up_proj)."""
     experts, a, b = shape
     if not _GATE_UP.search(param):
+
         def whole(e: int, local: int) -> list[MatrixSpec]:
             return [_spec(f"{param}$[{e}]", (a, b), (local,))]
+
         return _Fused(experts, 1, a * b * 4, whole)
 
     dim = _gate_up_split(name, shape, ckpt, mxfp4)
@@ -88,10 +93,14 @@ def fused_3d(name: str, param: str, shape: tuple[int, ...], ckpt: Checkpoint,
 
     def gate_up(e: int, local: int) -> list[MatrixSpec]:
         return [
-            _spec(f"{param}(?#{part})$[{e}]", mat_shape,
-                  (local, cut) if dim == 1 else (local, slice(None), cut))
+            _spec(
+                f"{param}(?#{part})$[{e}]",
+                mat_shape,
+                (local, cut) if dim == 1 else (local, slice(None), cut),
+            )
             for part, cut in parts.items()
         ]
+
     return _Fused(experts, 1, a * b * 4, gate_up)
 
 
@@ -101,17 +110,31 @@ def fused_dbrx(name: str, shape: tuple[int, ...], config: dict) -> _Fused:
     experts = config_int(config, "ffn_config", "moe_num_experts")
     ffn = config_int(config, "ffn_config", "ffn_hidden_size")
     if experts is None and ffn is None:
-        raise layout_error(name, shape, "a DBRX fused expert tensor; config.json must give "
-                    "ffn_config.moe_num_experts and ffn_config.ffn_hidden_size to split it")
+        raise layout_error(
+            name,
+            shape,
+            "a DBRX fused expert tensor; config.json must give "
+            "ffn_config.moe_num_experts and ffn_config.ffn_hidden_size to split it",
+        )
     experts = experts or rows // ffn
     ffn = ffn or rows // experts
     if experts * ffn != rows:
-        raise layout_error(name, shape, f"config.json says {experts} experts of {ffn} rows "
-                    f"(= {experts * ffn} rows) for this DBRX fused expert tensor")
+        raise layout_error(
+            name,
+            shape,
+            f"config.json says {experts} experts of {ffn} rows "
+            f"(= {experts * ffn} rows) for this DBRX fused expert tensor",
+        )
 
     def expert(e: int, local: int) -> list[MatrixSpec]:
-        return [_spec(f"{name}$[{e * ffn}:{(e + 1) * ffn}]", (ffn, cols),
-                      (slice(local * ffn, (local + 1) * ffn),))]
+        return [
+            _spec(
+                f"{name}$[{e * ffn}:{(e + 1) * ffn}]",
+                (ffn, cols),
+                (slice(local * ffn, (local + 1) * ffn),),
+            )
+        ]
+
     return _Fused(experts, ffn, ffn * cols * 4, expert)
 
 
@@ -122,21 +145,32 @@ def _slice_ref(ref: TensorRef, parts: int, first: int, stop: int) -> TensorRef:
         return ref
     step = e.nbytes // parts
     rows = e.shape[0] // parts
-    sub = replace(e, shape=((stop - first) * rows, *e.shape[1:]),
-                  start=e.start + first * step, end=e.start + stop * step)
+    sub = replace(
+        e,
+        shape=((stop - first) * rows, *e.shape[1:]),
+        start=e.start + first * step,
+        end=e.start + stop * step,
+    )
     return TensorRef(ref.name, ref.shard, sub)
 
 
-def fused_jobs(main: TensorRef, aux: tuple[TensorRef, ...], decode: str, fused: _Fused,
-               chunkable: bool) -> list[TensorJob]:
+def fused_jobs(
+    main: TensorRef, aux: tuple[TensorRef, ...], decode: str, fused: _Fused, chunkable: bool
+) -> list[TensorJob]:
     """Jobs of at most EXPERT_CHUNK_BYTES decoded each (at least one expert), in expert order."""
-    per_job = max(1, EXPERT_CHUNK_BYTES // max(1, fused.expert_bytes)) if chunkable else fused.experts
+    per_job = (
+        max(1, EXPERT_CHUNK_BYTES // max(1, fused.expert_bytes)) if chunkable else fused.experts
+    )
     jobs = []
     for first in range(0, fused.experts, per_job):
         stop = min(first + per_job, fused.experts)
         specs = tuple(s for e in range(first, stop) for s in fused.matrices(e, e - first))
-        jobs.append(TensorJob(
-            _slice_ref(main, fused.experts, first, stop), specs, decode,
-            tuple(_slice_ref(a, fused.experts, first, stop) for a in aux),
-        ))
+        jobs.append(
+            TensorJob(
+                _slice_ref(main, fused.experts, first, stop),
+                specs,
+                decode,
+                tuple(_slice_ref(a, fused.experts, first, stop) for a in aux),
+            )
+        )
     return jobs

@@ -38,7 +38,9 @@ def plain_job(ckpt: Checkpoint, name: str) -> TensorJob | None:
     rows = entry.shape[0]
     cols = math.prod(entry.shape[1:])
     key = module_name(name)
-    return TensorJob(TensorRef(name, shard, entry), (MatrixSpec(key, module_type(key), (rows, cols)),))
+    return TensorJob(
+        TensorRef(name, shard, entry), (MatrixSpec(key, module_type(key), (rows, cols)),)
+    )
 
 
 def tensor_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
@@ -67,7 +69,9 @@ def tensor_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
     return [replace(job, decode=decode, aux=aux)]
 
 
-def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = None) -> list[TensorJob]:
+def plan(
+    ckpt: Checkpoint, include: str | None = None, exclude: str | None = None
+) -> list[TensorJob]:
     """Every matrix to scan, in file order (shard, then offset) so reads stay sequential.
 
     `include`/`exclude` are regexes searched in each result's type or key. A tensor that breaks a
@@ -81,7 +85,7 @@ def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = Non
     exc = re.compile(exclude) if exclude else None
 
     def wanted(spec: MatrixSpec) -> bool:
-        hit = lambda rx: rx.search(spec.type) or rx.search(spec.key)  # noqa: E731
+        hit = lambda rx: rx.search(spec.type) or rx.search(spec.key)
         return (inc is None or hit(inc)) and (exc is None or not hit(exc))
 
     jobs = []
@@ -93,8 +97,11 @@ def plan(ckpt: Checkpoint, include: str | None = None, exclude: str | None = Non
                 continue
             raise
         for job in found:
-            kept = tuple(replace(s, trainer_key=names.key(s.key, job.main.name))
-                         for s in job.matrices if wanted(s))
+            kept = tuple(
+                replace(s, trainer_key=names.key(s.key, job.main.name))
+                for s in job.matrices
+                if wanted(s)
+            )
             if kept:
                 jobs.append(replace(job, matrices=kept))
     jobs.sort(key=lambda j: (j.main.shard, j.main.entry.start))

@@ -9,7 +9,7 @@ _DIGITS = re.compile(r"^\d+$")
 
 def module_name(tensor_name: str) -> str:
     """`model.layers.3.mlp.down_proj.weight` -> `model.layers.3.mlp.down_proj`."""
-    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+    return tensor_name.removesuffix(".weight")
 
 
 def module_type(name: str) -> str:
@@ -17,7 +17,7 @@ def module_type(name: str) -> str:
     parts = name.split(".")
     for i, part in enumerate(parts):
         if _DIGITS.match(part):
-            rest = ".".join(parts[i + 1:])
+            rest = ".".join(parts[i + 1 :])
             return rest or name
     return name
 

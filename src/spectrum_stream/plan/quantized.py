@@ -31,8 +31,12 @@ def is_companion(name: str, tensors: dict) -> bool:
 
 
 def is_mxfp4_blocks(name: str, dtype: str, shape: tuple[int, ...]) -> bool:
-    return (name.endswith(BLOCKS_SUFFIX) and dtype == "U8" and len(shape) >= 3
-            and shape[-1] == MXFP4_GROUP // 2)
+    return (
+        name.endswith(BLOCKS_SUFFIX)
+        and dtype == "U8"
+        and len(shape) >= 3
+        and shape[-1] == MXFP4_GROUP // 2
+    )
 
 
 def mxfp4_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
@@ -45,12 +49,18 @@ def mxfp4_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
         raise layout_error(name, shape, f"MXFP4 blocks without their scales {scales_name!r}")
     scales = ref(ckpt, scales_name)
     if scales.entry.dtype not in _MX_SCALE_DTYPES or scales.entry.shape != shape[:-1]:
-        raise layout_error(name, shape, f"MXFP4 scales {scales_name!r} must be U8 of shape "
-                    f"{list(shape[:-1])}, got {scales.entry.dtype} {list(scales.entry.shape)}")
+        raise layout_error(
+            name,
+            shape,
+            f"MXFP4 scales {scales_name!r} must be U8 of shape "
+            f"{list(shape[:-1])}, got {scales.entry.dtype} {list(scales.entry.shape)}",
+        )
     decoded = (*shape[:-2], shape[-2] * MXFP4_GROUP)
     if len(decoded) == 2:  # one matrix, not a stack of experts
         key = module_name(param)
-        return [TensorJob(blocks, (MatrixSpec(key, module_type(key), decoded),), "mxfp4", (scales,))]
+        return [
+            TensorJob(blocks, (MatrixSpec(key, module_type(key), decoded),), "mxfp4", (scales,))
+        ]
     if len(decoded) != 3:
         raise layout_error(name, shape, "MXFP4 blocks must be [E, R, G, 16] or [R, G, 16]")
     fused = fused_3d(name, param, decoded, ckpt, mxfp4=True)
@@ -66,7 +76,11 @@ def fp8_scale(ckpt: Checkpoint, name: str) -> TensorRef | None:
     scale = ref(ckpt, sibling)
     want = fp8_scale_shape(entry.shape)
     if scale.entry.dtype not in _SCALE_DTYPES or scale.entry.shape != want:
-        raise layout_error(name, entry.shape, f"FP8 block scales {sibling!r} must be a float tensor of "
-                    f"shape {list(want)} (128x128 blocks), got {scale.entry.dtype} "
-                    f"{list(scale.entry.shape)}")
+        raise layout_error(
+            name,
+            entry.shape,
+            f"FP8 block scales {sibling!r} must be a float tensor of "
+            f"shape {list(want)} (128x128 blocks), got {scale.entry.dtype} "
+            f"{list(scale.entry.shape)}",
+        )
     return scale

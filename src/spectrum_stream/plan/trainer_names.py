@@ -60,21 +60,38 @@ class Rules:
 # ---------------------------------------------------------------------------------------------
 # Built-in rules (transformers 5.24's conversion_mapping.py, for the families it converts).
 
+
 def _stack(gate: str, up: str, down: str, target: str) -> tuple[Fuse, ...]:
-    return (Fuse((gate, up), f"{target}.gate_up_proj", "stack", ("gate", "up")),
-            Fuse((down,), f"{target}.down_proj", "stack"))
+    return (
+        Fuse((gate, up), f"{target}.gate_up_proj", "stack", ("gate", "up")),
+        Fuse((down,), f"{target}.down_proj", "stack"),
+    )
 
 
-_MIXTRAL = Rules((Rename(".block_sparse_moe.", ".mlp."),),
-                 _stack(".experts.*.w1.weight", ".experts.*.w3.weight", ".experts.*.w2.weight",
-                        ".experts"))
-_QWEN2_MOE = Rules((), _stack("mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight",
-                              "mlp.experts.*.down_proj.weight", "mlp.experts"))
+_MIXTRAL = Rules(
+    (Rename(".block_sparse_moe.", ".mlp."),),
+    _stack(".experts.*.w1.weight", ".experts.*.w3.weight", ".experts.*.w2.weight", ".experts"),
+)
+_QWEN2_MOE = Rules(
+    (),
+    _stack(
+        "mlp.experts.*.gate_proj.weight",
+        "mlp.experts.*.up_proj.weight",
+        "mlp.experts.*.down_proj.weight",
+        "mlp.experts",
+    ),
+)
 _PHIMOE = Rules(_MIXTRAL.renames + (Rename(".gate.weight", ".router.weight"),), _MIXTRAL.fuses)
-_QWEN3_VL_MOE = Rules((), (Fuse(("mlp.experts.gate_up_proj",), "mlp.experts.gate_up_proj", "rows"),
-                           Fuse(("mlp.experts.down_proj",), "mlp.experts.down_proj", "rows")))
+_QWEN3_VL_MOE = Rules(
+    (),
+    (
+        Fuse(("mlp.experts.gate_up_proj",), "mlp.experts.gate_up_proj", "rows"),
+        Fuse(("mlp.experts.down_proj",), "mlp.experts.down_proj", "rows"),
+    ),
+)
 _LEGACY = (  # applied to every model type
-    Rename("LayerNorm.gamma", "LayerNorm.weight"), Rename("LayerNorm.beta", "LayerNorm.bias"),
+    Rename("LayerNorm.gamma", "LayerNorm.weight"),
+    Rename("LayerNorm.beta", "LayerNorm.bias"),
     Rename(".weight_g", ".parametrizations.weight.original0"),
     Rename(".weight_v", ".parametrizations.weight.original1"),
     Rename(r"^model\.language_model\.model", "model.language_model"),
@@ -82,17 +99,41 @@ _LEGACY = (  # applied to every model type
 )
 
 BUILTIN: dict[str, Rules] = {
-    "mixtral": _MIXTRAL, "minimax": _MIXTRAL, "minimax_m2": _MIXTRAL, "phimoe": _PHIMOE,
+    "mixtral": _MIXTRAL,
+    "minimax": _MIXTRAL,
+    "minimax_m2": _MIXTRAL,
+    "phimoe": _PHIMOE,
     "qwen3_vl_moe": _QWEN3_VL_MOE,
-    **{t: _QWEN2_MOE for t in (
-        "qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_omni_moe", "deepseek_v2", "deepseek_v3",
-        "deepseek_v32", "olmoe", "flex_olmo", "dots1", "ernie4_5_moe", "glm4_moe", "glm4_moe_lite",
-        "glm4v_moe", "hunyuan_v1_moe", "longcat_flash", "exaone_moe", "afmoe", "solar_open")},
+    **{
+        t: _QWEN2_MOE
+        for t in (
+            "qwen2_moe",
+            "qwen3_moe",
+            "qwen3_next",
+            "qwen3_omni_moe",
+            "deepseek_v2",
+            "deepseek_v3",
+            "deepseek_v32",
+            "olmoe",
+            "flex_olmo",
+            "dots1",
+            "ernie4_5_moe",
+            "glm4_moe",
+            "glm4_moe_lite",
+            "glm4v_moe",
+            "hunyuan_v1_moe",
+            "longcat_flash",
+            "exaone_moe",
+            "afmoe",
+            "solar_open",
+        )
+    },
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # transformers' own mapping, read into the same Rules.
+
 
 def _fuse_kind(ops: list) -> tuple[str, bool]:
     """(kind, concatenated) of a WeightConverter's operations."""
@@ -125,8 +166,11 @@ def rules_from_transformers(mapping) -> Rules:
             kind = "opaque"
         parts = ()
         if kind == "stack" and len(sources) > 1:
-            parts = (("gate", "up") if len(sources) == 2 and targets[0].endswith("gate_up_proj")
-                     else tuple(f"part{i}" for i in range(len(sources))))
+            parts = (
+                ("gate", "up")
+                if len(sources) == 2 and targets[0].endswith("gate_up_proj")
+                else tuple(f"part{i}" for i in range(len(sources)))
+            )
         fuses.append(Fuse(tuple(sources), targets[0], kind, parts))
     return Rules(tuple(renames), tuple(fuses))
 
@@ -167,6 +211,7 @@ def builtin_rules(config: dict) -> Rules:
 # ---------------------------------------------------------------------------------------------
 # Applying them.
 
+
 def _compile(pattern: str, star: str) -> re.Pattern:
     """A transformers source pattern as a regex: `*.` is one path part, the end is a name end."""
     rx = pattern.replace("*.", star + r"\.")
@@ -192,7 +237,7 @@ class TrainerNames:
     _warned: set = field(default_factory=set)
 
     @classmethod
-    def for_config(cls, config: dict, use_transformers: bool = True) -> "TrainerNames":
+    def for_config(cls, config: dict, use_transformers: bool = True) -> TrainerNames:
         found = transformers_rules(config) if use_transformers else None
         if found is None:
             return cls(builtin_rules(config), "built-in rules (transformers 5.24)")
@@ -228,6 +273,10 @@ class TrainerNames:
             return f"{renamed}{part}$[{expert}]"
         if fuse.target not in self._warned:
             self._warned.add(fuse.target)
-            log.warning("%s loads %s by a conversion no row range can express; results keep the "
-                        "checkpoint keys for it (docs/moe.md, 'Names')", self.origin, fuse.target)
+            log.warning(
+                "%s loads %s by a conversion no row range can express; results keep the "
+                "checkpoint keys for it (docs/moe.md, 'Names')",
+                self.origin,
+                fuse.target,
+            )
         return key

@@ -43,20 +43,27 @@ def _first(config: dict, *keys: str) -> int | None:
 def model_dims(config: dict, params: list[Param]) -> ModelDims:
     """From config.json, falling back to the parameters (layer count from names, hidden size and
     vocabulary from the embedding) where a key is missing."""
-    embed = max((p for p in params if len(p.shape) == 2 and re.search(r"embed|wte", p.name)),
-                key=lambda p: p.numel, default=None)
-    layers = _first(config, "num_hidden_layers", "n_layers", "num_layers") or \
-        len({m.group(1) for p in params for m in [_LAYER.search(p.name)] if m})
+    embed = max(
+        (p for p in params if len(p.shape) == 2 and re.search(r"embed|wte", p.name)),
+        key=lambda p: p.numel,
+        default=None,
+    )
+    layers = _first(config, "num_hidden_layers", "n_layers", "num_layers") or len(
+        {m.group(1) for p in params for m in [_LAYER.search(p.name)] if m}
+    )
     hidden = _first(config, "hidden_size", "d_model", "n_embd") or (embed.shape[1] if embed else 0)
     vocab = _first(config, "vocab_size") or (embed.shape[0] if embed else 0)
     heads = _first(config, "num_attention_heads", "n_heads") or 1
     head_dim = _first(config, "head_dim") or hidden // heads
     kv_heads = _first(config, "num_key_value_heads", "attn_config/kv_n_heads") or heads
-    dense = _first(config, "intermediate_size", "ffn_config/ffn_hidden_size", "n_inner") or 4 * hidden
+    dense = (
+        _first(config, "intermediate_size", "ffn_config/ffn_hidden_size", "n_inner") or 4 * hidden
+    )
     top_k = _first(config, "num_experts_per_tok", "moe_topk", "ffn_config/moe_top_k") or 0
     expert = _first(config, "moe_intermediate_size", "ffn_config/ffn_hidden_size") or dense
-    shared = (_first(config, "shared_expert_intermediate_size") or 0) + \
-        (_first(config, "n_shared_experts") or 0) * expert
+    shared = (_first(config, "shared_expert_intermediate_size") or 0) + (
+        _first(config, "n_shared_experts") or 0
+    ) * expert
     if not top_k:
         ffn = dense
     else:  # MoE; DeepSeek's first layers are dense MLPs of intermediate_size

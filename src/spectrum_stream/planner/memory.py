@@ -61,8 +61,14 @@ def _largest(per_unit: dict[str, float]) -> int:
     return math.ceil(max(per_unit.values(), default=0))
 
 
-def footprint(params: list[Param], method: str, trained: list[Trained] | None = None,
-              optimizer: str = "adamw", lora_rank: int = 16, activations: int = 0) -> Footprint:
+def footprint(
+    params: list[Param],
+    method: str,
+    trained: list[Trained] | None = None,
+    optimizer: str = "adamw",
+    lora_rank: int = 16,
+    activations: int = 0,
+) -> Footprint:
     """Bytes of `method`; `trained` is the Spectrum (or full) selection, unused for LoRA/QLoRA."""
     opt = OPTIMIZER_BYTES[optimizer]
     weights: dict[str, float] = {}
@@ -73,7 +79,9 @@ def footprint(params: list[Param], method: str, trained: list[Trained] | None = 
         for p in params:
             u = _unit(p.name)
             quantized = method == "qlora" and p.name in targets
-            weights[u] = weights.get(u, 0) + (p.numel * NF4_BYTES if quantized else _weight_bytes(p))
+            weights[u] = weights.get(u, 0) + (
+                p.numel * NF4_BYTES if quantized else _weight_bytes(p)
+            )
             if p.name in targets:
                 a = lora_params(p, lora_rank)
                 trainable += a
@@ -91,16 +99,23 @@ def footprint(params: list[Param], method: str, trained: list[Trained] | None = 
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     grads = sum(grad_elems.values())
     return Footprint(
-        trainable=trainable, weights=math.ceil(sum(weights.values())), grads=grads * GRAD_BYTES,
-        optimizer=grads * opt, master=grads * MASTER_BYTES, unit_weights=_largest(weights),
-        unit_grads=_largest(grad_elems) * GRAD_BYTES, activations=activations)
+        trainable=trainable,
+        weights=math.ceil(sum(weights.values())),
+        grads=grads * GRAD_BYTES,
+        optimizer=grads * opt,
+        master=grads * MASTER_BYTES,
+        unit_weights=_largest(weights),
+        unit_grads=_largest(grad_elems) * GRAD_BYTES,
+        activations=activations,
+    )
 
 
 def per_gpu(fp: Footprint, gpus: int) -> dict[str, int]:
     """Bytes on each of `gpus` GPUs (ZeRO-3/FSDP full sharding), without the overhead."""
     gathered = gpus > 1
     out = {
-        "weights": math.ceil(fp.weights / gpus) + (PREFETCH_UNITS * fp.unit_weights if gathered else 0),
+        "weights": math.ceil(fp.weights / gpus)
+        + (PREFETCH_UNITS * fp.unit_weights if gathered else 0),
         "grads": math.ceil(fp.grads / gpus) + (fp.unit_grads if gathered else 0),
         "optimizer": math.ceil(fp.optimizer / gpus),
         "master": math.ceil(fp.master / gpus),

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
-from ..source.checkpoint import Checkpoint
-from ..source.dtypes import DTYPE_BITS, FLOAT_DTYPES
 from ..plan.config import config_int
 from ..plan.quantized import BLOCKS_SUFFIX, SCALES_SUFFIX, is_companion
 from ..plan.trainer_names import TrainerNames
+from ..source.checkpoint import Checkpoint
+from ..source.dtypes import DTYPE_BITS, FLOAT_DTYPES
 
 MXFP4_BYTES = 0.5 + 1 / 32  # two FP4 codes per byte, one scale byte per 32 values
 
@@ -71,13 +71,24 @@ def stored_view(ckpt: Checkpoint) -> list[Param]:
         if is_companion(name, ckpt.tensors):
             continue
         shape, dtype = tuple(entry.shape), entry.dtype
-        if name.endswith(BLOCKS_SUFFIX) and name[: -len(BLOCKS_SUFFIX)] + SCALES_SUFFIX in ckpt.tensors \
-                and dtype == "U8" and len(shape) >= 3:
+        if (
+            name.endswith(BLOCKS_SUFFIX)
+            and name[: -len(BLOCKS_SUFFIX)] + SCALES_SUFFIX in ckpt.tensors
+            and dtype == "U8"
+            and len(shape) >= 3
+        ):
             name, shape = name[: -len(BLOCKS_SUFFIX)], (*shape[:-2], shape[-2] * shape[-1] * 2)
             out.append(Param(name, shape, MXFP4_BYTES, True, _experts_of(name, shape, ckpt.config)))
             continue
-        out.append(Param(name, shape, DTYPE_BITS[dtype] / 8, dtype in FLOAT_DTYPES,
-                         _experts_of(name, shape, ckpt.config)))
+        out.append(
+            Param(
+                name,
+                shape,
+                DTYPE_BITS[dtype] / 8,
+                dtype in FLOAT_DTYPES,
+                _experts_of(name, shape, ckpt.config),
+            )
+        )
     return out
 
 
@@ -101,7 +112,7 @@ def trainer_view(ckpt: Checkpoint) -> list[Param]:
     fused = {target: _stacked(target, members) for target, members in stacks.items()}
     out: list[Param] = []
     placed: set[str] = set()
-    for p, target, fuse, expert, _ in mapped:
+    for p, target, fuse, _expert, _ in mapped:
         if fuse is None or fuse.kind == "rows":
             out.append(replace(p, name=target))
         elif target in fused and fused[target] is not None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import random
 
-from ..source.checkpoint import Checkpoint
 from ..plan.jobs import plan as scan_plan
 from ..results.files import compat_results
 from ..results.names import DEFAULT_GROUPING
 from ..results.select import unfrozen_parameters
+from ..source.checkpoint import Checkpoint
 from .activations import activation_terms, model_dims
 from .memory import GPU_COUNTS, METHODS, fewest_gpus, fits, footprint, per_gpu
 from .params import View, trainer_view
@@ -27,9 +27,17 @@ def synthetic_results(ckpt: Checkpoint, names: str = "trainer") -> dict[str, dic
     floor(count * P / 100) matrices of each type, as a real selection does; which layers and
     experts are drawn is chance."""
     rng = random.Random(SYNTHETIC_SEED)
-    records = [{"key": spec.key, "trainer_key": spec.trainer_key or spec.key, "type": spec.type,
-                "status": "ok", "snr": rng.random()}
-               for job in scan_plan(ckpt) for spec in job.matrices]
+    records = [
+        {
+            "key": spec.key,
+            "trainer_key": spec.trainer_key or spec.key,
+            "type": spec.type,
+            "status": "ok",
+            "snr": rng.random(),
+        }
+        for job in scan_plan(ckpt)
+        for spec in job.matrices
+    ]
     return compat_results(records, names, DEFAULT_GROUPING)
 
 
@@ -38,17 +46,32 @@ def _method_entry(fp, gpus: int | None, gpu_mem: float, grad_params: int) -> dic
     fit = fits(fp, int(gpu_mem), counts)
     n = gpus or fewest_gpus(fit) or max(GPU_COUNTS)
     more = fewest_gpus(fits(fp, int(gpu_mem), tuple(2**i for i in range(11))))
-    return {"trainable_params": fp.trainable, "grad_params": grad_params, "gpus": n,
-            "fewest_gpus": more,
-            "bytes_per_gpu": per_gpu(fp, n), "fits": fit}
+    return {
+        "trainable_params": fp.trainable,
+        "grad_params": grad_params,
+        "gpus": n,
+        "fewest_gpus": more,
+        "bytes_per_gpu": per_gpu(fp, n),
+        "fits": fit,
+    }
 
 
-def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_percent: float = 25,
-               gpus: int | None = None, gpu_mem: float = 80e9, seq_len: int = 2048,
-               micro_batch: int = 1, optimizer: str = "adamw", lora_rank: int = 16,
-               view: View = trainer_view, grouping: str | None = None,
-               rate: float | None = None, rate_method: str = "exact",
-               rates: dict[str, float] | None = None) -> dict:
+def build_plan(
+    ckpt: Checkpoint,
+    results: dict[str, dict] | None = None,
+    top_percent: float = 25,
+    gpus: int | None = None,
+    gpu_mem: float = 80e9,
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    optimizer: str = "adamw",
+    lora_rank: int = 16,
+    view: View = trainer_view,
+    grouping: str | None = None,
+    rate: float | None = None,
+    rate_method: str = "exact",
+    rates: dict[str, float] | None = None,
+) -> dict:
     """Everything from headers alone; no weight bytes are read.
 
     `results`: a results file's content ({key: {"snr", "type"}}), keys named as `view` names its
@@ -68,12 +91,15 @@ def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_per
         notes.append(
             f"no results file: Spectrum-{top_percent:g}% is estimated by keeping floor(count * "
             f"{top_percent:g} / 100) matrices of each type, drawn at random (seed {SYNTHETIC_SEED}); "
-            "for fused or row-ranged experts, which tensors receive gradients depends on the draw")
+            "for fused or row-ranged experts, which tensors receive gradients depends on the draw"
+        )
     patterns = unfrozen_parameters(results, top_percent, grouping)
     chosen, unmatched = trained(params, patterns)
     if unmatched:
-        notes.append(f"{len(unmatched)} of {len(patterns)} patterns match no parameter of this "
-                     f"view, e.g. {unmatched[0]!r}")
+        notes.append(
+            f"{len(unmatched)} of {len(patterns)} patterns match no parameter of this "
+            f"view, e.g. {unmatched[0]!r}"
+        )
     dims = model_dims(ckpt.config, params)
     act_terms = activation_terms(dims, seq_len, micro_batch)
     act = sum(act_terms.values())
@@ -90,9 +116,16 @@ def build_plan(ckpt: Checkpoint, results: dict[str, dict] | None = None, top_per
         "model": ckpt.name,
         "params_total": sum(p.numel for p in params if p.is_float),
         "settings": {
-            "top_percent": top_percent, "gpus": gpus, "gpu_mem": int(gpu_mem), "seq_len": seq_len,
-            "micro_batch": micro_batch, "optimizer": optimizer, "lora_rank": lora_rank,
-            "grouping": grouping, "view": getattr(view, "__name__", str(view)), "names": names,
+            "top_percent": top_percent,
+            "gpus": gpus,
+            "gpu_mem": int(gpu_mem),
+            "seq_len": seq_len,
+            "micro_batch": micro_batch,
+            "optimizer": optimizer,
+            "lora_rank": lora_rank,
+            "grouping": grouping,
+            "view": getattr(view, "__name__", str(view)),
+            "names": names,
             "results": "synthetic" if synthetic else "given",
         },
         "activations": act_terms,

@@ -14,8 +14,9 @@ from .params import View
 from .trainable import trained
 
 
-def check_results_names(ckpt: Checkpoint, results: dict[str, dict], view: View, other: View,
-                        where: str) -> None:
+def check_results_names(
+    ckpt: Checkpoint, results: dict[str, dict], view: View, other: View, where: str
+) -> None:
     """Raise unless every key of `results` names a parameter of `view` (a scan of this model
     under the view's --names always does): saying so when the keys name `other`'s parameters
     (written with the other --names), else that they are another model's."""
@@ -32,6 +33,9 @@ def check_results_names(ckpt: Checkpoint, results: dict[str, dict], view: View, 
         raise SpectrumError(
             f"{where}: written with --names {other.names} ({len(here)} of {len(patterns)} keys "
             f"name no parameter under --names {view.names}); plan with --names {other.names}, or "
-            f"rewrite the results with `spectrum-stream rebuild JOURNAL --names {view.names}`")
-    raise SpectrumError(f"{where}: {len(here)} of its {len(patterns)} keys name no parameter of "
-                        f"{ckpt.name} (e.g. {here[0]!r}); results of another model?")
+            f"rewrite the results with `spectrum-stream rebuild JOURNAL --names {view.names}`"
+        )
+    raise SpectrumError(
+        f"{where}: {len(here)} of its {len(patterns)} keys name no parameter of "
+        f"{ckpt.name} (e.g. {here[0]!r}); results of another model?"
+    )

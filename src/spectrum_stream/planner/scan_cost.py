@@ -8,8 +8,8 @@ Assumptions: docs/planner.md, "Scan cost".
 from __future__ import annotations
 
 from ..kernel import memory
-from ..source.checkpoint import Checkpoint
 from ..plan.jobs import plan
+from ..source.checkpoint import Checkpoint
 
 # m*n*k per second, one matrix at a time, by device and --method.
 # cpu: measured on a 2-core AMD EPYC at Qwen1.5-110B's shapes (bench/RESULTS.md section 2: an

@@ -20,18 +20,27 @@ def _count(n: float) -> str:
 
 
 def _label(method: str, s: dict) -> str:
-    return {"full": "Full fine-tuning", "spectrum": f"Spectrum-{s['top_percent']:g}%",
-            "lora": f"LoRA r{s['lora_rank']}", "qlora": f"QLoRA r{s['lora_rank']}"}[method]
+    return {
+        "full": "Full fine-tuning",
+        "spectrum": f"Spectrum-{s['top_percent']:g}%",
+        "lora": f"LoRA r{s['lora_rank']}",
+        "qlora": f"QLoRA r{s['lora_rank']}",
+    }[method]
 
 
 def _verdict(m: dict, mem: float) -> str:
     f = m["fits"][str(m["gpus"])]
     if f["fits"]:
         return f"{m['gpus']} x {_gb(mem)} (fits with {_gb(f['margin'])} to spare each)"
-    more = (f"; {m['fewest_gpus']} x {_gb(mem)} would fit" if m.get("fewest_gpus")
-            else "; no GPU count up to 1024 fits")
-    return (f"does not fit on {m['gpus']} x {_gb(mem)} (needs {_gb(f['need'])} each, "
-            f"{_gb(-f['margin'])} short{more})")
+    more = (
+        f"; {m['fewest_gpus']} x {_gb(mem)} would fit"
+        if m.get("fewest_gpus")
+        else "; no GPU count up to 1024 fits"
+    )
+    return (
+        f"does not fit on {m['gpus']} x {_gb(mem)} (needs {_gb(f['need'])} each, "
+        f"{_gb(-f['margin'])} short{more})"
+    )
 
 
 def format_plan_text(plan: dict) -> str:
@@ -46,25 +55,34 @@ def format_plan_text(plan: dict) -> str:
         "Per GPU (GB) at the GPU count shown; 'need' adds the fixed overhead:",
     ]
     cols = ("weights", "grads", "optimizer", "master", "activations", "total")
-    head = f"{'method':<18}{'GPUs':>5}{'trainable':>11}" + "".join(f"{c:>12}" for c in cols) + \
-        f"{'need':>9}"
+    head = (
+        f"{'method':<18}{'GPUs':>5}{'trainable':>11}"
+        + "".join(f"{c:>12}" for c in cols)
+        + f"{'need':>9}"
+    )
     lines.append(head)
     for k, m in methods.items():
         b = m["bytes_per_gpu"]
         need = m["fits"][str(m["gpus"])]["need"]
-        lines.append(f"{_label(k, s):<18}{m['gpus']:>5}{_count(m['trainable_params']):>11}"
-                     + "".join(f"{b[c] / GB:>12.1f}" for c in cols) + f"{need / GB:>9.1f}")
+        lines.append(
+            f"{_label(k, s):<18}{m['gpus']:>5}{_count(m['trainable_params']):>11}"
+            + "".join(f"{b[c] / GB:>12.1f}" for c in cols)
+            + f"{need / GB:>9.1f}"
+        )
     lines.append("Fits per GPU count (margin per GPU, GB):")
     for k, m in methods.items():
-        cells = [f"{n}: {'yes' if f['fits'] else 'no'} {f['margin'] / GB:+.0f}"
-                 for n, f in m["fits"].items()]
+        cells = [
+            f"{n}: {'yes' if f['fits'] else 'no'} {f['margin'] / GB:+.0f}"
+            for n, f in m["fits"].items()
+        ]
         lines.append(f"  {_label(k, s):<18}" + "   ".join(cells))
     sc = plan["scan"]
     measured = {"cpu": "2-core CPU, measured", "measured": "measured here"}
     times = "; ".join(
         f"{dev} ({measured.get(dev, 'assumed, not measured')}) "
         + ", ".join(f"{meth} {human_seconds(t)}" for meth, t in per.items())
-        for dev, per in sc["seconds"].items())
+        for dev, per in sc["seconds"].items()
+    )
     g = sc["gpu_bytes_largest_matrix"]
     lines += [
         "",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..results.patterns import Pattern, parse_pattern  # noqa: F401  (part of this module's interface)
+from ..results.patterns import Pattern, parse_pattern
 from .params import Param
 
 _ROUTER = re.compile(r"(^|\.)(\w*gate|router(\.layer)?)(\.weight)?$")
@@ -104,13 +104,19 @@ def totals(items: list[Trained]) -> tuple[int, int]:
 
 # --- LoRA ----------------------------------------------------------------------------------------
 
+
 def lora_targets(params: list[Param]) -> list[Param]:
     """The matrices LoRA adapts: every floating-point weight of two or more dimensions inside the
     layers (a name with a `.N.` layer index): attention and MLP projections, shared and routed
     experts. Routers (`gate`, `*_gate`, `router`), embeddings and the output head are left out."""
-    return [p for p in params
-            if p.is_float and len(p.shape) >= 2 and _IN_LAYER.search(p.name)
-            and not _ROUTER.search(p.name)]
+    return [
+        p
+        for p in params
+        if p.is_float
+        and len(p.shape) >= 2
+        and _IN_LAYER.search(p.name)
+        and not _ROUTER.search(p.name)
+    ]
 
 
 def lora_params(param: Param, rank: int) -> int:

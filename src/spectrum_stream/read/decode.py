@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -17,19 +17,25 @@ def _raw(ref: TensorRef, path_of: Callable[[str], Path], device: torch.device) -
     return to_device(read_raw(path_of(ref.shard), ref.entry), device)
 
 
-def decode_plain(job: TensorJob, path_of: Callable[[str], Path], device: torch.device) -> torch.Tensor:
+def decode_plain(
+    job: TensorJob, path_of: Callable[[str], Path], device: torch.device
+) -> torch.Tensor:
     raw = read_raw(path_of(job.main.shard), job.main.entry)
     return to_float32(raw, device)
 
 
-def decode_fp8_block(job: TensorJob, path_of: Callable[[str], Path], device: torch.device) -> torch.Tensor:
+def decode_fp8_block(
+    job: TensorJob, path_of: Callable[[str], Path], device: torch.device
+) -> torch.Tensor:
     """FP8 weight times its 128x128 block `_scale_inv` (job.aux[0])."""
     weight = _raw(job.main, path_of, device)
     scale = _raw(job.aux[0], path_of, device)
     return dequant_fp8_block(weight, scale, job.main.name)
 
 
-def decode_mxfp4(job: TensorJob, path_of: Callable[[str], Path], device: torch.device) -> torch.Tensor:
+def decode_mxfp4(
+    job: TensorJob, path_of: Callable[[str], Path], device: torch.device
+) -> torch.Tensor:
     """gpt-oss MXFP4 `_blocks` (job.main) with their `_scales` (job.aux[0])."""
     blocks = _raw(job.main, path_of, device)
     scales = _raw(job.aux[0], path_of, device)

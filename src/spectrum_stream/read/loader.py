@@ -6,8 +6,8 @@ memory follows the tensor being scanned, not the shard (docs/spec.md, "Memory").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,9 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=dtype)
     try:
-        mapped = np.memmap(path, dtype=np.uint8, mode="c", offset=entry.start, shape=(entry.nbytes,))
+        mapped = np.memmap(
+            path, dtype=np.uint8, mode="c", offset=entry.start, shape=(entry.nbytes,)
+        )
     except (OSError, ValueError) as exc:
         raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
     return torch.from_numpy(mapped).view(dtype).view(entry.shape)
@@ -54,8 +56,9 @@ def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Itera
     block ahead of the caller (bound to the device first); on CPU, as they are."""
     if device.type != "cuda":
         return blocks
-    return read_ahead((to_device(b, device) for b in blocks), depth=1,
-                      init=lambda: bind_thread(device))
+    return read_ahead(
+        (to_device(b, device) for b in blocks), depth=1, init=lambda: bind_thread(device)
+    )
 
 
 def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -104,8 +107,13 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
     for r0 in range(0, n_rows, rows):
         r1 = min(n_rows, r0 + rows)
         try:
-            part = np.memmap(path, dtype=np.uint8, mode="c", offset=entry.start + r0 * row_bytes,
-                             shape=((r1 - r0) * row_bytes,))
+            part = np.memmap(
+                path,
+                dtype=np.uint8,
+                mode="c",
+                offset=entry.start + r0 * row_bytes,
+                shape=((r1 - r0) * row_bytes,),
+            )
         except (OSError, ValueError) as exc:
             raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
         yield torch.from_numpy(part).view(dtype).view(r1 - r0, cols)
@@ -117,4 +125,4 @@ def iter_col_blocks(path: Path, entry: TensorEntry, cols: int):
     raw = read_raw(path, entry)
     raw = raw.reshape(entry.shape[0], -1)
     for c0 in range(0, raw.shape[1], cols):
-        yield raw[:, c0:c0 + cols]
+        yield raw[:, c0 : c0 + cols]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from ..errors import SpectrumError
 
@@ -26,9 +27,12 @@ def _timed(load: Callable[[T], object], item: T) -> tuple[object, SpectrumError 
         return None, SpectrumError(f"cannot load ({exc})"), time.perf_counter() - t0
 
 
-def prefetched(items: Iterable[T], load: Callable[[T], object], ahead: bool = True,
-               init: Callable[[], None] | None = None,
-               ) -> Iterator[tuple[T, object, SpectrumError | None, float]]:
+def prefetched(
+    items: Iterable[T],
+    load: Callable[[T], object],
+    ahead: bool = True,
+    init: Callable[[], None] | None = None,
+) -> Iterator[tuple[T, object, SpectrumError | None, float]]:
     """Yield (item, load(item), error, seconds) in order; with `ahead`, item i+1 loads during i.
 
     `init` runs first on the reading thread (read/device.bind_thread: its CUDA device)."""
@@ -39,6 +43,7 @@ def prefetched(items: Iterable[T], load: Callable[[T], object], ahead: bool = Tr
     source = iter(items)
     queue: deque = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="spectrum-read", initializer=init) as pool:
+
         def submit_next() -> None:
             for item in source:
                 queue.append((item, pool.submit(_timed, load, item)))

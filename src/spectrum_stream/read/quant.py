@@ -16,11 +16,18 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpectrumError
-from ..source.quant_formats import (FP4_E2M1_VALUES, FP8_BLOCK, MXFP4_BIAS, MXFP4_GROUP,
-                                    fp8_scale_shape)
+from ..source.quant_formats import (
+    FP4_E2M1_VALUES,
+    FP8_BLOCK,
+    MXFP4_BIAS,
+    MXFP4_GROUP,
+    fp8_scale_shape,
+)
 
 
-def dequant_fp8_block(weight: torch.Tensor, scale_inv: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+def dequant_fp8_block(
+    weight: torch.Tensor, scale_inv: torch.Tensor, name: str = "tensor"
+) -> torch.Tensor:
     """float32 W from an FP8 weight [.., M, N] and its 128x128 block scales (on weight's device)."""
     if weight.dim() < 2 or tuple(scale_inv.shape) != fp8_scale_shape(tuple(weight.shape)):
         raise SpectrumError(
@@ -44,8 +51,9 @@ def dequant_fp8_block(weight: torch.Tensor, scale_inv: torch.Tensor, name: str =
 
 def _pow2_table(device: torch.device) -> torch.Tensor:
     """2^(s - 127) for every scale byte s, exact in float32 (s = 255 overflows to inf)."""
-    return torch.tensor([2.0 ** (s - MXFP4_BIAS) for s in range(256)],
-                        dtype=torch.float64).to(device=device, dtype=torch.float32)
+    return torch.tensor([2.0 ** (s - MXFP4_BIAS) for s in range(256)], dtype=torch.float64).to(
+        device=device, dtype=torch.float32
+    )
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -56,17 +64,24 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
 def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     """float32 [.., R, G * 32] from MXFP4 `_blocks` [.., R, G, 16] and `_scales` [.., R, G]."""
     if blocks.element_size() != 1 or scales.element_size() != 1:
-        raise SpectrumError(f"{name}: MXFP4 blocks and scales must be bytes, got "
-                            f"{blocks.dtype} and {scales.dtype}")
+        raise SpectrumError(
+            f"{name}: MXFP4 blocks and scales must be bytes, got {blocks.dtype} and {scales.dtype}"
+        )
     blocks, scales = _as_bytes(blocks), _as_bytes(scales)
-    if blocks.dim() < 3 or blocks.shape[-1] != MXFP4_GROUP // 2 or scales.shape != blocks.shape[:-1]:
+    if (
+        blocks.dim() < 3
+        or blocks.shape[-1] != MXFP4_GROUP // 2
+        or scales.shape != blocks.shape[:-1]
+    ):
         raise SpectrumError(
             f"{name}: MXFP4 _blocks {list(blocks.shape)} need shape [.., R, G, 16] and _scales "
             f"[.., R, G]; got _scales {list(scales.shape)}"
         )
     device = blocks.device
     lut = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=device)
-    values = torch.empty((*blocks.shape, 2), dtype=torch.float32, device=device)  # [.., R, G, 16, 2]
+    values = torch.empty(
+        (*blocks.shape, 2), dtype=torch.float32, device=device
+    )  # [.., R, G, 16, 2]
     values[..., 0] = lut[(blocks & 0x0F).to(torch.int64)]  # low nibble first
     values[..., 1] = lut[(blocks >> 4).to(torch.int64)]
     values = values.view(*blocks.shape[:-1], MXFP4_GROUP)  # [.., R, G, 32]

@@ -24,8 +24,9 @@ T = TypeVar("T")
 class StagingPool:
     """`count` buffers of `buffer_bytes`, allocated on first use and reused; never more."""
 
-    def __init__(self, buffer_bytes: int = STAGING_BYTES, count: int = STAGING_COUNT,
-                 pin: bool = True):
+    def __init__(
+        self, buffer_bytes: int = STAGING_BYTES, count: int = STAGING_COUNT, pin: bool = True
+    ):
         self.buffer_bytes, self.count, self.pin = buffer_bytes, count, pin
         self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
         self._made = 0
@@ -59,8 +60,9 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8)
 
 
-def copy_through(raw: torch.Tensor, device: torch.device, pool: StagingPool,
-                 stream=None) -> torch.Tensor:
+def copy_through(
+    raw: torch.Tensor, device: torch.device, pool: StagingPool, stream=None
+) -> torch.Tensor:
     """`raw` (a CPU tensor) on `device`, copied piece by piece through `pool`'s buffers.
 
     On CUDA each piece is copied asynchronously on `stream` (the side stream), so the default
@@ -118,8 +120,9 @@ class _nullcontext:
 _DONE = object()
 
 
-def read_ahead(items: Iterable[T], depth: int = 1,
-               init: Callable[[], None] | None = None) -> Iterator[T]:
+def read_ahead(
+    items: Iterable[T], depth: int = 1, init: Callable[[], None] | None = None
+) -> Iterator[T]:
     """Iterate `items` on a background thread, at most `depth` items ahead of the consumer.
 
     For blocks of a matrix streamed to a GPU: the next block is read from the file and copied

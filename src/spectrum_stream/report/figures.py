@@ -54,8 +54,11 @@ def _cmap(name: str = "viridis"):
 def _thin_ticks(axis, labels: list, most: int) -> None:
     """At most `most` integer ticks on an index axis, labelled with the real layer/expert number."""
     axis.set_major_locator(MaxNLocator(nbins=max(1, most), integer=True, min_n_ticks=1))
-    axis.set_major_formatter(FuncFormatter(
-        lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""))
+    axis.set_major_formatter(
+        FuncFormatter(
+            lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""
+        )
+    )
 
 
 def _fix_neg_for_log(values: np.ndarray, logged: bool, norm: Normalize) -> np.ndarray:
@@ -71,8 +74,13 @@ def _fix_neg_for_log(values: np.ndarray, logged: bool, norm: Normalize) -> np.nd
 def _outside_strip(ax, grid: LayerGrid, norm: Normalize, logged: bool, cmap) -> None:
     """The modules outside the layers (embeddings, head) as one row of cells above the grid."""
     strip = np.array([[v for _, v, _ in grid.outside]], dtype=float)
-    ax.imshow(_fix_neg_for_log(strip, logged, norm), cmap=cmap, norm=norm, aspect="auto",
-              interpolation="nearest")
+    ax.imshow(
+        _fix_neg_for_log(strip, logged, norm),
+        cmap=cmap,
+        norm=norm,
+        aspect="auto",
+        interpolation="nearest",
+    )
     ax.set_xticks(range(len(grid.outside)), [n for n, _, _ in grid.outside], fontsize=8)
     ax.set_yticks([])
     ax.set_facecolor("#eeeeee")
@@ -81,8 +89,9 @@ def _outside_strip(ax, grid: LayerGrid, norm: Normalize, logged: bool, cmap) -> 
     ax.scatter(picked, [0] * len(picked), s=36, c="white", edgecolors="black", linewidths=0.8)
 
 
-def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "",
-                  cmap: str = "viridis") -> Path:
+def layer_heatmap(
+    grid: LayerGrid, path: Path, *, label: str, title: str = "", cmap: str = "viridis"
+) -> Path:
     """Layers x projections, selected cells marked by a dot (sized by the selected share of experts
     where a cell pools experts); modules outside the layers get their own strip on top."""
     rows, cols = grid.values.shape
@@ -108,23 +117,39 @@ def layer_heatmap(grid: LayerGrid, path: Path, *, label: str, title: str = "",
         _outside_strip(top, grid, norm, logged, colours)
     else:
         ax = fig.subplots()
-    image = ax.imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=colours, norm=norm,
-                      aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        _fix_neg_for_log(grid.values, logged, norm),
+        cmap=colours,
+        norm=norm,
+        aspect="auto",
+        interpolation="nearest",
+    )
     ax.set_facecolor("#eeeeee")
-    ax.set_xticks(range(cols), grid.columns, rotation=35, ha="right", rotation_mode="anchor",
-                  fontsize=8)
+    ax.set_xticks(
+        range(cols), grid.columns, rotation=35, ha="right", rotation_mode="anchor", fontsize=8
+    )
     _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 24))
     ax.set_ylabel("layer")
     marks = np.nan_to_num(grid.marks, nan=0.0)
     yy, xx = np.nonzero(marks > 0)
     cell = min(1.0, 16.0 / max(rows, 1)) * 40
-    ax.scatter(xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black",
-               linewidths=0.6)
-    fig.colorbar(image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9,
-                 aspect=30)
+    ax.scatter(
+        xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black", linewidths=0.6
+    )
+    fig.colorbar(
+        image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9, aspect=30
+    )
     pooled = any(grid.pooled)
-    ax.set_title("dot: selected" + ("; expert columns: median over experts, dot area = share of "
-                                    "experts selected" if pooled else ""), fontsize=8, loc="left")
+    ax.set_title(
+        "dot: selected"
+        + (
+            "; expert columns: median over experts, dot area = share of experts selected"
+            if pooled
+            else ""
+        ),
+        fontsize=8,
+        loc="left",
+    )
     fig.suptitle(f"{title}: {label}" if title else f"{label} by layer and module", fontsize=10)
     return _save(fig, path)
 
@@ -144,25 +169,40 @@ def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
     fig = Figure(figsize=(width, (panel if dots else 2 * panel) + 1.2), layout="constrained")
     axes = [fig.subplots()] if dots else list(fig.subplots(2, 1, sharex=True))
     n_sel = int(grid.selected.sum())
-    image = axes[0].imshow(_fix_neg_for_log(grid.values, logged, norm), cmap=_cmap(), norm=norm,
-                           aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9,
-                 aspect=30)
+    image = axes[0].imshow(
+        _fix_neg_for_log(grid.values, logged, norm),
+        cmap=_cmap(),
+        norm=norm,
+        aspect="auto",
+        interpolation="nearest",
+    )
+    fig.colorbar(
+        image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9, aspect=30
+    )
     if dots:
         yy, xx = np.nonzero(grid.selected)
-        axes[0].scatter(xx, yy, s=min(30.0, 900.0 / max(rows, cols)), c="white",
-                        edgecolors="black", linewidths=0.5)
-        axes[0].set_title(f"{rows} layers x {cols} experts; dot: selected ({n_sel})",
-                          fontsize=8, loc="left")
+        axes[0].scatter(
+            xx,
+            yy,
+            s=min(30.0, 900.0 / max(rows, cols)),
+            c="white",
+            edgecolors="black",
+            linewidths=0.5,
+        )
+        axes[0].set_title(
+            f"{rows} layers x {cols} experts; dot: selected ({n_sel})", fontsize=8, loc="left"
+        )
     else:
         mask = np.where(np.isfinite(grid.values), grid.selected.astype(float), np.nan)
-        sel = axes[1].imshow(mask, cmap=_SELECTION, vmin=0, vmax=1, aspect="auto",
-                             interpolation="nearest")
+        sel = axes[1].imshow(
+            mask, cmap=_SELECTION, vmin=0, vmax=1, aspect="auto", interpolation="nearest"
+        )
         bar = fig.colorbar(sel, ax=axes[1], ticks=[0.25, 0.75], shrink=0.9)
         bar.ax.set_yticklabels(["not\nselected", "selected"], fontsize=8)
         axes[0].set_title(f"{rows} layers x {cols} experts", fontsize=8, loc="left")
-        axes[1].set_title(f"selected: {n_sel} of {int(np.isfinite(grid.values).sum())}",
-                          fontsize=8, loc="left")
+        axes[1].set_title(
+            f"selected: {n_sel} of {int(np.isfinite(grid.values).sum())}", fontsize=8, loc="left"
+        )
     for ax in axes:
         ax.set_facecolor("#eeeeee")
         _thin_ticks(ax.xaxis, grid.experts, most=min(cols, 32))
@@ -191,15 +231,22 @@ def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
     return float((q3 - q1) / 1.349 * (1.0 + math.sqrt(min(m, n) / max(m, n))))
 
 
-def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarray,
-                                                           tuple[int, int] | None]],
-                   path: Path) -> Path:
+def spectra_figure(
+    projection: str,
+    panels: list[tuple[str, str, float, np.ndarray, tuple[int, int] | None]],
+    path: Path,
+) -> Path:
     """Histograms of singular values, one panel per (tag, key, snr, values, shape), with the
     Marchenko-Pastur threshold where the shape is known: values right of it count as signal."""
     width, height = 5.2 * len(panels), 3.4
     fig = Figure(figsize=(width, height))  # fixed margins: constrained layout doubled the time
-    fig.subplots_adjust(left=0.65 / width, right=1 - 0.2 / width, bottom=0.5 / height,
-                        top=1 - 0.75 / height, wspace=0.7 / (width / len(panels) - 0.85))
+    fig.subplots_adjust(
+        left=0.65 / width,
+        right=1 - 0.2 / width,
+        bottom=0.5 / height,
+        top=1 - 0.75 / height,
+        wspace=0.7 / (width / len(panels) - 0.85),
+    )
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (tag, key, snr, s, shape) in zip(axes, panels):
         s = np.asarray(s, dtype=np.float64)
@@ -228,4 +275,3 @@ def spectra_figure(projection: str, panels: list[tuple[str, str, float, np.ndarr
         ax.set_title(text, fontsize=8, loc="left")
     fig.suptitle(f"{projection}: singular values, best and worst module by SNR", fontsize=10)
     return _save(fig, path)
-

@@ -16,15 +16,23 @@ from ..results.paths import RESULTS_PREFIX
 from ..results.select import load_results, select
 from .build import build_report
 
+
 def model_title(results_path: Path) -> str:
     """`snr_results_<slug>.json` -> `<slug>`: the model as the results file names it."""
     stem = Path(results_path).stem
-    return stem[len(RESULTS_PREFIX):] if stem.startswith(RESULTS_PREFIX) else stem
+    return stem.removeprefix(RESULTS_PREFIX)
 
 
-def report_from_results(results_path, out_dir, *, top_percent: float = 25.0,
-                        grouping: str | None = None, metrics_file=None, progress: bool = True,
-                        workers: int | None = None) -> Path:
+def report_from_results(
+    results_path,
+    out_dir,
+    *,
+    top_percent: float = 25.0,
+    grouping: str | None = None,
+    metrics_file=None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Write out_dir/index.html for the scan whose results file is `results_path`; return its path."""
     results_path = Path(results_path)
     results = load_results(results_path)
@@ -35,15 +43,27 @@ def report_from_results(results_path, out_dir, *, top_percent: float = 25.0,
     if metrics_file is not None:
         metrics = read_metrics_table(metrics_file)
     elif spectra:
-        metrics = {row["key"]: row for row in compute_rows(results, spectra, shapes,
-                                                           progress=progress, workers=workers)}
+        metrics = {
+            row["key"]: row
+            for row in compute_rows(results, spectra, shapes, progress=progress, workers=workers)
+        }
     else:
         metrics = None
     how = grouping or "the file's types"
     flag = f" --expert-grouping {grouping}" if grouping else ""
-    notes.append(f"Selection: top {top_percent:g}% by SNR within each type ({how}), the modules "
-                 f"spectrum-stream select {results_path.name} --top-percent {top_percent:g}{flag} "
-                 "chooses.")
-    return build_report(results, out_dir, selected=selected, top_percent=top_percent,
-                        spectra=spectra, shapes=shapes, metrics=metrics,
-                        title=model_title(results_path), notes=notes)
+    notes.append(
+        f"Selection: top {top_percent:g}% by SNR within each type ({how}), the modules "
+        f"spectrum-stream select {results_path.name} --top-percent {top_percent:g}{flag} "
+        "chooses."
+    )
+    return build_report(
+        results,
+        out_dir,
+        selected=selected,
+        top_percent=top_percent,
+        spectra=spectra,
+        shapes=shapes,
+        metrics=metrics,
+        title=model_title(results_path),
+        notes=notes,
+    )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -68,7 +68,8 @@ def layer_grid(entries: Iterable[Entry], value_of: dict[str, float] | None = Non
             outside[e.where.projection].append((v, e.selected))
             continue
         columns[e.where.projection] = columns.get(e.where.projection, False) or (
-            e.where.expert is not None)
+            e.where.expert is not None
+        )
         cells[(e.where.layer, e.where.projection)].append((v, e.selected))
     layers = sorted({layer for layer, _ in cells})
     cols = list(columns)
@@ -86,8 +87,13 @@ def layer_grid(entries: Iterable[Entry], value_of: dict[str, float] | None = Non
     for name, items in outside.items():
         vals = np.array([v for v, _ in items], dtype=float)
         vals = vals[np.isfinite(vals)]
-        out.append((name, float(np.median(vals)) if vals.size else math.nan,
-                    sum(s for _, s in items) / len(items)))
+        out.append(
+            (
+                name,
+                float(np.median(vals)) if vals.size else math.nan,
+                sum(s for _, s in items) / len(items),
+            )
+        )
     return LayerGrid(layers, cols, values, marks, [columns[c] for c in cols], out)
 
 

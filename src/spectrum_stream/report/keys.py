@@ -62,7 +62,7 @@ def projection_of(type_: str) -> str:
     return pooled_type(type_) or type_
 
 
-def parse_key(key: str, type: str) -> ModuleKey:  # noqa: A002  (the results file's field name)
+def parse_key(key: str, type: str) -> ModuleKey:
     """Split one results key (with its type from the results file) into grid coordinates."""
     expert = _expert_from_rows(key)
     if expert is None and not _ROWS.search(key):

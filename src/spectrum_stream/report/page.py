@@ -63,8 +63,10 @@ def _num(x: float) -> str:
 
 
 def _figure(heading: str, caption: str, src: str) -> str:
-    return (f"<figure><img src=\"{escape(src, quote=True)}\" alt=\"{escape(heading, quote=True)}\""
-            f" loading=\"lazy\"><figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{escape(src, quote=True)}" alt="{escape(heading, quote=True)}"'
+        f' loading="lazy"><figcaption>{escape(caption)}</figcaption></figure>'
+    )
 
 
 def _overview(types: list[TypeSummary]) -> str:
@@ -72,9 +74,12 @@ def _overview(types: list[TypeSummary]) -> str:
         f"<tr><td><code>{escape(t.type)}</code></td><td class=num>{t.count}</td>"
         f"<td class=num>{len(t.selected)}</td><td class=num>{_num(t.snr_min)}</td>"
         f"<td class=num>{_num(t.snr_median)}</td><td class=num>{_num(t.snr_max)}</td></tr>"
-        for t in types)
-    table = ("<table><tr><th>type</th><th>modules</th><th>selected</th><th>min SNR</th>"
-             f"<th>median SNR</th><th>max SNR</th></tr>{rows}</table>")
+        for t in types
+    )
+    table = (
+        "<table><tr><th>type</th><th>modules</th><th>selected</th><th>min SNR</th>"
+        f"<th>median SNR</th><th>max SNR</th></tr>{rows}</table>"
+    )
     if len(types) <= TYPES_OPEN:
         return table
     return f"<details><summary>all {len(types)} types</summary>{table}</details>"
@@ -87,9 +92,12 @@ def _type_block(t: TypeSummary, is_open: bool) -> str:
     rows = "".join(
         f"<tr><td><code>{escape(t.type)}</code></td><td><code>{escape(key)}</code></td>"
         f"<td class=num>{_num(snr)}</td><td class=num>{rank} / {t.count}</td></tr>"
-        for key, snr, rank in t.selected)
-    table = ("<table><tr><th>type</th><th>selected key</th><th>SNR</th>"
-             f"<th>rank within type</th></tr>{rows}</table>")
+        for key, snr, rank in t.selected
+    )
+    table = (
+        "<table><tr><th>type</th><th>selected key</th><th>SNR</th>"
+        f"<th>rank within type</th></tr>{rows}</table>"
+    )
     return f"<details{' open' if is_open else ''}><summary>{summary}</summary>{table}</details>"
 
 
@@ -109,9 +117,11 @@ def _selection(types: list[TypeSummary]) -> str:
         n_sel = sum(len(t.selected) for t in members)
         n_all = sum(t.count for t in members)
         inner = "\n".join(_type_block(t, few and len(t.selected) <= OPEN_ROWS) for t in members)
-        parts.append(f"<details class=group><summary><code>{escape(proj)}</code> &mdash; "
-                     f"{len(members)} types, {n_sel} of {n_all} selected</summary>\n{inner}"
-                     "</details>")
+        parts.append(
+            f"<details class=group><summary><code>{escape(proj)}</code> &mdash; "
+            f"{len(members)} types, {n_sel} of {n_all} selected</summary>\n{inner}"
+            "</details>"
+        )
     return "\n".join(parts)
 
 
@@ -119,8 +129,10 @@ def render(page: PageData) -> str:
     """The whole page as one string."""
     title = page.title or "Spectrum SNR report"
     counts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in page.counts)
-    figures = "\n".join(f"<h2 id=fig{i}>{escape(h)}</h2>\n{_figure(h, c, src)}"
-                        for i, (h, c, src) in enumerate(page.figures))
+    figures = "\n".join(
+        f"<h2 id=fig{i}>{escape(h)}</h2>\n{_figure(h, c, src)}"
+        for i, (h, c, src) in enumerate(page.figures)
+    )
     links, seen = [], set()
     for i, (h, _, _) in enumerate(page.figures):  # one link per kind: "Experts: x" -> "Experts"
         kind = h.split(":")[0]
@@ -128,7 +140,7 @@ def render(page: PageData) -> str:
             seen.add(kind)
             links.append((f"#fig{i}", kind))
     links += [("#types", "Types"), ("#selection", "Selection")]
-    nav = " ".join(f"<a href=\"{a}\">{escape(h)}</a>" for a, h in links)
+    nav = " ".join(f'<a href="{a}">{escape(h)}</a>' for a, h in links)
     notes = "".join(f"<p class=muted>{escape(n)}</p>" for n in page.notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -30,8 +30,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            what = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                    else exc.strerror or str(exc))
+            what = (
+                "the disk is full"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else exc.strerror or str(exc)
+            )
             raise SpectrumError(f"{path}: cannot write ({what})") from None
         raise
     fsync_dir(path.parent)

@@ -32,8 +32,9 @@ def ranks(rec: dict) -> bool:
     return rec.get("status") == "ok" and number and math.isfinite(snr)
 
 
-def compat_results(records, names: str = DEFAULT_NAMES,
-                   grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
+def compat_results(
+    records, names: str = DEFAULT_NAMES, grouping: str = DEFAULT_GROUPING
+) -> dict[str, dict]:
     """{key: {"snr", "type"}} for every finished module with a finite SNR, in journal order.
 
     Keys follow `names` (trainer or checkpoint), types the expert `grouping` (results/names.py).
@@ -44,10 +45,16 @@ def compat_results(records, names: str = DEFAULT_NAMES,
             snr = rec["snr"]
             key = result_key(rec, names)
             if key in out:  # two matrices under one name: keep the first, say so
-                log.warning("%s: %s names more than one scanned matrix (%s); keeping the first",
-                            names, key, rec["key"])
+                log.warning(
+                    "%s: %s names more than one scanned matrix (%s); keeping the first",
+                    names,
+                    key,
+                    rec["key"],
+                )
                 continue
-            known = rec.get("type") if key == rec["key"] and isinstance(rec.get("type"), str) else None
+            known = (
+                rec.get("type") if key == rec["key"] and isinstance(rec.get("type"), str) else None
+            )
             out[key] = {"snr": float(snr), "type": result_type(key, grouping, known)}
     return out
 
@@ -60,8 +67,9 @@ def sorted_by_type(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {t: dict(sorted(items, key=lambda kv: -kv[1])) for t, items in groups.items()}
 
 
-def write_results(records, paths: ResultPaths, names: str = DEFAULT_NAMES,
-                  grouping: str = DEFAULT_GROUPING) -> dict[str, dict]:
+def write_results(
+    records, paths: ResultPaths, names: str = DEFAULT_NAMES, grouping: str = DEFAULT_GROUPING
+) -> dict[str, dict]:
     """Write the results files from journal records; returns the flat results.
 
     The spectra file is written last: the JSON files other tools read come first.
@@ -75,12 +83,16 @@ def write_results(records, paths: ResultPaths, names: str = DEFAULT_NAMES,
 
 
 def _is_matrix_shape(shape) -> bool:
-    return (isinstance(shape, list) and len(shape) == 2
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+    return (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    )
 
 
-def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths,
-                       names: str = DEFAULT_NAMES) -> int:
+def write_spectra_file(
+    records, results: dict[str, dict], paths: ResultPaths, names: str = DEFAULT_NAMES
+) -> int:
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
     spectra, shapes = {}, {}
@@ -100,9 +112,9 @@ def write_spectra_file(records, results: dict[str, dict], paths: ResultPaths,
     return len(spectra)
 
 
-def rebuild_results(journal_path: str | os.PathLike, names: str = DEFAULT_NAMES,
-                    grouping: str = DEFAULT_GROUPING) -> tuple[ResultPaths, dict[str, dict],
-                                                              list[tuple[str, str]]]:
+def rebuild_results(
+    journal_path: str | os.PathLike, names: str = DEFAULT_NAMES, grouping: str = DEFAULT_GROUPING
+) -> tuple[ResultPaths, dict[str, dict], list[tuple[str, str]]]:
     """Write both results files again from a journal, e.g. while a scan runs or after a crash.
 
     Returns (paths, results, failed) with failed = [(key, reason)] of modules journaled as failed.
@@ -121,4 +133,3 @@ def rebuild_results(journal_path: str | os.PathLike, names: str = DEFAULT_NAMES,
     records = read_all(paths.journal)  # the main journal and the rank journals of its scan
     failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
     return paths, write_results(records.values(), paths, names, grouping), failed
-

@@ -17,10 +17,12 @@ from .spectra import read_spectra, spectra_path
 def missing_reason(results_path, spectra_file: Path, empty: bool = False) -> str:
     """One line: which file is missing (or empty), why, and how to get it."""
     what = "holds no singular values for it" if empty else "is missing"
-    return (f"{spectra_file}: the spectra file beside {results_path} {what}: the scan that wrote it "
-            "kept no singular values (scans before spectra were kept did not; a results file "
-            "from another tool has none); scan the checkpoint again to get them (`rebuild` cannot recreate "
-            "values that were never kept)")
+    return (
+        f"{spectra_file}: the spectra file beside {results_path} {what}: the scan that wrote it "
+        "kept no singular values (scans before spectra were kept did not; a results file "
+        "from another tool has none); scan the checkpoint again to get them (`rebuild` cannot recreate "
+        "values that were never kept)"
+    )
 
 
 def load_kept_spectra(results_path, results: dict, required: bool = True):

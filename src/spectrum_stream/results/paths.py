@@ -29,29 +29,34 @@ class ResultPaths:
     spectra_log: Path  # the same values as the scan appends them, beside the journal
 
     @classmethod
-    def beside(cls, folder: Path, base: str) -> "ResultPaths":
+    def beside(cls, folder: Path, base: str) -> ResultPaths:
         folder = Path(folder)
-        return cls(results=folder / f"{base}.json", sorted=folder / f"{base}_sorted.json",
-                   journal=folder / f"{base}{JOURNAL_SUFFIX}", lock=folder / f"{base}.lock",
-                   spectra=folder / f"{base}_spectra.safetensors",
-                   spectra_log=spectra_log_path(folder / f"{base}{JOURNAL_SUFFIX}"))
+        return cls(
+            results=folder / f"{base}.json",
+            sorted=folder / f"{base}_sorted.json",
+            journal=folder / f"{base}{JOURNAL_SUFFIX}",
+            lock=folder / f"{base}.lock",
+            spectra=folder / f"{base}_spectra.safetensors",
+            spectra_log=spectra_log_path(folder / f"{base}{JOURNAL_SUFFIX}"),
+        )
 
     @classmethod
-    def for_model(cls, out_dir: Path, model_name: str) -> "ResultPaths":
+    def for_model(cls, out_dir: Path, model_name: str) -> ResultPaths:
         """Where a scan of `model_name` keeps its files."""
         return cls.beside(Path(out_dir), f"{RESULTS_PREFIX}{slug(model_name)}")
 
     @classmethod
-    def for_journal(cls, journal: Path) -> "ResultPaths":
+    def for_journal(cls, journal: Path) -> ResultPaths:
         """The files that belong to a journal (beside it, named after it)."""
         journal = Path(journal)
         if not journal.name.endswith(JOURNAL_SUFFIX):
-            raise SpectrumError(f"{journal}: not a journal file (expected a name ending in "
-                                f"{JOURNAL_SUFFIX})")
+            raise SpectrumError(
+                f"{journal}: not a journal file (expected a name ending in {JOURNAL_SUFFIX})"
+            )
         return cls.beside(journal.parent, journal.name[: -len(JOURNAL_SUFFIX)])
 
     @classmethod
-    def for_results(cls, results: Path) -> "ResultPaths":
+    def for_results(cls, results: Path) -> ResultPaths:
         """The files that belong to a results file `<base>.json`."""
         results = Path(results)
         if results.suffix != ".json":

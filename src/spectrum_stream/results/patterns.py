@@ -51,7 +51,7 @@ def parse_pattern(raw: str) -> Pattern:
     except re.error as exc:
         raise SpectrumError(f"pattern {raw!r}: not a valid regex ({exc})") from None
     plain = _COMMENT.sub("", body)
-    plain = plain[1:] if plain.startswith("^") else plain
+    plain = plain.removeprefix("^")
     exact = plain.endswith("$")
     plain = plain[:-1] if exact else plain
     literal = None if _META.search(plain) or not plain else plain

@@ -17,11 +17,15 @@ from ..source.jsonfile import mapping, number, obj, read_json, string
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 
 _PER_EXPERT_KEY = re.compile(
-    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
+    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$"
+)
 _FUSED_PROJ = {
-    "w1": "gate_up_proj(?#gate)", "gate_proj": "gate_up_proj(?#gate)",
-    "w3": "gate_up_proj(?#up)", "up_proj": "gate_up_proj(?#up)",
-    "w2": "down_proj", "down_proj": "down_proj",
+    "w1": "gate_up_proj(?#gate)",
+    "gate_proj": "gate_up_proj(?#gate)",
+    "w3": "gate_up_proj(?#up)",
+    "up_proj": "gate_up_proj(?#up)",
+    "w2": "down_proj",
+    "down_proj": "down_proj",
 }
 
 
@@ -54,8 +58,9 @@ def fused_param_pattern(key: str) -> str:
     return f"{m['experts']}.{_FUSED_PROJ[m['proj']]}$[{m['e']}]"
 
 
-def group(results: dict[str, dict],
-          grouping: str | None = None) -> dict[str, list[tuple[str, float]]]:
+def group(
+    results: dict[str, dict], grouping: str | None = None
+) -> dict[str, list[tuple[str, float]]]:
     """{type: [(key, snr), ...]} sorted by SNR descending (ties keep file order).
 
     `grouping` None ranks within the file's own types, as axolotl's Spectrum plugin does (a scan
@@ -73,8 +78,9 @@ def top_count(count: int, top_percent: float) -> int:
     return math.floor(count * Fraction(str(top_percent)) / 100)
 
 
-def select(results: dict[str, dict], top_percent: float,
-           grouping: str | None = None) -> dict[str, list[str]]:
+def select(
+    results: dict[str, dict], top_percent: float, grouping: str | None = None
+) -> dict[str, list[str]]:
     """{type: [selected keys]}: the top P percent of each type by SNR."""
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
@@ -93,8 +99,9 @@ def always_unfrozen(results: dict[str, dict]) -> list[str]:
     return [f"^{key}.weight$" for key, info in results.items() if info["type"] == key]
 
 
-def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping: str | None,
-                         fused_experts: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+def _chosen_outside_head(
+    results: dict[str, dict], top_percent: float, grouping: str | None, fused_experts: bool = False
+) -> tuple[list[str], dict[str, list[str]]]:
     """(embedding/head patterns, {type: selected patterns not already among them})."""
     head = always_unfrozen(results)
     chosen = select(results, top_percent, grouping)
@@ -110,8 +117,12 @@ def _chosen_outside_head(results: dict[str, dict], top_percent: float, grouping:
     return head, out
 
 
-def unfrozen_parameters(results: dict[str, dict], top_percent: float,
-                        grouping: str | None = None, fused_experts: bool = False) -> list[str]:
+def unfrozen_parameters(
+    results: dict[str, dict],
+    top_percent: float,
+    grouping: str | None = None,
+    fused_experts: bool = False,
+) -> list[str]:
     """The pattern list for axolotl's `unfrozen_parameters`: embeddings and head, then the top P%.
 
     `fused_experts`: write per-expert keys as patterns for transformers >= 5's fused expert
@@ -121,14 +132,20 @@ def unfrozen_parameters(results: dict[str, dict], top_percent: float,
     return head + [k for keys in chosen.values() for k in keys]
 
 
-def to_yaml(results: dict[str, dict], top_percent: float, grouping: str | None = None,
-            fused_experts: bool = False) -> str:
+def to_yaml(
+    results: dict[str, dict],
+    top_percent: float,
+    grouping: str | None = None,
+    fused_experts: bool = False,
+) -> str:
     """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type."""
     head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
     names = ", names for fused experts" if fused_experts else ""
     how = grouping or "the file's types"
-    lines = [f"# spectrum-stream: top {top_percent}% by SNR within each type ({how}{names})",
-             "unfrozen_parameters:"]
+    lines = [
+        f"# spectrum-stream: top {top_percent}% by SNR within each type ({how}{names})",
+        "unfrozen_parameters:",
+    ]
     lines += [f"- {json.dumps(p)}" for p in head]
     for t, keys in chosen.items():
         if keys:

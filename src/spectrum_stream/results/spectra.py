@@ -35,9 +35,13 @@ def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[
     """Write the singular values of each module (stored float32, descending) and its matrix shape."""
     missing = sorted(set(spectra) - set(shapes))
     if missing:
-        raise ValueError(f"no shape given for {missing[0]!r} ({len(missing)} module(s) without one)")
-    tensors = {key: np.ascontiguousarray(np.sort(np.asarray(s, dtype=np.float32).ravel())[::-1])
-               for key, s in spectra.items()}
+        raise ValueError(
+            f"no shape given for {missing[0]!r} ({len(missing)} module(s) without one)"
+        )
+    tensors = {
+        key: np.ascontiguousarray(np.sort(np.asarray(s, dtype=np.float32).ravel())[::-1])
+        for key, s in spectra.items()
+    }
     meta_shapes = {key: [int(shapes[key][0]), int(shapes[key][1])] for key in spectra}
     metadata = {"format": FORMAT, "version": VERSION, "shapes": json.dumps(meta_shapes)}
     atomic_write(Path(path), save(tensors, metadata=metadata))
@@ -54,8 +58,10 @@ def read_spectra(path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]
     if metadata.get("format") != FORMAT:
         raise SpectrumError(f"{path}: not a spectrum-stream spectra file")
     if metadata.get("version") != VERSION:
-        raise SpectrumError(f"{path}: spectra file version {metadata.get('version')!r}, "
-                            f"this spectrum-stream reads version {VERSION}")
+        raise SpectrumError(
+            f"{path}: spectra file version {metadata.get('version')!r}, "
+            f"this spectrum-stream reads version {VERSION}"
+        )
     try:
         spectra = load(data)
     except (SafetensorError, ValueError) as exc:
@@ -73,7 +79,7 @@ def _metadata(path: Path, data: bytes) -> dict:
     if size > len(data) - 8:
         raise bad
     try:
-        header = json.loads(data[8:8 + size])
+        header = json.loads(data[8 : 8 + size])
     except (ValueError, RecursionError):
         raise bad from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
@@ -86,9 +92,13 @@ def _shapes(path: Path, text, spectra: dict) -> dict[str, tuple[int, int]]:
         raw = json.loads(text)
         shapes = {key: (int(raw[key][0]), int(raw[key][1])) for key in spectra}
     except (TypeError, ValueError, KeyError, IndexError, RecursionError):
-        raise SpectrumError(f"{path}: spectra file without a valid shape for every module") from None
+        raise SpectrumError(
+            f"{path}: spectra file without a valid shape for every module"
+        ) from None
     for key, s in spectra.items():
         if s.ndim != 1 or s.size > min(shapes[key]):
-            raise SpectrumError(f"{path}: {key!r} holds {s.size} singular values for a "
-                                f"{shapes[key][0]}x{shapes[key][1]} matrix")
+            raise SpectrumError(
+                f"{path}: {key!r} holds {s.size} singular values for a "
+                f"{shapes[key][0]}x{shapes[key][1]} matrix"
+            )
     return shapes

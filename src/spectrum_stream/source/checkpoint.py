@@ -62,8 +62,10 @@ def check_shard_name(shard: str, where: str | Path) -> None:
     elif any(part in ("", ".", "..") for part in shard.split("/")):
         why = "a path that is not a plain relative file (an empty, '.' or '..' part)"
     if why is not None:
-        raise CheckpointError(f"{where}: names shard {shard!r}: {why}; an index may only name "
-                              "files inside the checkpoint folder")
+        raise CheckpointError(
+            f"{where}: names shard {shard!r}: {why}; an index may only name "
+            "files inside the checkpoint folder"
+        )
 
 
 def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
@@ -84,9 +86,11 @@ def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
     if snapshot.name == "snapshots" and snapshot.parent.name.startswith(("models--", "datasets--")):
         if real.is_relative_to(snapshot.parent / "blobs"):
             return path
-    raise CheckpointError(f"{where}: shard {shard!r} is a symlink to {real}, outside the "
-                          "checkpoint folder; refused (copy the file into the folder, or scan "
-                          "the folder it is in)")
+    raise CheckpointError(
+        f"{where}: shard {shard!r} is a symlink to {real}, outside the "
+        "checkpoint folder; refused (copy the file into the folder, or scan "
+        "the folder it is in)"
+    )
 
 
 def load_index(index_path: Path) -> dict[str, str]:
@@ -98,8 +102,9 @@ def load_index(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
-def assemble(name: str, headers: dict[str, ShardHeader], weight_map: dict[str, str] | None,
-             config: dict) -> Checkpoint:
+def assemble(
+    name: str, headers: dict[str, ShardHeader], weight_map: dict[str, str] | None, config: dict
+) -> Checkpoint:
     """Join checked shard headers with the index: every indexed tensor must be where it says."""
     tensors: dict[str, tuple[str, TensorEntry]] = {}
     if weight_map is None:
@@ -139,9 +144,10 @@ def pickle_refusal(what: Path) -> SpectrumError:
     return SpectrumError(
         f"{what}: a pickle checkpoint (pytorch_model.bin or similar), which spectrum-stream does "
         "not read: unpickling can run any code the file's author put in it, and it cannot be "
-        "read one tensor at a time; convert it to safetensors first, e.g. python -c \"from "
+        'read one tensor at a time; convert it to safetensors first, e.g. python -c "from '
         "transformers import AutoModel as M; M.from_pretrained('IN').save_pretrained('OUT')\" "
-        "(or the convert space on the Hub)")
+        "(or the convert space on the Hub)"
+    )
 
 
 def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
@@ -174,8 +180,9 @@ def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
         ckpt = assemble(default_name(path, config), headers, weight_map, config)
     elif (path / SINGLE_NAME).is_file():
         single = shard_path(path, SINGLE_NAME, path)
-        ckpt = assemble(default_name(path, config), {SINGLE_NAME: read_header(single)}, None,
-                        config)
+        ckpt = assemble(
+            default_name(path, config), {SINGLE_NAME: read_header(single)}, None, config
+        )
     else:
         if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir() if p.is_file()):
             raise pickle_refusal(path)

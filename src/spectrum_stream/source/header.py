@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dtypes import DTYPE_BITS, nbytes_for
 from ..errors import CheckpointError
+from .dtypes import DTYPE_BITS, nbytes_for
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap on the header length
 
@@ -59,6 +59,7 @@ def parse_header(raw: bytes, data_size: int, data_start: int, where: str) -> tup
 
     Raises CheckpointError naming `where` for every broken rule.
     """
+
     def fail(what: str) -> CheckpointError:
         return CheckpointError(f"{where}: {what}")
 
@@ -119,7 +120,9 @@ def parse_header(raw: bytes, data_size: int, data_start: int, where: str) -> tup
         if entry.start < cursor:
             raise fail(f"tensor {entry.name!r}: data overlaps the tensor before it")
         if entry.start > cursor:
-            raise fail(f"tensor {entry.name!r}: gap of {entry.start - cursor} bytes before its data")
+            raise fail(
+                f"tensor {entry.name!r}: gap of {entry.start - cursor} bytes before its data"
+            )
         cursor = entry.end
     if cursor != data_start + data_size:
         raise fail(
@@ -138,11 +141,13 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
         raise CheckpointError(f"{where}: file is {file_size} bytes, too short for a header")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{where}: header length {n} is absurd (safetensors' cap is "
-                              f"{MAX_HEADER_BYTES} bytes)")
+        raise CheckpointError(
+            f"{where}: header length {n} is absurd (safetensors' cap is {MAX_HEADER_BYTES} bytes)"
+        )
     if 8 + n > file_size:
-        raise CheckpointError(f"{where}: header length {n} runs past the end of the "
-                              f"{file_size}-byte file")
+        raise CheckpointError(
+            f"{where}: header length {n} runs past the end of the {file_size}-byte file"
+        )
     return n
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -52,8 +53,13 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    return {dict: "an object", list: "a list", str: "a string", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _key(at: str, key: Any) -> str:
@@ -63,6 +69,7 @@ def _key(at: str, key: Any) -> str:
 
 
 # -- schema helpers ------------------------------------------------------------------------------
+
 
 def anything(value: Any, at: str) -> None:
     """Any JSON value."""
@@ -85,6 +92,7 @@ def integer(minimum: int | None = None) -> Schema:
             raise Mismatch(at, f"must be an integer, not {_kind(value)}")
         if minimum is not None and value < minimum:
             raise Mismatch(at, f"must be at least {minimum}, not {value}")
+
     return check
 
 
@@ -94,21 +102,25 @@ def list_of(item: Schema) -> Schema:
             raise Mismatch(at, f"must be a list, not {_kind(value)}")
         for i, v in enumerate(value):
             item(v, _key(at, i))
+
     return check
 
 
 def mapping(values: Schema) -> Schema:
     """An object with any keys, every value matching `values`."""
+
     def check(value: Any, at: str) -> None:
         if not isinstance(value, dict):
             raise Mismatch(at, f"must be an object, not {_kind(value)}")
         for k, v in value.items():
             values(v, _key(at, k))
+
     return check
 
 
-def obj(required: dict[str, Schema] | None = None,
-        optional: dict[str, Schema] | None = None) -> Schema:
+def obj(
+    required: dict[str, Schema] | None = None, optional: dict[str, Schema] | None = None
+) -> Schema:
     """An object with these keys (other keys are allowed and not looked at)."""
     required, optional = required or {}, optional or {}
 
@@ -122,18 +134,26 @@ def obj(required: dict[str, Schema] | None = None,
         for k, schema in optional.items():
             if k in value:
                 schema(value[k], _key(at, k))
+
     return check
 
 
 # -- readers -------------------------------------------------------------------------------------
 
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def parse_json(data: bytes | str, where: str | os.PathLike, what: str,
-               schema: Schema | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
+def parse_json(
+    data: bytes | str,
+    where: str | os.PathLike,
+    what: str,
+    schema: Schema | None = None,
+    max_bytes: int = MAX_JSON_BYTES,
+) -> Any:
     """Parse and check JSON held in memory; JsonFileError `<where>: not <what>: <why>` if bad."""
+
     def fail(why: str) -> JsonFileError:
         why = _one_line(why)
         return JsonFileError(f"{where}: not {what}: {why}", why)
@@ -152,8 +172,12 @@ def parse_json(data: bytes | str, where: str | os.PathLike, what: str,
     return doc
 
 
-def read_json(path: str | os.PathLike, what: str, schema: Schema | None = None,
-              max_bytes: int = MAX_JSON_BYTES) -> Any:
+def read_json(
+    path: str | os.PathLike,
+    what: str,
+    schema: Schema | None = None,
+    max_bytes: int = MAX_JSON_BYTES,
+) -> Any:
     """Read, parse and check a JSON file; every failure is one JsonFileError line naming it."""
     path = Path(path)
     try:

@@ -11,8 +11,24 @@ import math
 FP8_BLOCK = 128  # FP8 block scales cover 128 x 128 blocks
 
 # FP4 e2m1 code -> value (codes 8..15 are the negatives of 0..7)
-FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                   -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+FP4_E2M1_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
 MXFP4_GROUP = 32  # values per scale byte (16 bytes of two codes each)
 MXFP4_BIAS = 127
 

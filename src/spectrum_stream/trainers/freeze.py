@@ -24,6 +24,7 @@ from ..results.select import load_results, unfrozen_parameters
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class FreezeSummary:
     """What `freeze` did: counts, the partly trained tensors, and keys that matched nothing."""
@@ -37,22 +38,27 @@ class FreezeSummary:
 
     def lines(self) -> list[str]:
         share = 100 * self.trainable / self.total if self.total else 0.0
-        out = [f"Spectrum freeze: {self.trainable:,} of {self.total:,} parameters trainable "
-               f"({share:.2f}%), {len(self.whole)} tensors whole, {len(self.partial)} in part"]
+        out = [
+            f"Spectrum freeze: {self.trainable:,} of {self.total:,} parameters trainable "
+            f"({share:.2f}%), {len(self.whole)} tensors whole, {len(self.partial)} in part"
+        ]
         if self.partial:
             shown = ", ".join(f"{n} ({r}/{t} rows)" for n, (r, t) in list(self.partial.items())[:8])
             more = f" and {len(self.partial) - 8} more" if len(self.partial) > 8 else ""
             out.append(
                 f"Partly trained (other rows' gradients zeroed): {shown}{more}. An optimizer still "
                 "keeps state for all rows of these tensors, and AdamW's weight decay still moves "
-                "the masked rows unless their group has weight_decay=0 (see param_groups)")
+                "the masked rows unless their group has weight_decay=0 (see param_groups)"
+            )
         if self.unmatched:
             out.append(self.unmatched_line())
         return out
 
     def unmatched_line(self) -> str:
-        return (f"{len(self.unmatched)} keys match no parameter of this model (results written "
-                f"for another naming? see --names): {', '.join(self.unmatched[:8])}")
+        return (
+            f"{len(self.unmatched)} keys match no parameter of this model (results written "
+            f"for another naming? see --names): {', '.join(self.unmatched[:8])}"
+        )
 
     def param_groups(self, model, weight_decay: float) -> list[dict]:
         """Optimizer groups of the trainable parameters: partly trained ones without weight
@@ -87,6 +93,7 @@ def _merged(ranges: list[tuple[int, int | None]], rows: int, name: str) -> list[
 def _row_mask_hook(mask):
     def hook(grad):
         return grad * mask.to(device=grad.device, dtype=grad.dtype)
+
     return hook
 
 
@@ -126,8 +133,9 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
     return summary
 
 
-def freeze(model, results: dict | str | Path, top_percent: float = 25.0,
-           grouping: str | None = None) -> FreezeSummary:
+def freeze(
+    model, results: dict | str | Path, top_percent: float = 25.0, grouping: str | None = None
+) -> FreezeSummary:
     """Train only the top `top_percent`% of each type of `results` (a results file or its dict)
     in `model`, plus its embeddings and head; returns (and logs) a FreezeSummary.
 

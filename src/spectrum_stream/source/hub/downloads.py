@@ -28,8 +28,14 @@ class HubSource:
     until their deletion; it is exceeded only when the scan itself needs more shards at once.
     """
 
-    def __init__(self, repo: HubRepo, ckpt: Checkpoint, needed: list[str] | None = None,
-                 delete: bool = False, max_disk: int | None = None):
+    def __init__(
+        self,
+        repo: HubRepo,
+        ckpt: Checkpoint,
+        needed: list[str] | None = None,
+        delete: bool = False,
+        max_disk: int | None = None,
+    ):
         self.repo, self.ckpt = repo, ckpt
         self.needed = None if needed is None else set(needed)
         self.delete, self.max_disk = delete, max_disk
@@ -68,8 +74,9 @@ class HubSource:
             self._cond.notify_all()
             while self.state[shard] not in ("ready", "failed"):
                 if self._stop and self.state[shard] == "queued":  # nobody will fetch it now
-                    raise HubDownloadError(shard, "downloads stopped after an earlier failure; "
-                                           "run again to resume")
+                    raise HubDownloadError(
+                        shard, "downloads stopped after an earlier failure; run again to resume"
+                    )
                 self._cond.wait(0.5)  # a timeout keeps Ctrl-C responsive
             if self.state[shard] == "failed":
                 raise self.errors[shard]
@@ -135,8 +142,10 @@ class HubSource:
             # make_plan refuses budgets below what the scan needs at once, so this is rare.
             if not self._warned:
                 self._warned = True
-                log.warning(f"--max-disk {human_bytes(self.max_disk)}: the scan needs "
-                         f"{', '.join(sorted({*self.held, shard}))} at once; going over the budget")
+                log.warning(
+                    f"--max-disk {human_bytes(self.max_disk)}: the scan needs "
+                    f"{', '.join(sorted({*self.held, shard}))} at once; going over the budget"
+                )
         return shard
 
     def _run(self) -> None:
@@ -172,22 +181,31 @@ class HubSource:
                 else:
                     self.state[shard] = "ready"
                 self._cond.notify_all()
-            log.info("downloaded %s (%s in %.1f s)", shard,
-                     human_bytes(self.ckpt.shards[shard].size), time.perf_counter() - t0)
+            log.info(
+                "downloaded %s (%s in %.1f s)",
+                shard,
+                human_bytes(self.ckpt.shards[shard].size),
+                time.perf_counter() - t0,
+            )
 
     def _fetch(self, shard: str) -> Path:
         """Download (or find in the cache) one shard and check it is the one that was planned."""
         try:
             path = self.repo.download(shard)
         except Exception as exc:
-            raise HubDownloadError(shard, explain(exc, self.repo.repo_id, shard,
-                                                  self.repo.revision, self.repo.endpoint)) from None
+            raise HubDownloadError(
+                shard,
+                explain(exc, self.repo.repo_id, shard, self.repo.revision, self.repo.endpoint),
+            ) from None
         planned = self.ckpt.shards[shard]
         try:
             got = read_header(path)
         except SpectrumError as exc:
-            raise HubDownloadError(shard, f"the downloaded file is not the planned shard ({exc})")
+            raise HubDownloadError(
+                shard, f"the downloaded file is not the planned shard ({exc})"
+            ) from exc
         if (got.size, got.header_sha256) != (planned.size, planned.header_sha256):
-            raise HubDownloadError(shard, "the downloaded file differs from the header read when "
-                                   "planning; run again")
+            raise HubDownloadError(
+                shard, "the downloaded file differs from the header read when planning; run again"
+            )
         return path

@@ -40,8 +40,11 @@ def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
     def get(first: int, last: int) -> tuple[int | None, bytes]:
         """(file size, bytes first..last); reads no more even from a server ignoring Range."""
         with utils.get_session().stream(
-                "GET", repo.url(filename), timeout=HEADER_TIMEOUT,
-                headers={**headers, "Range": f"bytes={first}-{last}"}) as response:
+            "GET",
+            repo.url(filename),
+            timeout=HEADER_TIMEOUT,
+            headers={**headers, "Range": f"bytes={first}-{last}"},
+        ) as response:
             if response.status_code >= 400:
                 response.read()  # small; the error helper wants the body
             utils.hf_raise_for_status(response)
@@ -51,18 +54,19 @@ def remote_header(repo: HubRepo, filename: str) -> ShardHeader:
                 data += chunk
                 if len(data) >= skip + want:
                     break
-            return _content_total(response), bytes(data[skip:skip + want])
+            return _content_total(response), bytes(data[skip : skip + want])
 
     size, head = get(0, FIRST_READ - 1)
     if size is None:
         raise CheckpointError(f"{where}: the server did not say how big the file is")
     n = header_length(head, size, where)
-    raw = head[8:8 + n] if len(head) >= 8 + n else get(8, 8 + n - 1)[1]
+    raw = head[8 : 8 + n] if len(head) >= 8 + n else get(8, 8 + n - 1)[1]
     if len(raw) != n:
         raise CheckpointError(f"{where}: the server sent {len(raw)} of the {n} header bytes")
     entries, metadata = parse_header(raw, size - 8 - n, 8 + n, where)
-    return ShardHeader(_label(repo, filename), size, hashlib.sha256(raw).hexdigest(), entries,
-                       metadata)
+    return ShardHeader(
+        _label(repo, filename), size, hashlib.sha256(raw).hexdigest(), entries, metadata
+    )
 
 
 def _shard_header(repo: HubRepo, filename: str, if_missing: str | None = None) -> ShardHeader:
@@ -74,7 +78,8 @@ def _shard_header(repo: HubRepo, filename: str, if_missing: str | None = None) -
     if offline():
         raise SpectrumError(
             f"{repo.repo_id}: HF_HUB_OFFLINE=1 and shard {filename} is not in the Hugging Face "
-            "cache; unset HF_HUB_OFFLINE to download it")
+            "cache; unset HF_HUB_OFFLINE to download it"
+        )
     try:
         return remote_header(repo, filename)
     except SpectrumError:
@@ -86,9 +91,13 @@ def _shard_header(repo: HubRepo, filename: str, if_missing: str | None = None) -
         raise repo.fail(exc, filename) from None
 
 
-def open_hub(repo_id: str, revision: str | None = None, token: str | None = None,
-             endpoint: str | None = None, cache_dir: str | Path | None = None
-             ) -> tuple[Checkpoint, HubRepo]:
+def open_hub(
+    repo_id: str,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[Checkpoint, HubRepo]:
     """The checkpoint of a Hub repo, from its index, config and shard headers only."""
     _, _, errors, _ = hf()
     missing = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
@@ -108,9 +117,14 @@ def open_hub(repo_id: str, revision: str | None = None, token: str | None = None
     except Exception:  # optional: a repo without config.json still scans
         config = {}
     if index is None:
-        header = _shard_header(repo, SINGLE_NAME, if_missing=(
-            f"{repo_id}: not a safetensors model (neither {INDEX_NAME} nor {SINGLE_NAME} at "
-            f"revision {repo.revision!r})"))
+        header = _shard_header(
+            repo,
+            SINGLE_NAME,
+            if_missing=(
+                f"{repo_id}: not a safetensors model (neither {INDEX_NAME} nor {SINGLE_NAME} at "
+                f"revision {repo.revision!r})"
+            ),
+        )
         ckpt = assemble(repo_id, {SINGLE_NAME: header}, None, config)
         ckpt.config_path = str(_label(repo, "config.json"))
         return ckpt, repo

@@ -20,8 +20,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 def is_hub_id(text: str) -> bool:
     """True for `ORG/NAME` that is not an existing local path (a local path always wins)."""
-    return (bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text
-            and not text.endswith((".", "-")) and not os.path.exists(text))
+    return (
+        bool(_HUB_ID.match(text))
+        and ".." not in text
+        and "--" not in text
+        and not text.endswith((".", "-"))
+        and not os.path.exists(text)
+    )
 
 
 @dataclass
@@ -37,13 +42,15 @@ class HubRepo:
 
     def url(self, filename: str) -> str:
         huggingface_hub, _, _, _ = hf()
-        return huggingface_hub.hf_hub_url(self.repo_id, filename, revision=self.commit,
-                                          endpoint=self.endpoint)
+        return huggingface_hub.hf_hub_url(
+            self.repo_id, filename, revision=self.commit, endpoint=self.endpoint
+        )
 
     def cached(self, filename: str) -> Path | None:
         huggingface_hub, _, _, _ = hf()
         found = huggingface_hub.try_to_load_from_cache(
-            self.repo_id, filename, cache_dir=self.cache_dir, revision=self.commit)
+            self.repo_id, filename, cache_dir=self.cache_dir, revision=self.commit
+        )
         return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
     def download(self, filename: str, quiet: bool = True, revision: str | None = None) -> Path:
@@ -54,9 +61,17 @@ class HubRepo:
         and an offline run finds it again.
         """
         huggingface_hub, _, _, _ = hf()
-        return Path(huggingface_hub.hf_hub_download(
-            self.repo_id, filename, revision=revision or self.commit, cache_dir=self.cache_dir,
-            token=self.token, endpoint=self.endpoint, tqdm_class=_Silent if quiet else None))
+        return Path(
+            huggingface_hub.hf_hub_download(
+                self.repo_id,
+                filename,
+                revision=revision or self.commit,
+                cache_dir=self.cache_dir,
+                token=self.token,
+                endpoint=self.endpoint,
+                tqdm_class=_Silent if quiet else None,
+            )
+        )
 
     def fail(self, exc: BaseException, what: str) -> SpectrumError:
         return SpectrumError(explain(exc, self.repo_id, what, self.revision, self.endpoint))
@@ -86,8 +101,13 @@ def cached_commit(repo_id: str, revision: str, cache_dir: str) -> str | None:
     return None
 
 
-def resolve(repo_id: str, revision: str | None = None, token: str | None = None,
-            endpoint: str | None = None, cache_dir: str | Path | None = None) -> HubRepo:
+def resolve(
+    repo_id: str,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> HubRepo:
     """Pin `revision` to a commit: ask the Hub, or the cache's refs when offline or unreachable."""
     huggingface_hub, constants, errors, _ = hf()
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
@@ -101,7 +121,8 @@ def resolve(repo_id: str, revision: str | None = None, token: str | None = None,
             return HubRepo(repo_id, asked, commit, endpoint, cache_dir, token)
         raise SpectrumError(
             f"{repo_id}: HF_HUB_OFFLINE=1 and revision {asked!r} of this repo is not in the "
-            f"Hugging Face cache ({cache_dir}); unset HF_HUB_OFFLINE to download it")
+            f"Hugging Face cache ({cache_dir}); unset HF_HUB_OFFLINE to download it"
+        )
     api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
     try:
         info = api.model_info(repo_id, revision=revision, timeout=HEADER_TIMEOUT)
