@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
 from common import machine, table
 
 from spectrum_stream.distributed.split import imbalance, shared_shards, split
-from spectrum_stream.plan.naming import module_name, module_type
-from spectrum_stream.plan.specs import MatrixSpec, TensorJob, TensorRef
+from spectrum_stream.layout.naming import module_name, module_type
+from spectrum_stream.layout.specs import MatrixSpec, TensorJob, TensorRef
 from spectrum_stream.source.header import TensorEntry
 
 

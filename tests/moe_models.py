@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spectrum_stream.plan.jobs import plan
+from spectrum_stream.layout.jobs import plan_jobs
 from spectrum_stream.read.decode import decode
 from spectrum_stream.source.checkpoint import open_local
 
@@ -241,7 +241,7 @@ def planned_matrices(folder: Path) -> dict[str, torch.Tensor]:
     """{key: matrix} as the scanner cuts them: plan, decode each job, index, reshape."""
     ckpt, root = open_local(folder)
     out = {}
-    for job in plan(ckpt):
+    for job in plan_jobs(ckpt):
         decoded = decode(job, lambda shard: root / shard, torch.device("cpu"))
         for spec in job.matrices:
             assert spec.key not in out, f"duplicate key {spec.key}"

@@ -25,11 +25,11 @@ from huggingface_hub import file_download
 
 import spectrum_stream.source.hub.headers as hub_repo
 from spectrum_stream.cli import main
+from spectrum_stream.driver import scan
 from spectrum_stream.errors import SpectrumError
 from spectrum_stream.hub_scan import scan_hub
 from spectrum_stream.journal.journal import read_journal
 from spectrum_stream.options import ScanOptions
-from spectrum_stream.scan import scan
 from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.source.hub.headers import open_hub
 from spectrum_stream.source.hub.repo import is_hub_id

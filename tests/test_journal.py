@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spectrum_stream.driver import scan
 from spectrum_stream.errors import ResumeError, SpectrumError
 from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.journal.journal import Journal, read_journal
@@ -21,7 +22,6 @@ from spectrum_stream.options import ScanOptions
 from spectrum_stream.results import atomic as results_mod
 from spectrum_stream.results.files import rebuild_results
 from spectrum_stream.results.paths import ResultPaths
-from spectrum_stream.scan import scan
 
 HEADER = {
     "checkpoint": [{"shard": "a.safetensors", "size": 100, "header_sha256": "ab" * 32}],

@@ -14,10 +14,10 @@ from reference import reference_snr
 
 from spectrum_stream import SpectrumError, scan
 from spectrum_stream.cli import main as cli
+from spectrum_stream.layout import experts as layout_mod
+from spectrum_stream.layout.jobs import plan_jobs
+from spectrum_stream.layout.naming import module_type
 from spectrum_stream.options import ScanOptions
-from spectrum_stream.plan import experts as layout_mod
-from spectrum_stream.plan.jobs import plan
-from spectrum_stream.plan.naming import module_type
 from spectrum_stream.source.checkpoint import open_local
 
 ALL = [
@@ -133,7 +133,7 @@ def test_big_fused_tensors_are_read_a_few_experts_at_a_time(
     whole = scan(folder, out_dir=tmp_path / "whole", progress=False).results
     ckpt, _ = open_local(folder)
     monkeypatch.setattr(layout_mod, "EXPERT_CHUNK_BYTES", 1)  # one expert per read
-    jobs = plan(ckpt)
+    jobs = plan_jobs(ckpt)
     by_tensor: dict[str, list] = {}
     for job in jobs:
         by_tensor.setdefault(job.main.name, []).append(job)

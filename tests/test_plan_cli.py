@@ -16,8 +16,8 @@ from test_hub import hf  # noqa: F401  (fixture: huggingface_hub pointed at the 
 import spectrum_stream
 import spectrum_stream.source.hub.headers as hub_headers
 from spectrum_stream.cli import main
+from spectrum_stream.driver import scan
 from spectrum_stream.options import ScanOptions
-from spectrum_stream.scan import scan
 
 PERCENT = 50
 FIELDS = {"weights", "grads", "optimizer", "activations", "total"}

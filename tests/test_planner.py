@@ -21,7 +21,7 @@ import planner_shapes
 import pytest
 import torch
 
-from spectrum_stream.plan.jobs import plan as scan_plan
+from spectrum_stream.layout.jobs import plan_jobs as scan_plan
 from spectrum_stream.planner import build_plan, format_plan_text, stored_view, trainer_view
 from spectrum_stream.planner.memory import (
     GPU_COUNTS,

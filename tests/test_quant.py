@@ -15,7 +15,7 @@ from moe_models import write_sharded
 from reference import reference_snr
 
 from spectrum_stream import SpectrumError, scan
-from spectrum_stream.plan.jobs import plan
+from spectrum_stream.layout.jobs import plan_jobs
 from spectrum_stream.read import loader as loader_mod
 from spectrum_stream.read.quant import dequant_fp8_block, dequant_mxfp4
 from spectrum_stream.source.checkpoint import open_local
@@ -116,7 +116,7 @@ def _deepseek_like(folder, torch_seed=7):
 def test_fp8_checkpoint_scales_in_another_shard(tmp_path):
     dense = _deepseek_like(tmp_path / "ds")
     ckpt, _ = open_local(tmp_path / "ds")
-    jobs = plan(ckpt)
+    jobs = plan_jobs(ckpt)
     fp8_jobs = [j for j in jobs if j.decode == "fp8_block"]
     assert len(fp8_jobs) == 1 + 3 * 3 + 1 + 1
     assert all(len(j.shards) == 2 for j in fp8_jobs), "weight and its scale sit in different shards"

@@ -22,12 +22,12 @@ import torch
 from click.testing import CliRunner
 
 from spectrum_stream.cli import main
+from spectrum_stream.driver import scan
 from spectrum_stream.journal import journal as journal_mod
 from spectrum_stream.journal.journal import read_journal
 from spectrum_stream.journal.lock import ScanLock
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.results.spectra import read_spectra
-from spectrum_stream.scan import scan
 
 NAME = "planted"
 JOURNAL = f"snr_results_{NAME}.journal.jsonl"

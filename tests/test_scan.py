@@ -10,8 +10,8 @@ import torch
 from reference import all_matrices, reference_snr
 
 from spectrum_stream import SpectrumError, scan
+from spectrum_stream.layout.naming import module_type
 from spectrum_stream.options import ScanOptions
-from spectrum_stream.plan.naming import module_type
 
 
 @pytest.mark.parametrize("fixture", ["llama_dir", "qwen2_dir"])

@@ -21,7 +21,7 @@ from test_axolotl_match import LayerPattern, unfrozen_rows
 
 from spectrum_stream import freeze, scan
 from spectrum_stream.journal.journal import read_journal
-from spectrum_stream.plan.trainer_names import TrainerNames
+from spectrum_stream.layout.trainer_names import TrainerNames
 from spectrum_stream.results.files import rebuild_results
 from spectrum_stream.results.select import always_unfrozen, select
 
@@ -299,7 +299,7 @@ def test_builtin_rules_are_transformers_mapping(model_type):
 
 
 def test_keys_without_transformers_are_the_same(mixtral_dir, monkeypatch, scanned):
-    from spectrum_stream.plan import trainer_names
+    from spectrum_stream.layout import trainer_names
 
     _, results, _ = scanned(mixtral_dir)
     monkeypatch.setattr(trainer_names, "transformers_rules", lambda config: None)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
+from spectrum_stream.driver import scan, scan_checkpoint
 from spectrum_stream.errors import SpectrumError
 from spectrum_stream.journal.journal import read_journal
 from spectrum_stream.kernel.workers import OrderedPool, default_workers
 from spectrum_stream.options import ScanOptions
-from spectrum_stream.scan import scan, scan_checkpoint
 from spectrum_stream.source.checkpoint import open_local
 from spectrum_stream.source.shards import LocalSource
 
@@ -70,11 +70,11 @@ def test_a_shard_is_released_only_after_its_modules_are_journaled(llama_dir, tmp
             assert expected and expected <= records.keys(), shard
             released.append(shard)
 
-    from spectrum_stream.plan.jobs import plan
+    from spectrum_stream.layout.jobs import plan_jobs
 
-    plan_jobs = plan(ckpt, None, None)
+    jobs = plan_jobs(ckpt, None, None)
     scan_checkpoint(ckpt, CheckingSource(folder), opts)
-    assert len(released) == len({job.main.shard for job in plan_jobs}) > 1
+    assert len(released) == len({job.main.shard for job in jobs}) > 1
 
 
 def test_workers_need_a_cpu_and_a_positive_count(llama_dir, tmp_path):
@@ -258,7 +258,7 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_
 
 BUSY_FIRST_MATRIX = """
 import sys, threading, time, torch
-import spectrum_stream.scan
+import spectrum_stream.driver
 S = sys.modules["spectrum_stream.loop"]
 real, calls = S._Runner.stream_gram, []
 main = threading.main_thread()

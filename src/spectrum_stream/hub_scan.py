@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .driver import ScanSetup, prepare_scan, run_setup
 from .errors import SpectrumError
 from .journal.ranks import finished_everywhere
 from .kernel.calibrate import calibration_size, svd_rate
 from .options import ScanOptions, ScanReport
 from .read.device import resolve_device
-from .scan import ScanPlan, plan_scan, run_scan
 from .source.checkpoint import Checkpoint
 from .source.hub.downloads import HubSource
 from .source.hub.errors import HubDownloadError
@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class HubPlan:
+class HubNeeds:
     """What a scan's plan means for the Hub, computed before any weight moves."""
 
-    scan: ScanPlan
+    scan: ScanSetup
     done: int  # modules already in the journal
     weight_bytes: int
     shard_bytes: int  # all shards of the checkpoint
@@ -57,7 +57,7 @@ class HubPlan:
     flops: float  # m*n*k summed over the matrices left
 
 
-def hub_plan(p: ScanPlan, repo: HubRepo) -> HubPlan:
+def hub_needs(p: ScanSetup, repo: HubRepo) -> HubNeeds:
     jobs, done, ckpt = p.jobs, p.finished, p.ckpt
     todo = [any(s.key not in done for s in j.matrices) for j in jobs]
     first: dict[str, int] = {}
@@ -89,7 +89,7 @@ def hub_plan(p: ScanPlan, repo: HubRepo) -> HubPlan:
         for m, n in [spec.shape]
     )
     cached = [s for s in needed if repo.cached(s) is not None]
-    return HubPlan(
+    return HubNeeds(
         scan=p,
         done=sum(1 for j in jobs for s in j.matrices if s.key in done),
         weight_bytes=sum(j.nbytes for j in jobs),
@@ -103,8 +103,8 @@ def hub_plan(p: ScanPlan, repo: HubRepo) -> HubPlan:
     )
 
 
-def plan_lines(
-    p: HubPlan,
+def needs_lines(
+    p: HubNeeds,
     repo: HubRepo,
     ckpt: Checkpoint,
     device,
@@ -191,16 +191,16 @@ def scan_hub(
             )
         device = resolve_device(opts.device)
         ckpt, repo = open_hub(repo_id, revision, token, endpoint, cache_dir)
-        p = hub_plan(plan_scan(ckpt, opts), repo)
+        p = hub_needs(prepare_scan(ckpt, opts), repo)
         _check_disk(p, ckpt, max_disk)
         rate = None
         if estimate and p.flops:
             rate = svd_rate(device, calibration_size(p.scan.jobs), opts.method)
-        for line in plan_lines(p, repo, ckpt, device, rate, delete, max_disk):
+        for line in needs_lines(p, repo, ckpt, device, rate, delete, max_disk):
             log.info(line)
         source = HubSource(repo, ckpt, p.needed, delete, max_disk)
         try:
-            return run_scan(p.scan, source, opts)
+            return run_setup(p.scan, source, opts)
         except HubDownloadError as exc:
             kept = len(finished_everywhere(p.scan.paths.journal))
             raise SpectrumError(
@@ -211,7 +211,7 @@ def scan_hub(
             source.close()
 
 
-def _check_disk(p: HubPlan, ckpt: Checkpoint, max_disk: int | None, what: str = "") -> None:
+def _check_disk(p: HubNeeds, ckpt: Checkpoint, max_disk: int | None, what: str = "") -> None:
     """Refuse a --max-disk budget the scan cannot keep (`what` says whose budget it is)."""
     if max_disk is None or not p.needed:
         return
@@ -238,7 +238,7 @@ def _scan_ranked(
     from .distributed.ranked import scan_ranked
 
     ckpt, repo = group.agree(lambda: open_hub(repo_id, revision, token, endpoint, cache_dir))
-    p = group.agree(lambda: plan_scan(ckpt, opts))
+    p = group.agree(lambda: prepare_scan(ckpt, opts))
     budget = node_share(max_disk, group.ranks)
     what = (
         f" (this rank's part of --max-disk {human_bytes(max_disk)} for "
@@ -249,10 +249,10 @@ def _scan_ranked(
     sources: list[HubSource] = []
 
     def source_for(jobs, finished):
-        hp = hub_plan(dataclasses.replace(p, jobs=jobs, finished=finished), repo)
+        hp = hub_needs(dataclasses.replace(p, jobs=jobs, finished=finished), repo)
         _check_disk(hp, ckpt, budget, what)
         if group.rank == 0:
-            for line in plan_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
+            for line in needs_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
                 log.info("rank 0: %s", line)
             if max_disk is not None:
                 log.info(

@@ -1,6 +1,6 @@
 """The scan loop: read each job (the next one ahead), decompose its matrices in same-shape batches
 (on worker threads on a CPU), journal each module with its singular values, and release each shard
-once all its modules are journaled. scan.py plans and calls it; so does each torchrun rank.
+once all its modules are journaled. driver.py sets it up and calls it; so does each torchrun rank.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .kernel import host_memory, memory
 from .kernel.calibrate import float64_ratio, float64_warning
 from .kernel.route import ON_CPU_NOTE, Decomposed, decompose_each, streamed_gram, with_note
 from .kernel.workers import OrderedPool, default_workers, threads_per_worker
+from .layout.specs import MatrixSpec, TensorJob
 from .options import ScanOptions, ScanReport
-from .plan.specs import MatrixSpec, TensorJob
 from .read.decode import decode
 from .read.device import bind_thread, on_device
 from .read.prefetch import prefetched

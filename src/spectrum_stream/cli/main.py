@@ -222,9 +222,9 @@ def scan(
     work by cost; `--device cuda` is then each rank's cuda:LOCAL_RANK, `--max-disk` is per node."""
     import re
 
+    from .. import driver
     from ..distributed.env import from_env
     from ..options import ScanOptions
-    from ..scan import scan as run_scan
     from .summary import format_summary
 
     ranks = from_env()
@@ -304,7 +304,7 @@ def scan(
 
             report = scan_local_ranked(path, opts, group)
         else:
-            report = run_scan(path, opts)
+            report = driver.scan(path, opts)
         if group is None or group.rank == 0:
             click.echo(format_summary(report))
     finally:

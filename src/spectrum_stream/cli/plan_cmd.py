@@ -33,13 +33,13 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
     only on a GPU (a second or so, and the GPU figures in scan_cost.py are assumptions); on CPU
     with --calibrate (the CPU figures there are measured already)."""
     from ..kernel.calibrate import calibration_size, svd_rate
-    from ..plan.jobs import plan
+    from ..layout.jobs import plan_jobs
     from ..read.device import resolve_device
 
     dev = resolve_device(device)
     if calibrate is False or (calibrate is None and dev.type == "cpu"):
         return None
-    size = calibration_size(plan(ckpt))
+    size = calibration_size(plan_jobs(ckpt))
     return {method: svd_rate(dev, size, method) for method in ("exact", "gram")}
 
 

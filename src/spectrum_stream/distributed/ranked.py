@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..driver import ScanSetup, in_job_order, prepare_scan
 from ..errors import AlreadyReported, SpectrumError
 from ..journal.journal import Journal, read_journal
 from ..journal.lock import ScanLock
@@ -35,12 +36,11 @@ from ..journal.ranks import (
     remove_journal,
 )
 from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
+from ..layout.specs import TensorJob
 from ..loop import run_jobs
 from ..options import ScanInterrupted, ScanOptions, ScanReport
-from ..plan.specs import TensorJob
 from ..read.device import resolve_device
 from ..results.files import write_results
-from ..scan import ScanPlan, in_plan_order, plan_scan
 from ..source.checkpoint import open_local
 from ..source.hub.errors import HubDownloadError
 from ..source.shards import LocalSource, ShardSource
@@ -84,7 +84,7 @@ def _tidy(main) -> None:
 
 
 def scan_ranked(
-    p: ScanPlan, group: Group, opts: ScanOptions, source_for: SourceFor, allow_split: bool = True
+    p: ScanSetup, group: Group, opts: ScanOptions, source_for: SourceFor, allow_split: bool = True
 ) -> ScanReport:
     """This rank's part of the scan of plan `p`; rank 0's report holds every rank's totals."""
     r, w = group.rank, group.world
@@ -185,7 +185,7 @@ def scan_ranked(
                     for rec in part["records"]:
                         if records.get(rec["key"]) is rec and rec["key"] in part["values"]:
                             values[rec["key"]] = part["values"][rec["key"]]
-                ordered = in_plan_order(records, p.jobs)
+                ordered = in_job_order(records, p.jobs)
                 with contextlib.ExitStack() as stack:
                     main = Journal.open(p.paths.journal, p.header)
                     stack.callback(main.close)
@@ -204,7 +204,7 @@ def scan_ranked(
                         )
                     )
                 return write_results(
-                    in_plan_order(main.records, p.jobs), p.paths, opts.names, opts.grouping
+                    in_job_order(main.records, p.jobs), p.paths, opts.names, opts.grouping
                 )
 
             result = write
@@ -226,5 +226,5 @@ def scan_ranked(
 def scan_local_ranked(path, opts: ScanOptions, group: Group) -> ScanReport:
     """This rank's part of the scan of a local checkpoint (every node sees it at `path`)."""
     ckpt, folder = group.agree(lambda: open_local(path))
-    p = group.agree(lambda: plan_scan(ckpt, opts))
+    p = group.agree(lambda: prepare_scan(ckpt, opts))
     return scan_ranked(p, group, opts, lambda jobs, finished: LocalSource(folder))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..plan.specs import TensorJob
+from ..layout.specs import TensorJob
 
 TOLERANCE = 0.02
 

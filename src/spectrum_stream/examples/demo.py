@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..driver import scan
 from ..options import ScanOptions, ScanReport
 from ..results.files import sorted_by_type
-from ..scan import scan
 from .synthetic import write_planted_llama
 
 DEMO_NAME = "spectrum-stream/demo-llama"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..kernel.snr import SpectrumStats
-from ..plan.specs import MatrixSpec, TensorJob
+from ..layout.specs import MatrixSpec, TensorJob
 
 
 def failure_of(stats: SpectrumStats | None) -> str | None:

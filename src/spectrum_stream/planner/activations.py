@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..plan.config import config_int
+from ..layout.config import config_int
 from .params import Param
 
 ACT_BYTES = 2  # bf16 activations

@@ -15,9 +15,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..plan.config import config_int
-from ..plan.quantized import BLOCKS_SUFFIX, SCALES_SUFFIX, is_companion
-from ..plan.trainer_names import TrainerNames
+from ..layout.config import config_int
+from ..layout.quantized import BLOCKS_SUFFIX, SCALES_SUFFIX, is_companion
+from ..layout.trainer_names import TrainerNames
 from ..source.checkpoint import Checkpoint
 from ..source.dtypes import DTYPE_BITS, FLOAT_DTYPES
 
@@ -93,7 +93,7 @@ def stored_view(ckpt: Checkpoint) -> list[Param]:
 
 
 def trainer_view(ckpt: Checkpoint) -> list[Param]:
-    """The model as transformers loads it, named by the scan's own mapping (plan/trainer_names.py),
+    """The model as transformers loads it, named by the scan's own mapping (layout/trainer_names.py),
     so results keys written with `--names trainer` name these parameters.
 
     A `stack` conversion (per-expert `experts.N.w1` + `w3` -> `experts.gate_up_proj`) becomes one

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from ..plan.jobs import plan as scan_plan
+from ..layout.jobs import plan_jobs
 from ..results.files import compat_results
 from ..results.names import DEFAULT_GROUPING
 from ..results.select import unfrozen_parameters
@@ -35,7 +35,7 @@ def synthetic_results(ckpt: Checkpoint, names: str = "trainer") -> dict[str, dic
             "status": "ok",
             "snr": rng.random(),
         }
-        for job in scan_plan(ckpt)
+        for job in plan_jobs(ckpt)
         for spec in job.matrices
     ]
     return compat_results(records, names, DEFAULT_GROUPING)

@@ -8,7 +8,7 @@ Assumptions: docs/planner.md, "Scan cost".
 from __future__ import annotations
 
 from ..kernel import memory
-from ..plan.jobs import plan
+from ..layout.jobs import plan_jobs
 from ..source.checkpoint import Checkpoint
 
 # m*n*k per second, one matrix at a time, by device and --method.
@@ -37,7 +37,7 @@ def matrix_gpu_bytes(m: int, n: int, raw: int) -> dict[str, int]:
 def scan_cost(ckpt: Checkpoint, measured: dict[str, float] | None = None) -> dict:
     """The scan's cost (see the module doc). `measured`: {method: m*n*k per second} measured on
     the device the scan will use (kernel/calibrate.py's svd_rate)."""
-    jobs = plan(ckpt)
+    jobs = plan_jobs(ckpt)
     sizes = sorted((h.size for h in ckpt.shards.values()), reverse=True)
     flops = 0.0
     biggest = (0, (0, 0), 0)  # m*n, shape, raw bytes

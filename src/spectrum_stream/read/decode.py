@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..plan.specs import TensorJob, TensorRef
+from ..layout.specs import TensorJob, TensorRef
 from .loader import read_raw, to_device, to_float32
 from .quant import dequant_fp8_block, dequant_mxfp4
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..errors import SpectrumError
-from ..plan.naming import module_type
+from ..layout.naming import module_type
 
 NAMES = ("trainer", "checkpoint")
 GROUPINGS = ("pooled", "per-expert")

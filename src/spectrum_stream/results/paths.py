@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import SpectrumError
 from ..journal.journal import JOURNAL_SUFFIX
 from ..journal.spectra_log import spectra_log_path
-from ..plan.naming import slug
+from ..layout.naming import slug
 
 RESULTS_PREFIX = "snr_results_"  # + slug: the name axolotl's plugin looks for
 

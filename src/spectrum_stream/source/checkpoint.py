@@ -39,7 +39,7 @@ class Checkpoint:
 
 
 INDEX_SCHEMA = obj({"weight_map": mapping(string)}, {"metadata": anything})
-CONFIG_SCHEMA = obj()  # an object; the values the layout rules use are checked by plan/config.py
+CONFIG_SCHEMA = obj()  # an object; the values the layout rules use are checked by layout/config.py
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 

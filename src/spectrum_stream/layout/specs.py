@@ -17,14 +17,14 @@ class MatrixSpec:
     """One result: its key (module name or axolotl pattern), type, and where it sits in the tensor.
 
     `key` names it in the checkpoint (the journal's identity for resumes); `trainer_key` names the
-    parameter rows of the model as transformers 5 loads it (plan/trainer_names.py).
+    parameter rows of the model as transformers 5 loads it (layout/trainer_names.py).
     """
 
     key: str
     type: str
     shape: tuple[int, int]
     index: tuple = ()  # applied to the decoded tensor: `decoded[index]` is this [m, n] matrix
-    trainer_key: str = ""  # set by plan(); "" means the same as key
+    trainer_key: str = ""  # set by plan_jobs(); "" means the same as key
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""A scan from start to end: plan once, run the loop (loop.py) under the results lock, and write
-the results files from the journal at the end (docs/architecture.md walks through it).
+"""A scan from start to end: set it up once, run the loop (loop.py) under the results lock, and
+write the results files from the journal at the end (docs/architecture.md walks through it).
 
-`plan_scan` makes the plan once (jobs, result paths, the journal's finished modules); a Hub scan
-makes it, looks at it, and hands it to `run_scan` like a local scan does.
+`prepare_scan` makes the setup once (jobs, result paths, the journal's finished modules); a Hub
+scan makes it, looks at it, and hands it to `run_setup` like a local scan does.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from .errors import SpectrumError
 from .journal.journal import Journal
 from .journal.lock import ScanLock
 from .journal.ranks import finished_everywhere, fold_rank_journals
+from .layout.jobs import plan_jobs
+from .layout.specs import TensorJob
 from .loop import run_jobs
 from .options import ScanInterrupted, ScanOptions, ScanReport
-from .plan.jobs import plan
-from .plan.specs import TensorJob
 from .read.device import resolve_device
 from .results.files import write_results
 from .results.paths import ResultPaths
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ScanPlan:
-    """Everything decided before the first read: made once, by `plan_scan`."""
+class ScanSetup:
+    """Everything decided before the first read: made once, by `prepare_scan`."""
 
     ckpt: Checkpoint
     name: str
@@ -47,10 +47,10 @@ class ScanPlan:
         return sum(len(j.matrices) for j in self.jobs)
 
 
-def plan_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanPlan:
+def prepare_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanSetup:
     """The jobs, where results go, and what the journal already holds."""
     name = opts.name or ckpt.name
-    jobs = plan(ckpt, opts.include, opts.exclude)
+    jobs = plan_jobs(ckpt, opts.include, opts.exclude)
     if not jobs:
         raise SpectrumError(f"{name}: no weight matrices to scan (check --include/--exclude)")
     paths = ResultPaths.for_model(Path(opts.out_dir), name)
@@ -59,17 +59,17 @@ def plan_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanPlan:
         "settings": {"method": opts.method, "include": opts.include, "exclude": opts.exclude},
     }
     finished = set() if opts.fresh else finished_everywhere(paths.journal)
-    return ScanPlan(ckpt, name, jobs, paths, header, finished)
+    return ScanSetup(ckpt, name, jobs, paths, header, finished)
 
 
-def in_plan_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
+def in_job_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
     """Journal records in plan order: results files look the same however the work was split or
     resumed. A key the plan lacks (a damaged line) is left out: it is not this checkpoint's."""
     order = {s.key: i for i, s in enumerate(s for j in jobs for s in j.matrices)}
     return sorted((r for r in records.values() if r["key"] in order), key=lambda r: order[r["key"]])
 
 
-def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
+def run_setup(p: ScanSetup, source: ShardSource, opts: ScanOptions) -> ScanReport:
     """Carry out a plan with shards from `source`; resumes from the journal unless fresh."""
     device = resolve_device(opts.device)
     opts.check(device.type)
@@ -92,7 +92,7 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
             pending = sys.exc_info()[1]  # e.g. a full disk: report that, not the results failing
             try:
                 report.results = write_results(
-                    in_plan_order(journal.records, p.jobs), p.paths, opts.names, opts.grouping
+                    in_job_order(journal.records, p.jobs), p.paths, opts.names, opts.grouping
                 )
             except SpectrumError:
                 if pending is None:
@@ -104,7 +104,7 @@ def run_scan(p: ScanPlan, source: ShardSource, opts: ScanOptions) -> ScanReport:
 
 def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions) -> ScanReport:
     """Plan and scan a checkpoint whose shards `source` provides."""
-    return run_scan(plan_scan(ckpt, opts), source, opts)
+    return run_setup(prepare_scan(ckpt, opts), source, opts)
 
 
 def scan(path: str | Path, opts: ScanOptions | None = None, **overrides) -> ScanReport:

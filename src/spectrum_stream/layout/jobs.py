@@ -69,15 +69,15 @@ def tensor_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
     return [replace(job, decode=decode, aux=aux)]
 
 
-def plan(
+def plan_jobs(
     ckpt: Checkpoint, include: str | None = None, exclude: str | None = None
 ) -> list[TensorJob]:
     """Every matrix to scan, in file order (shard, then offset) so reads stay sequential.
 
     `include`/`exclude` are regexes searched in each result's type or key. A tensor that breaks a
     layout rule raises SpectrumError, unless `exclude` matches its name; so does a config.json
-    value a layout rule needs (plan/config.py's check_config, before anything else). Each spec
-    gets its trainer key (plan/trainer_names.py).
+    value a layout rule needs (layout/config.py's check_config, before anything else). Each spec
+    gets its trainer key (layout/trainer_names.py).
     """
     check_config(ckpt.config, ckpt, exclude)
     names = TrainerNames.for_config(ckpt.config)
