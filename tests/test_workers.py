@@ -66,7 +66,7 @@ def test_a_shard_is_released_only_after_its_modules_are_journaled(llama_dir, tmp
     class CheckingSource(LocalSource):
         def release(self, shard: str) -> None:
             _, records, _ = read_journal(journal)
-            expected = {s.key for job in plan_jobs for s in job.matrices if job.main.shard == shard}
+            expected = {s.key for job in jobs for s in job.matrices if job.main.shard == shard}
             assert expected and expected <= records.keys(), shard
             released.append(shard)
 
