@@ -146,14 +146,16 @@ def test_fit_refuses_what_it_cannot_answer(llama_dir):
     assert "--fit chooses --top-percent itself" in line
 
 
-@pytest.mark.parametrize("gpus, mem", [(8, "80GB"), (1, "141GB"), (2, "141GB")])
-def test_readme_qwen_110b(tmp_path_factory, gpus, mem):
-    """The README's example: headers only, the stand-in selection with the real counts."""
+@pytest.mark.parametrize("gpus, mem, shown", [(8, "80GB", 8), (1, "141GB", None), (8, "141GB", 37)])
+def test_readme_qwen_110b(tmp_path_factory, gpus, mem, shown):
+    """The README's example: headers only, the stand-in selection with the real counts; `shown`
+    is the P the README prints (None: "none fits")."""
     folder = tmp_path_factory.getbasetemp() / "qwen1.5-110b"
     if not folder.exists():
         planner_shapes.SHAPES["qwen1.5-110b"](folder)
     common = [str(folder), "--gpus", str(gpus), "--gpu-mem", mem]
     doc = plan_json(*common, "--fit")
+    assert (doc["fit"] and doc["fit"]["top_percent"]) == shown
     if doc["fit"] is None:
         fits1 = spectrum_need(plan_json(*common, "--top-percent", "1"), gpus)[0]
         assert not fits1 and doc["fit_shortfall"]["shortfall_bytes"] > 0
