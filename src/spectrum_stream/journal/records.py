@@ -56,7 +56,7 @@ def module_record(
     spectrum: list[int] | None = None,
 ) -> dict:
     """The journal line of one module: status ok with its statistics, or failed with the reason."""
-    rec = {
+    rec: dict[str, object] = {
         "key": spec.key,
         "trainer_key": spec.trainer_key or spec.key,
         "type": spec.type,
@@ -66,6 +66,7 @@ def module_record(
         "shard": job.main.shard,
     }
     if failure is None:
+        assert stats is not None, "a module without a failure has statistics"
         rec.update(
             status="ok",
             snr=stats.snr,

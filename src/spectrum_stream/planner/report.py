@@ -93,15 +93,14 @@ def build_plan(
     names = getattr(view, "names", "checkpoint")
     notes = []
     synthetic = results is None
-    if synthetic:
-        results = synthetic_results(ckpt, names)
+    selection = synthetic_results(ckpt, names) if results is None else results
     dims = model_dims(ckpt.config, params)
     act_terms = activation_terms(dims, seq_len, micro_batch)
     act = sum(act_terms.values())
 
     def spectrum_footprint(percent: float) -> Footprint:
         """Spectrum-P's bytes: the one function both the plan and --fit use."""
-        chosen = trained(params, unfrozen_parameters(results, percent, grouping))[0]
+        chosen = trained(params, unfrozen_parameters(selection, percent, grouping))[0]
         return footprint(params, "spectrum", chosen, optimizer, lora_rank, act)
 
     fitted = fit_shortfall = None
@@ -121,7 +120,7 @@ def build_plan(
             "for fused or row-ranged experts, which tensors receive gradients depends on the draw"
             + ("; --fit searched this stand-in selection" if fit else "")
         )
-    patterns = unfrozen_parameters(results, top_percent, grouping)
+    patterns = unfrozen_parameters(selection, top_percent, grouping)
     chosen, unmatched = trained(params, patterns)
     if unmatched:
         notes.append(

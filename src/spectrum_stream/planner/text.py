@@ -55,6 +55,7 @@ def _fit_lines(plan: dict) -> list[str]:
     stand_in = s["results"] == "synthetic"
     label = " (stand-in selection: no results file)" if stand_in else ""
     if fit is None:
+        assert short is not None, "a plan without a fit has a shortfall"
         return [
             f"Largest Spectrum selection on {short['gpus']} x {_gb(s['gpu_mem'])}{label}: none "
             f"fits; Spectrum-{short['top_percent']}% needs {_gb1(short['per_gpu_bytes'])} per "
