@@ -200,3 +200,4 @@ def test_a_damaged_rank_table_is_a_warning_not_a_crash(tmp_path):
     out = CliRunner().invoke(main, ["select", str(report.paths.results)])
     assert out.exit_code == 0, out.output
     assert "Traceback" not in out.output
+    assert "numerical ranks unknown" in out.stderr and "spectra.safetensors" in out.stderr

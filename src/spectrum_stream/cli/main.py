@@ -357,7 +357,7 @@ def select(results, top_percent, expert_grouping, fused_experts, fmt, output, dr
     from ..results.select import select as chosen_by_type
 
     data = load_results(results)
-    deficient = rank_deficient(results, data)
+    deficient = rank_deficient(results, data, lambda line: click.echo(f"warning: {line}", err=True))
     if drop_rank_deficient:
         data = without(data, deficient)
         if deficient:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SpectrumError
@@ -70,17 +71,20 @@ def read_numerical_ranks(spectra_file: str | Path) -> Ranks:
     return out
 
 
-def rank_deficient(results_path: str | Path, keys) -> Ranks:
+def rank_deficient(
+    results_path: str | Path, keys, warn: Callable[[str], None] | None = None
+) -> Ranks:
     """The modules among `keys` whose numerical rank is below min(m, n), from the spectra file
     beside the results file. Without that file (a results file from another tool, or an older
-    scan) nothing is known and nothing is flagged; a damaged one is a logged warning."""
+    scan) nothing is known and nothing is flagged; a damaged one is a warning, handed to `warn`
+    (default: this module's logger), never a failure of the command that asked."""
     try:
         spectra = ResultPaths.for_results(Path(results_path)).spectra
         if not spectra.is_file():
             return {}
         ranks = read_numerical_ranks(spectra)
     except SpectrumError as exc:
-        log.warning("numerical ranks unknown: %s", exc)
+        (warn or log.warning)(f"numerical ranks unknown: {exc}")
         return {}
     wanted = set(keys)
     return {key: rk for key, rk in ranks.items() if key in wanted and rk[0] < rk[1]}
