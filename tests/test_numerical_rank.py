@@ -127,7 +127,7 @@ def journal_records(report) -> list[dict]:
 
 
 @pytest.mark.parametrize("method", ["exact", "gram"])
-def test_a_scan_journals_the_numerical_rank_and_flags_what_is_deficient(tmp_path, method, caplog):
+def test_a_scan_journals_the_numerical_rank_and_flags_what_is_deficient(tmp_path, method):
     mats = planted_checkpoint(tmp_path / "ckpt")
     report = scan(
         tmp_path / "ckpt", ScanOptions(out_dir=tmp_path / "out", progress=False, method=method)
@@ -157,10 +157,20 @@ def test_a_scan_journals_the_numerical_rank_and_flags_what_is_deficient(tmp_path
     assert "warning" not in dropped.stderr
     assert sorted(json.loads(dropped.stdout)) == sorted(k for k in mats if ".layers.1." in k)
     # freeze() warns the same way
-    model = torch.nn.Module()
-    with caplog.at_level(logging.WARNING):
-        freeze(model, report.paths.results, top_percent=50)
-    assert any("numerically rank deficient" in r.message for r in caplog.records)
+    # (on its own logger: the CLI's handler, once installed, stops propagation to caplog's)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("spectrum_stream.trainers.freeze")
+    logger.addHandler(handler)
+    try:
+        freeze(torch.nn.Module(), report.paths.results, top_percent=100)
+        assert any("6 selected module(s)" in r.getMessage() for r in seen)
+        seen.clear()
+        freeze(torch.nn.Module(), report.paths.results, top_percent=100, drop_rank_deficient=True)
+        assert not any("rank deficient" in r.getMessage() for r in seen)
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_the_planted_llama_is_flagged_exactly_where_float64_says(planted_dir, tmp_path):
