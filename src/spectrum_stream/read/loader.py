@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SpectrumError
+from ..errors import ModuleFailed
 from ..source.dtypes import torch_dtype
 from ..source.header import TensorEntry
 from .device import bind_thread
@@ -24,7 +24,7 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
     """The tensor as stored (its own dtype and shape), backed by a private mapping of its bytes."""
     dtype = torch_dtype(entry.dtype)
     if dtype is None:
-        raise SpectrumError(
+        raise ModuleFailed(
             f"{path}: tensor {entry.name!r} has dtype {entry.dtype}, which torch "
             f"{torch.__version__} cannot hold"
         )
@@ -35,7 +35,7 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
             path, dtype=np.uint8, mode="c", offset=entry.start, shape=(entry.nbytes,)
         )
     except (OSError, ValueError) as exc:
-        raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
+        raise ModuleFailed(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
     return torch.from_numpy(mapped).view(dtype).view(entry.shape)
 
 
@@ -115,7 +115,7 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
                 shape=((r1 - r0) * row_bytes,),
             )
         except (OSError, ValueError) as exc:
-            raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
+            raise ModuleFailed(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
         yield torch.from_numpy(part).view(dtype).view(r1 - r0, cols)
         del part
 
