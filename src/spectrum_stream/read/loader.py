@@ -16,7 +16,7 @@ import torch
 from ..errors import ModuleFailed
 from ..source.dtypes import torch_dtype
 from ..source.header import TensorEntry
-from .device import bind_thread
+from .device import bind_thread, is_cuda
 from .staging import StagingPool, copy_through, read_ahead
 
 
@@ -46,7 +46,7 @@ def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
     side stream, so that a copy started by a reading thread overlaps the decomposition running
     on the default stream, and page-locked memory stays bounded.
     """
-    if device.type != "cuda":
+    if not is_cuda(device):
         return raw.to(device)
     return copy_through(raw, device, staging_pool(device), _copy_stream(device))
 
@@ -54,7 +54,7 @@ def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
 def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Iterable[torch.Tensor]:
     """Blocks of a matrix streamed to `device`: on a GPU, each read and copied by a thread one
     block ahead of the caller (bound to the device first); on CPU, as they are."""
-    if device.type != "cuda":
+    if not is_cuda(device):
         return blocks
     return read_ahead(
         (to_device(b, device) for b in blocks), depth=1, init=lambda: bind_thread(device)
@@ -63,7 +63,7 @@ def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Itera
 
 def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
     """float32 copy on `device` (never a view of the mapping, so the file can be let go)."""
-    if device.type == "cuda":
+    if is_cuda(device):
         return to_device(raw, device).to(torch.float32)
     if raw.device == device and raw.dtype == torch.float32:
         return raw.clone()
