@@ -103,7 +103,8 @@ class DevicePolicy:
         if batch.shape != shape:
             return False
         if is_cuda(batch.device):
-            need = memory.whole_bytes(shape, self.method, len(batch) + count, self.driver)
+            m, n = shape  # batches hold matrices
+            need = memory.whole_bytes((m, n), self.method, len(batch) + count, self.driver)
             return need + self.reserve <= self.gpu_budget
         return batch.nbytes + nbytes <= self.host_budget
 
