@@ -6,9 +6,11 @@ import logging
 
 import torch
 
+from ..errors import ModuleFailed
 from ..journal.journal import Journal
 from ..journal.records import failure_of, module_record
 from ..journal.spectra_log import SpectraLog
+from ..layout.specs import MatrixSpec, TensorJob
 from ..options import ScanReport
 from .work import Outcome
 
@@ -60,7 +62,9 @@ class Recorder:
         for o in outcomes:
             self.record(o)
 
-    def fail(self, specs: list, job, read_s: float, failure) -> None:
+    def fail(
+        self, specs: list[MatrixSpec], job: TensorJob, read_s: float, failure: ModuleFailed
+    ) -> None:
         """Journal every module of `specs` as failed for one reason (e.g. its tensor's read)."""
         for spec in specs:
             self.record(Outcome(spec, job, read_s, failure=failure))
