@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -32,7 +32,7 @@ def prefetched(
     load: Callable[[T], object],
     ahead: bool = True,
     init: Callable[[], None] | None = None,
-) -> Iterator[tuple[T, object, ModuleFailed | None, float]]:
+) -> Generator[tuple[T, object, ModuleFailed | None, float], None, None]:
     """Yield (item, load(item), error, seconds) in order; with `ahead`, item i+1 loads during i.
 
     `init` runs first on the reading thread (read/device.bind_thread: its CUDA device)."""

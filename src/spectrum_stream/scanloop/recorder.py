@@ -45,7 +45,7 @@ class Recorder:
             method=o.result.method if o.result else self.method,
             stats=stats,
             failure=failure,
-            note=o.result and o.result.note,
+            note=o.result.note if o.result else None,
             spectrum=spectrum,
         )
         if failure is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernel.route import decompose_each, streamed_gram
+from ..kernel.route import Decomposed, decompose_each, streamed_gram
 from ..read.decode import decode
 from ..read.device import bind_thread
 
@@ -21,7 +21,7 @@ class Steps:
 
     decode: Callable[..., torch.Tensor] = decode
     decompose_each: Callable[..., list] = decompose_each
-    streamed_gram: Callable[..., object] = streamed_gram
+    streamed_gram: Callable[..., Decomposed] = streamed_gram
     bind_thread: Callable[[torch.device], None] = bind_thread
 
 

@@ -81,8 +81,8 @@ def decompose_streamed(
     except ModuleFailed as failed:
         return Outcome(spec, job, time.perf_counter() - t0, failure=failed)
     except RuntimeError as exc:
-        failed = ModuleFailed(f"decomposition failed ({exc})")
-        return Outcome(spec, job, time.perf_counter() - t0, failure=failed)
+        reason = ModuleFailed(f"decomposition failed ({exc})")
+        return Outcome(spec, job, time.perf_counter() - t0, failure=reason)
     return Outcome(
         spec, job, time.perf_counter() - t0, with_note(result, ON_CPU_NOTE) if on_cpu else result
     )
