@@ -129,3 +129,21 @@ def planted_dir(request, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp(f"planted-{shards}-shards") / "planted"
     write_planted_llama(folder, shards=shards, **PLANTED)
     return folder
+
+
+@pytest.fixture
+def scan_with():
+    """scan(path, opts) with some of the loop's steps replaced (scanloop/steps.py): a test wraps
+    decode, decompose_each, streamed_gram or bind_thread by passing its own, no module patched."""
+    import dataclasses
+
+    from spectrum_stream.driver import scan_checkpoint
+    from spectrum_stream.scanloop import STEPS
+    from spectrum_stream.source.checkpoint import open_local
+    from spectrum_stream.source.shards import LocalSource
+
+    def run(path, opts, **steps):
+        ckpt, folder = open_local(path)
+        return scan_checkpoint(ckpt, LocalSource(folder), opts, dataclasses.replace(STEPS, **steps))
+
+    return run

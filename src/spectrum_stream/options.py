@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ScanInterrupted as ScanInterrupted  # raised with a ScanReport
 from .errors import SpectrumError
 from .kernel.route import METHODS
 from .kernel.snr import APPROXIMATE_DRIVERS
@@ -81,11 +82,3 @@ class ScanReport:
     seconds: float = 0.0
     results: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
-
-
-class ScanInterrupted(SpectrumError):
-    """Ctrl-C or SIGTERM: finished modules are kept; the report says how far it got."""
-
-    def __init__(self, report: ScanReport):
-        super().__init__("scan interrupted")
-        self.report = report

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import AlreadyReported, SpectrumError
+from ..errors import AlreadyReported, ScanInterrupted, SpectrumError
 from . import logs
 
 
@@ -20,6 +20,7 @@ def _fail(message: str, code: int = 1):
 
 
 def _on_sigterm(signum, frame):
+    """SIGTERM is Ctrl-C: the scan loop turns either into ScanInterrupted (errors.py)."""
     raise KeyboardInterrupt
 
 
@@ -40,8 +41,6 @@ class _Cli(click.Group):
 
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _on_sigterm)
-        from ..options import ScanInterrupted
-
         try:
             return super().invoke(ctx)
         except AlreadyReported as quiet:  # another rank printed the line
@@ -60,7 +59,7 @@ class _Cli(click.Group):
             _exit_interrupted()
         except SpectrumError as exc:
             _fail(str(exc))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # outside a scan's loop (e.g. while reading headers)
             click.echo("error: interrupted", err=True)
             _exit_interrupted()
         except OSError as exc:

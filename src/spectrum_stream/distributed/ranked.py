@@ -23,7 +23,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ..driver import ScanSetup, in_job_order, prepare_scan
-from ..errors import AlreadyReported, SpectrumError
+from ..errors import (
+    AlreadyReported,
+    HubDownloadError,
+    RanksInterrupted,
+    ScanInterrupted,
+    SpectrumError,
+)
 from ..journal.journal import Journal, read_journal
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
@@ -37,12 +43,11 @@ from ..journal.ranks import (
 )
 from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
 from ..layout.specs import TensorJob
-from ..loop import run_jobs
-from ..options import ScanInterrupted, ScanOptions, ScanReport
+from ..options import ScanOptions, ScanReport
 from ..read.device import resolve_device
 from ..results.files import write_results
+from ..scanloop import run_jobs
 from ..source.checkpoint import open_local
-from ..source.hub.errors import HubDownloadError
 from ..source.shards import LocalSource, ShardSource
 from ..units import human_bytes
 from .group import Group
@@ -51,14 +56,6 @@ from .split import share_lines, split
 log = logging.getLogger(__name__)
 
 SourceFor = Callable[[list[TensorJob], set[str]], ShardSource]
-
-
-class RanksInterrupted(ScanInterrupted):
-    """Ctrl-C or SIGTERM under torchrun: what to tell the user is about every rank's journal."""
-
-    def __init__(self, report: ScanReport, line: str):
-        super().__init__(report)
-        self.line = line
 
 
 def _ok(records: dict[str, dict]) -> set[str]:
@@ -127,10 +124,8 @@ def scan_ranked(
                 report,
                 desc=f"scan {p.name} [rank {r} of {w}]",
             )
-            if report.interrupted:
-                raise KeyboardInterrupt
             group.wait_for_peers()
-        except KeyboardInterrupt:
+        except (ScanInterrupted, KeyboardInterrupt):  # the loop's, or Ctrl-C while waiting
             if r != 0 or group.peer_failure() is not None:
                 raise AlreadyReported(code=130) from None
             raise RanksInterrupted(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..read.device import is_cuda
+
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
 
 
@@ -78,7 +80,7 @@ def exact_singular_values(
     used on CUDA only (a CPU fallback ignores it; default: `default_driver`)."""
     if batch.shape[-2] < batch.shape[-1]:
         batch = batch.mT
-    cuda = batch.device.type == "cuda"
+    cuda = is_cuda(batch.device)
     if (cuda if qr is None else qr) and batch.shape[-2] >= QR_MIN_RATIO * batch.shape[-1]:
         batch = r_factor(batch)
     driver = (driver or default_driver("cuda", batch.shape[-1])) if cuda else None

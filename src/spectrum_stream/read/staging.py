@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import torch
 
+from .device import is_cuda
+
 STAGING_BYTES = 64 * 1024**2  # one buffer (a power of two: the host allocator wastes nothing)
 STAGING_COUNT = 2  # buffers per device: one being filled while the other is copied
 T = TypeVar("T")
@@ -71,7 +73,7 @@ def copy_through(
     is waited for before this call waits on the pool, so two threads never hold each other's.
     """
     raw = raw.contiguous()
-    cuda = device.type == "cuda"
+    cuda = is_cuda(device)
     ctx = torch.cuda.stream(stream) if cuda and stream is not None else _nullcontext()
     with ctx:
         out = torch.empty(raw.shape, dtype=raw.dtype, device=device)
