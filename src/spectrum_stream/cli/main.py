@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 
 from ..errors import AlreadyReported, SpectrumError
+from ..modes import GROUPINGS, METHODS, NAMES, SELECT_FORMATS, SVD_DRIVERS
 from . import logs
+from .lazy import LazyGroup
 
 
 def _fail(message: str, code: int = 1):
@@ -35,7 +37,7 @@ def _exit_interrupted() -> None:
     sys.exit(130)
 
 
-class _Cli(click.Group):
+class _Cli(LazyGroup):
     """Turns expected failures into one line on stderr instead of a traceback."""
 
     def invoke(self, ctx):
@@ -68,7 +70,15 @@ class _Cli(click.Group):
             _fail(f"{where}{exc.strerror or exc}")
 
 
-@click.group(cls=_Cli)
+@click.group(
+    cls=_Cli,
+    lazy={  # commands in their own modules, imported when named (or listed by --help)
+        "metrics": ".analysis:metrics",
+        "report": ".analysis:report",
+        "compare": ".analysis:compare",
+        "plan": ".plan_cmd:plan_command",
+    },
+)
 @click.version_option(package_name="spectrum-stream")
 def main():
     """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
@@ -90,7 +100,7 @@ _out_dir = click.option(
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _names = click.option(
     "--names",
-    type=click.Choice(["trainer", "checkpoint"]),
+    type=click.Choice(NAMES),
     default="trainer",
     show_default=True,
     help="Results keys: trainer = the parameters of the model as transformers 5 "
@@ -99,7 +109,7 @@ _names = click.option(
 )
 _grouping = click.option(
     "--expert-grouping",
-    type=click.Choice(["pooled", "per-expert"]),
+    type=click.Choice(GROUPINGS),
     default="pooled",
     show_default=True,
     help="Results types: pooled = all experts of a projection rank together; "
@@ -120,7 +130,7 @@ _grouping = click.option(
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
 @click.option(
     "--method",
-    type=click.Choice(["exact", "gram"]),
+    type=click.Choice(METHODS),
     default="exact",
     show_default=True,
     help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
@@ -144,7 +154,7 @@ _grouping = click.option(
 )
 @click.option(
     "--svd-driver",
-    type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
+    type=click.Choice(SVD_DRIVERS),
     help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
     "512+ columns, torch's choice below). gesvda is approximate and refused.",
 )
@@ -323,7 +333,7 @@ def scan(
 )
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
     "experts of a projection together (default: the file's types, which `scan "
     "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).",
@@ -337,7 +347,7 @@ def scan(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["yaml", "json"]),
+    type=click.Choice(SELECT_FORMATS),
     default="yaml",
     show_default=True,
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
@@ -405,11 +415,3 @@ def demo(device, out_dir, keep, quiet):
     click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):
         sys.exit(1)
-
-
-# metrics, report, compare (cli/analysis.py); plan (cli/plan_cmd.py)
-from .analysis import compare, metrics, report  # noqa: E402
-from .plan_cmd import plan_command  # noqa: E402
-
-for _command in (metrics, report, compare, plan_command):
-    main.add_command(_command)

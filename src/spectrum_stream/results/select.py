@@ -12,7 +12,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from ..errors import SpectrumError
+from ..modes import check_top_percent
 from ..source.jsonfile import mapping, number, obj, read_json, string
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 
@@ -82,8 +82,7 @@ def select(
     results: dict[str, dict], top_percent: float, grouping: str | None = None
 ) -> dict[str, list[str]]:
     """{type: [selected keys]}: the top P percent of each type by SNR."""
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     return {
         t: [key for key, _ in items[: top_count(len(items), top_percent)]]
         for t, items in group(results, grouping).items()
