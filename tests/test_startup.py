@@ -104,3 +104,15 @@ def test_top_percent_range(bad: float) -> None:
     with pytest.raises(SpectrumError, match="--top-percent"):
         check_top_percent(bad)
     assert check_top_percent(0) == 0 and check_top_percent(100) == 100
+
+
+def test_scan_hub_takes_overrides_like_scan() -> None:
+    import inspect
+
+    from spectrum_stream import scan_hub
+
+    params = inspect.signature(scan_hub).parameters
+    assert "group" not in params
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    with pytest.raises(SpectrumError, match="--method 'grm'"):  # before any download
+        scan_hub("org/name", ScanOptions(), method="grm")

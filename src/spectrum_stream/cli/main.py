@@ -249,7 +249,7 @@ def scan(
         quiet = quiet or ranks.rank != 0
         group = Group.start(ranks, device, peer_timeout)
     logs.install(quiet)
-    from ..hub_scan import scan_hub
+    from ..hub_scan import scan_hub_group
     from ..source.hub.repo import is_hub_id
     from ..units import parse_size
 
@@ -300,14 +300,14 @@ def scan(
             grouping=expert_grouping,
         )
         if hub:
-            report = scan_hub(
+            report = scan_hub_group(
                 path,
                 opts,
+                group,
                 revision=revision,
                 token=token,
                 delete_shards=delete_shards,
                 max_disk=parse_size(max_disk) if max_disk is not None else None,
-                group=group,
             )
         elif group is not None:
             from ..distributed.ranked import scan_local_ranked

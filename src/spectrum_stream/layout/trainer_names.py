@@ -95,6 +95,10 @@ _QWEN3_VL_MOE = Rules(
         Fuse(("mlp.experts.down_proj",), "mlp.experts.down_proj", "rows"),
     ),
 )
+# A results file does not say which family wrote it: `select --fused-experts` names per-expert
+# keys by the two per-expert layouts the table converts (Mixtral's w1/w3/w2 under
+# block_sparse_moe, and gate/up/down_proj under mlp.experts), without the families' other renames.
+PER_EXPERT_LAYOUTS = Rules(_MIXTRAL.renames, _MIXTRAL.fuses + _QWEN2_MOE.fuses)
 _LEGACY = (  # applied to every model type
     Rename("LayerNorm.gamma", "LayerNorm.weight"),
     Rename("LayerNorm.beta", "LayerNorm.bias"),
