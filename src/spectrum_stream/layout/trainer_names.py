@@ -220,7 +220,7 @@ def rules_from_transformers(mapping) -> Rules:
         kind, concat = _fuse_kind(ops)
         if kind == "stack" and (len(targets) != 1 or (len(sources) > 1) != concat):
             kind = "opaque"
-        parts = ()
+        parts: tuple[str, ...] = ()
         if kind == "stack" and len(sources) > 1:
             parts = (
                 ("gate", "up")
@@ -382,7 +382,7 @@ class TrainerNames:
         if fuse.kind == "rows" and suffix:
             return renamed + suffix
         if fuse.kind == "stack" and not suffix and expert is not None:
-            part = f"(?#{fuse.parts[source]})" if fuse.parts else ""
+            part = f"(?#{fuse.parts[source]})" if fuse.parts and source is not None else ""
             return f"{renamed}{part}$[{expert}]"
         if fuse.target not in self._warned:
             self._warned.add(fuse.target)
