@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the trainer-name rules cache (layout/rules_cache.py) of this run, not the user's
+os.environ["SPECTRUM_STREAM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-stream-cache-")
 # Scan subprocesses (`python -m spectrum_stream`, some with another cwd) run the package under
 # test, not whatever a relative PYTHONPATH=src or an editable install elsewhere would find.
 _SRC = str(Path(spectrum_stream.__file__).resolve().parents[1])

@@ -30,7 +30,7 @@ from ..errors import (
     ScanInterrupted,
     SpectrumError,
 )
-from ..journal.journal import Journal, read_journal
+from ..journal.journal import Journal, finished_keys, read_journal
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
     merge_records,
@@ -58,10 +58,6 @@ log = logging.getLogger(__name__)
 SourceFor = Callable[[list[TensorJob], set[str]], ShardSource]
 
 
-def _ok(records: dict[str, dict]) -> set[str]:
-    return {k for k, r in records.items() if r.get("status") == "ok"}
-
-
 def _remove_journals(main) -> None:
     for path in [main, *rank_journals(main)]:
         remove_journal(path)
@@ -71,10 +67,10 @@ def _tidy(main) -> None:
     """Remove rank journals whose every finished module is in the main journal (best effort)."""
     try:
         _, done, _ = read_journal(main)
-        done = _ok(done)
+        done = finished_keys(done)
         for path in rank_journals(main):
             _, records, _ = read_journal(path)
-            if _ok(records) <= done:
+            if finished_keys(records) <= done:
                 remove_journal(path)
     except (OSError, SpectrumError):
         pass
@@ -99,7 +95,7 @@ def scan_ranked(
         if opts.fresh:  # every node's first rank clears the journals it sees, before any opens one
             group.agree(lambda: _remove_journals(p.paths.journal), only=group.ranks.local_rank == 0)
         seen = group.agree(lambda: read_all(p.paths.journal, p.header))
-        everyone = group.all_gather(sorted(_ok(seen)))
+        everyone = group.all_gather(sorted(finished_keys(seen)))
         finished = set().union(*map(set, everyone))
         owner = {}
         for rank, keys in reversed(list(enumerate(everyone))):

@@ -23,7 +23,6 @@ from ..source.header import TensorEntry
 from .gram import accumulate_gram, gram_matrix, gram_spectrum, singular_values_from_gram
 from .snr import SpectrumStats, exact_singular_values, snr_from_singular_values
 
-METHODS = ("exact", "gram")
 GRAM_TOLERANCE = 1e-5  # worst-case relative SNR error allowed on the gram route (contract: 1e-4)
 
 

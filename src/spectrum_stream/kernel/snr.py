@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modes import APPROXIMATE_DRIVERS  # noqa: F401  (re-exported: never journaled as exact)
 from ..read.device import is_cuda
 
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
@@ -57,7 +58,6 @@ def spectrum_stats(batch: torch.Tensor) -> list[SpectrumStats]:
 QR_MIN_RATIO = 2  # a matrix at least this tall is decomposed through its QR's R factor (on CUDA)
 GESVD_MIN_K = 512  # CUDA: gesvd from this k up (gesvdj, torch's default, allocates U and is
 # called possibly unstable for large matrices by torch's docs); bench/bench_kernels.py measures it
-APPROXIMATE_DRIVERS = ("gesvda",)  # cuSOLVER's approximate driver: never journaled as exact
 
 
 def default_driver(device_type: str, k: int) -> str | None:
