@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .driver import scan
-    from .errors import CheckpointError, ResumeError, SpectrumError
+    from .errors import CheckpointError, ResumeError, ScanInterrupted, SpectrumError
     from .hub_scan import scan_hub
-    from .errors import ScanInterrupted
     from .options import ScanOptions, ScanReport
     from .results.select import select, to_yaml, unfrozen_parameters
     from .trainers.freeze import FreezeSummary, freeze
