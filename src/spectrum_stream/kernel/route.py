@@ -7,7 +7,6 @@ bound exceeds GRAM_TOLERANCE, or whose SNR is not finite, is redone exactly and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -88,7 +87,12 @@ def decompose(
         return exact(mats, driver)
     m, n = mats[0].shape
     grams = torch.stack([gram_matrix(w) for w in mats])
-    return _from_grams(grams, m, n, [lambda w=w: w for w in mats], driver)
+    return _from_grams(grams, m, n, [_held(w) for w in mats], driver)
+
+
+def _held(w: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The exact fallback's reader for a matrix already in memory."""
+    return lambda: w
 
 
 ON_CPU_NOTE = "out of GPU memory: decomposed on the CPU"
@@ -160,8 +164,13 @@ def streamed_gram(
         blocks, k = iter_row_blocks(path, entry, block_len(n, block_bytes)), n
     else:
         blocks, k = iter_col_blocks(path, entry, block_len(m, block_bytes)), m
-    with contextlib.closing(iter(staged_blocks(blocks, device))) as staged:
+    staged = iter(staged_blocks(blocks, device))
+    try:
         g = accumulate_gram(staged, k, m >= n, device)
+    finally:
+        close = getattr(staged, "close", None)  # a read-ahead thread's generator
+        if close is not None:
+            close()
     # a NaN or Inf anywhere in W makes its row's or column's squares, a diagonal entry, non-finite
     if not bool(torch.isfinite(g.diagonal()).all()):
         raise ModuleFailed("holds NaN or Inf values")

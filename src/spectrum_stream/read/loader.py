@@ -101,6 +101,8 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
     Resident memory stays at one block however large the tensor is (a 152064 x 8192 embedding).
     """
     dtype = torch_dtype(entry.dtype)
+    if dtype is None:
+        raise ModuleFailed(f"{path}: tensor {entry.name!r}: this torch has no dtype {entry.dtype}")
     n_rows = entry.shape[0]
     row_bytes = entry.nbytes // max(1, n_rows)
     cols = int(np.prod(entry.shape[1:]))

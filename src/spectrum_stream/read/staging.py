@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -78,7 +78,7 @@ def copy_through(
     with ctx:
         out = torch.empty(raw.shape, dtype=raw.dtype, device=device)
     src, dst = _as_bytes(raw), _as_bytes(out)
-    pending: list[tuple[torch.Tensor, object]] = []  # (buffer, event marking its copy done)
+    pending: list[tuple[torch.Tensor, Any]] = []  # (buffer, event marking its copy done)
 
     def reclaim_oldest() -> None:
         buf, event = pending.pop(0)

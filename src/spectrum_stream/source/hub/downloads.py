@@ -151,10 +151,10 @@ class HubSource:
     def _run(self) -> None:
         while True:
             with self._cond:
-                shard = None
+                shard: str | None = None
                 while not self._stop and (shard := self._next()) is None:
                     self._cond.wait(0.5)
-                if self._stop:
+                if self._stop or shard is None:
                     return
                 self.queue.remove(shard)
                 self.state[shard] = "downloading"
