@@ -8,6 +8,7 @@ import json
 import click
 
 from ..errors import SpectrumError
+from ..modes import GROUPINGS, NAMES, OPTIMIZERS, TEXT_FORMATS, check_top_percent
 
 
 def _open(path: str, revision: str | None, token: str | None):
@@ -79,19 +80,17 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
 )
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     help="Rank Spectrum's selection as `select --expert-grouping` does (default: the results "
     "file's own types).",
 )
 @click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--optimizer", type=click.Choice(["adamw", "adamw-8bit"]), default="adamw", show_default=True
-)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
 @click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--names",
-    type=click.Choice(["trainer", "checkpoint"]),
+    type=click.Choice(NAMES),
     default="trainer",
     show_default=True,
     help="trainer = the model as transformers 5 loads it (fused "
@@ -101,7 +100,7 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(TEXT_FORMATS),
     default="text",
     show_default=True,
     help="json: the plan document of docs/planner.md.",
@@ -147,8 +146,7 @@ def plan_command(
             raise SpectrumError("--fit chooses --top-percent itself: give one or the other")
         if gpus is None:
             raise SpectrumError("--fit needs --gpus N: the GPU count to fit the selection on")
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent:g}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     results = load_results(results_path) if results_path else None
     ckpt = _open(path, revision, token)
     view, other = (trainer_view, stored_view) if names == "trainer" else (stored_view, trainer_view)
