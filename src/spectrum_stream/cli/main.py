@@ -352,12 +352,33 @@ def scan(
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
-def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
+@click.option(
+    "--drop-rank-deficient",
+    is_flag=True,
+    help="Leave numerically rank-deficient modules (SNR from rounding error; docs/spec.md) "
+    "out of the ranking. Off by default: the selection then equals the original tool's.",
+)
+def select(results, top_percent, expert_grouping, fused_experts, fmt, output, drop_rank_deficient):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from ..results.atomic import atomic_write
+    from ..results.rank_floor import deficient_line, rank_deficient, without
     from ..results.select import load_results, to_yaml, unfrozen_parameters
+    from ..results.select import select as chosen_by_type
 
     data = load_results(results)
+    deficient = rank_deficient(results, data, lambda line: click.echo(f"warning: {line}", err=True))
+    if drop_rank_deficient:
+        data = without(data, deficient)
+        if deficient:
+            click.echo(
+                f"left {len(deficient)} rank-deficient module(s) out of the ranking", err=True
+            )
+    else:
+        by_type = chosen_by_type(data, top_percent, expert_grouping)
+        chosen = [k for keys in by_type.values() for k in keys]
+        warning = deficient_line("selected", chosen, deficient)
+        if warning:
+            click.echo(f"warning: {warning}; --drop-rank-deficient leaves them out", err=True)
     if fmt == "yaml":
         text = to_yaml(data, top_percent, expert_grouping, fused_experts)
     else:

@@ -16,6 +16,7 @@ import orjson
 from ..errors import SpectrumError
 from ..journal.journal import read_journal
 from ..journal.ranks import main_journal_of, rank_journals, read_all
+from ..journal.records import numerical_rank_of
 from ..journal.spectra_log import read_spectrum
 from .atomic import atomic_write
 from .names import DEFAULT_GROUPING, DEFAULT_NAMES, result_key, result_type
@@ -96,6 +97,7 @@ def write_spectra_file(
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
     spectra, shapes = {}, {}
+    numerical: dict[str, tuple[int, int]] = {}
     decided: set[str] = set()  # a key's first finished record is its result (compat_results)
     for rec in records:
         key = result_key(rec, names)
@@ -103,12 +105,15 @@ def write_spectra_file(
             continue
         decided.add(key)
         shape = rec.get("shape")
+        known = numerical_rank_of(rec)
+        if known is not None:
+            numerical[key] = known
         if "spectrum" not in rec or not _is_matrix_shape(shape):  # a damaged line: no values
             continue
         values = read_spectrum(paths.journal.parent, rec["spectrum"])
         if values is not None and values.size <= min(shape):
             spectra[key], shapes[key] = values, (shape[0], shape[1])
-    write_spectra(paths.spectra, spectra, shapes)
+    write_spectra(paths.spectra, spectra, shapes, numerical)
     return len(spectra)
 
 

@@ -3,7 +3,8 @@
 Why keep them: the SNR throws the spectrum away, and a scan is the expensive part; with the
 singular values on disk any spectral metric (docs/metrics.md) can be computed later in seconds.
 Format: safetensors, one 1-D float32 tensor per module (descending), and `__metadata__` with
-format, version and the matrix shapes as JSON text {key: [m, n]}.
+format, version and the matrix shapes as JSON text {key: [m, n]}, and, from scans that recorded
+them, `numerical_ranks` as JSON text {key: [numerical rank, min(m, n)]} (results/rank_floor.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .paths import RESULTS_PREFIX, ResultPaths
 
 FORMAT = "spectrum-stream/spectra"
 VERSION = "1"
+RANKS_METADATA = "numerical_ranks"  # optional: older files lack it, readers of version 1 ignore it
 
 
 def spectra_path(results_json_path) -> Path:
@@ -31,8 +33,14 @@ def spectra_path(results_json_path) -> Path:
     return ResultPaths.for_results(path).spectra
 
 
-def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]) -> None:
-    """Write the singular values of each module (stored float32, descending) and its matrix shape."""
+def write_spectra(
+    path,
+    spectra: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, int]],
+    numerical_ranks: dict[str, tuple[int, int]] | None = None,
+) -> None:
+    """Write the singular values of each module (stored float32, descending) and its matrix shape,
+    and {key: (numerical rank, min(m, n))} of every results key that has one."""
     missing = sorted(set(spectra) - set(shapes))
     if missing:
         raise ValueError(
@@ -44,6 +52,9 @@ def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[
     }
     meta_shapes = {key: [int(shapes[key][0]), int(shapes[key][1])] for key in spectra}
     metadata = {"format": FORMAT, "version": VERSION, "shapes": json.dumps(meta_shapes)}
+    if numerical_ranks:
+        ranks = {key: [int(r), int(k)] for key, (r, k) in numerical_ranks.items()}
+        metadata[RANKS_METADATA] = json.dumps(ranks)
     atomic_write(Path(path), save(tensors, metadata=metadata))
 
 
