@@ -22,3 +22,15 @@ class AlreadyReported(SpectrumError):
     def __init__(self, message: str = "reported by another rank", code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+class KeyGrammarError(SpectrumError):
+    """A results key or pattern that is not a module name (results/key_grammar.py)."""
+
+
+class UnsafeFileError(SpectrumError):
+    """A file that is not a regular file inside its folder (source/safe_files.py)."""
+
+
+class WouldOverwrite(SpectrumError):
+    """An output that would replace a file the tool did not write, or the command's own input."""

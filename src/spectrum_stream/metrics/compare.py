@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpectrumError
+from ..results.key_grammar import check_type, parse_key
 from ..results.select import group, select
 from ..source.jsonfile import MAX_JSON_BYTES
 
@@ -64,6 +65,10 @@ def load_published_results(path) -> dict:
         raise SpectrumError(f"{path}: not JSON") from None
     if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
         raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")
+    for key, info in doc.items():  # names, never regular expressions (results/key_grammar.py)
+        parse_key(key, str(path))
+        if isinstance(info.get("type"), str):
+            check_type(info["type"], key, str(path))
     return doc
 
 
