@@ -11,7 +11,6 @@ from __future__ import annotations
 import unicodedata
 
 
-
 def _escape(c: str) -> str:
     code = ord(c)
     if code < 0x100:

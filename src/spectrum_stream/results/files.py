@@ -16,7 +16,7 @@ import orjson
 from ..errors import SpectrumError
 from ..journal.journal import read_journal
 from ..journal.ranks import main_journal_of, rank_journals, read_all
-from ..journal.spectra_log import read_spectrum
+from ..journal.spectra_log import spectrum_of
 from .atomic import atomic_write
 from .names import DEFAULT_GROUPING, DEFAULT_NAMES, result_key, result_type
 from .paths import ResultPaths
@@ -82,14 +82,6 @@ def write_results(
     return results
 
 
-def _is_matrix_shape(shape) -> bool:
-    return (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    )
-
-
 def write_spectra_file(
     records, results: dict[str, dict], paths: ResultPaths, names: str = DEFAULT_NAMES
 ) -> int:
@@ -102,12 +94,9 @@ def write_spectra_file(
         if key not in results or key in decided or not ranks(rec):
             continue
         decided.add(key)
-        shape = rec.get("shape")
-        if "spectrum" not in rec or not _is_matrix_shape(shape):  # a damaged line: no values
-            continue
-        values = read_spectrum(paths.journal.parent, rec["spectrum"])
-        if values is not None and values.size <= min(shape):
-            spectra[key], shapes[key] = values, (shape[0], shape[1])
+        values = spectrum_of(paths.journal.parent, rec)  # None for a damaged line or block
+        if values is not None:
+            spectra[key], shapes[key] = values, (rec["shape"][0], rec["shape"][1])
     write_spectra(paths.spectra, spectra, shapes)
     return len(spectra)
 

@@ -94,7 +94,11 @@ def _open(path: Path, flags: int, what: str, mode: int = 0o666) -> int:
 
 
 def open_fd(
-    path: Path | str, flags: int, folder: Path | None = None, what: str = "a file", mode: int = 0o666
+    path: Path | str,
+    flags: int,
+    folder: Path | None = None,
+    what: str = "a file",
+    mode: int = 0o666,
 ) -> int:
     """An fd of `path` opened with `flags` (read or write), refused (UnsafeFileError) unless it
     is a regular file (inside `folder` when given); OSError when it cannot be opened. The caller
@@ -106,9 +110,7 @@ def open_fd(
 
 
 @contextlib.contextmanager
-def open_regular(
-    path: Path | str, folder: Path | None = None, what: str = "a file"
-) -> Iterator:
+def open_regular(path: Path | str, folder: Path | None = None, what: str = "a file") -> Iterator:
     """`open(path, "rb")` for a regular file only (inside `folder` when given)."""
     fd = open_fd(path, os.O_RDONLY, folder, what)
     with os.fdopen(fd, "rb") as f:
