@@ -24,6 +24,7 @@ from .loop import run_jobs
 from .options import ScanInterrupted, ScanOptions, ScanReport
 from .read.device import resolve_device
 from .results.files import write_results
+from .results.outputs import refuse_foreign_results
 from .results.paths import ResultPaths
 from .source.checkpoint import Checkpoint, open_local
 from .source.shards import LocalSource, ShardSource
@@ -54,6 +55,7 @@ def prepare_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanSetup:
     if not jobs:
         raise SpectrumError(f"{name}: no weight matrices to scan (check --include/--exclude)")
     paths = ResultPaths.for_model(Path(opts.out_dir), name)
+    refuse_foreign_results(paths)  # never replace a results file that is not ours
     header = {
         "checkpoint": ckpt.fingerprint(),
         "settings": {"method": opts.method, "include": opts.include, "exclude": opts.exclude},

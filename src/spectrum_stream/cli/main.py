@@ -343,11 +343,15 @@ def scan(
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
-def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
+def select(results, top_percent, expert_grouping, fused_experts, fmt, output, force):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from ..results.atomic import atomic_write
+    from ..results.outputs import claim_output
     from ..results.select import load_results, to_yaml, unfrozen_parameters
 
+    if output:
+        claim_output(output, [results], force)
     data = load_results(results)
     if fmt == "yaml":
         text = to_yaml(data, top_percent, expert_grouping, fused_experts)
@@ -400,7 +404,10 @@ def demo(device, out_dir, keep, quiet):
     )
     click.echo("\n".join(verdicts))
     from ..report.from_results import report_from_results
+    from ..results.outputs import mark_report_folder
 
+    (out_dir / "report").mkdir(parents=True, exist_ok=True)
+    mark_report_folder(out_dir / "report")
     page = report_from_results(report.paths.results, out_dir / "report", progress=False)
     click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):

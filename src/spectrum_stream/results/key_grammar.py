@@ -84,6 +84,15 @@ def parse_key(key: object, where: str = "results") -> KeyParts:
     return KeyParts(m["name"], m["marker"], rows, exact)
 
 
+def is_key(key: object) -> bool:
+    """Whether `key` fits the grammar."""
+    try:
+        parse_key(key)
+    except KeyGrammarError:
+        return False
+    return True
+
+
 def check_keys(keys, where: str) -> None:
     """Every key of `keys` fits the grammar (else one KeyGrammarError naming `where` and the key)."""
     for key in keys:

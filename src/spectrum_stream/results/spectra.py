@@ -39,6 +39,11 @@ def spectra_path(results_json_path) -> Path:
 
 def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]) -> None:
     """Write the singular values of each module (stored float32, descending) and its matrix shape."""
+    atomic_write(Path(path), spectra_bytes(spectra, shapes))
+
+
+def spectra_bytes(spectra: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]]) -> bytes:
+    """The spectra file's bytes (write_spectra), for writing it together with other files."""
     missing = sorted(set(spectra) - set(shapes))
     if missing:
         raise ValueError(
@@ -50,7 +55,7 @@ def write_spectra(path, spectra: dict[str, np.ndarray], shapes: dict[str, tuple[
     }
     meta_shapes = {key: [int(shapes[key][0]), int(shapes[key][1])] for key in spectra}
     metadata = {"format": FORMAT, "version": VERSION, "shapes": json.dumps(meta_shapes)}
-    atomic_write(Path(path), save(tensors, metadata=metadata))
+    return save(tensors, metadata=metadata)
 
 
 def read_spectra(path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
