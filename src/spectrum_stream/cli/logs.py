@@ -9,11 +9,13 @@ import sys
 
 from tqdm.auto import tqdm
 
+from ..printable import printable_lines
+
 
 class _BarFriendly(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            message = printable_lines(record.getMessage())  # names from strangers' files
             if record.levelno >= logging.ERROR:
                 message = f"error: {message}"
             elif record.levelno >= logging.WARNING:

@@ -11,11 +11,12 @@ from pathlib import Path
 import click
 
 from ..errors import AlreadyReported, SpectrumError
+from ..printable import printable
 from . import logs
 
 
 def _fail(message: str, code: int = 1):
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(' '.join(str(message).splitlines()))}", err=True)
     sys.exit(code)
 
 
