@@ -121,6 +121,8 @@ def lora_params(param: Param, rank: int) -> int:
     """r * (in + out) per expert: A is [r, in], B is [out, r]. A 3-D fused expert [E, out, in]
     and a DBRX-style [E * out, in] tensor hold `experts` matrices."""
     e = param.experts
+    if param.numel == 0:  # an empty matrix (a 0 in its shape): nothing to adapt
+        return 0
     out_dim = param.shape[-2] if len(param.shape) == 3 else param.shape[0] // e
     in_dim = param.shape[-1] if len(param.shape) == 3 else param.numel // param.shape[0]
     return e * rank * (in_dim + out_dim)

@@ -79,6 +79,14 @@ def check_inside(path: Path, folder: Path, what: str = "a file") -> Path:
 
 def _open(path: Path, flags: int, what: str, mode: int = 0o666) -> int:
     """os.open without waiting (an OSError of its own when it fails), then the kind checked."""
+    try:  # a FIFO opened for writing without a reader fails with ENXIO: say what it is instead
+        mode_before = os.stat(path).st_mode
+    except OSError:
+        mode_before = None
+    if mode_before is not None and not stat.S_ISREG(mode_before):
+        raise UnsafeFileError(
+            f"{_shown(path)}: {kind_of(mode_before)}, not a regular file; refused as {what}"
+        )
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
     try:
         st = os.fstat(fd)
