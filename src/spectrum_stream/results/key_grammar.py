@@ -67,7 +67,7 @@ def parse_key(key: object, where: str = "results") -> KeyParts:
     for part in m["name"].split("."):
         if part.isdigit() and len(part) > MAX_INDEX_DIGITS:
             raise refuse(f"index {part[:12]}... has more than {MAX_INDEX_DIGITS} digits")
-    rows = None
+    rows: tuple[int, int | None] | None = None
     if m["rows"]:
         a, b = m["a"], m["b"] or ""
         if len(a) > MAX_ROW_DIGITS or len(b) > MAX_ROW_DIGITS:
@@ -77,8 +77,9 @@ def parse_key(key: object, where: str = "results") -> KeyParts:
                 raise refuse("an empty row index $[]")
             rows = (int(a), int(a) + 1)
         else:
-            rows = (int(a) if a else 0, int(b) if b else None)
-            if rows[1] is not None and rows[0] >= rows[1]:
+            start, end = int(a) if a else 0, int(b) if b else None
+            rows = (start, end)
+            if end is not None and start >= end:
                 raise refuse(f"an empty row range [{a}:{b}]")
     exact = bool(m["rows"] or m["end"])
     return KeyParts(m["name"], m["marker"], rows, exact)
