@@ -478,3 +478,24 @@ def test_many_empty_tensors_are_one_warning_and_journaled_once(tmp_path):
 def test_printable_escapes_controls_only():
     assert printable("naïve 名 q_proj") == "naïve 名 q_proj"
     assert printable("a\x1b[31mb\r\u202ec") == "a\\x1b[31mb\\x0d\\u202ec"
+
+
+def test_tensor_names_outside_the_grammar_stay_out_of_the_results(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(2)
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": torch.randn(6, 4, generator=gen),
+            "model.layers.0.mlp.(a+)+$.weight": torch.randn(6, 4, generator=gen),
+        },
+        str(folder / "model.safetensors"),
+    )
+    out = tmp_path / "out"
+    r = run_cli(scan_args(folder, out, "--quiet", "--names", "checkpoint"))
+    assert r.exit_code == 0, r.output
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and "1 module(s) left out" in warnings[0]
+    results = load_results(out / "snr_results_ckpt.json")
+    assert list(results) == ["model.layers.0.mlp.up_proj"]
+    assert run_cli(["select", str(out / "snr_results_ckpt.json")]).exit_code == 0

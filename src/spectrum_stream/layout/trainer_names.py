@@ -15,6 +15,7 @@ rows of dim 0 cannot express keeps the checkpoint key, with a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -212,6 +213,7 @@ def builtin_rules(config: dict) -> Rules:
 # Applying them.
 
 
+@functools.lru_cache(maxsize=4096)  # a few rules, applied to every tensor of a header
 def _compile(pattern: str, star: str) -> re.Pattern:
     """A transformers source pattern as a regex: `*.` is one path part, the end is a name end."""
     rx = pattern.replace("*.", star + r"\.")
