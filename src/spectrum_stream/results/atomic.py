@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -44,7 +45,8 @@ def atomic_write_set(files: dict[Path, bytes]) -> None:
             os.replace(tmp, path)
     except BaseException as exc:
         for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. the parent is a file: no tmp to remove
+                tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             what = (
                 "the disk is full"
