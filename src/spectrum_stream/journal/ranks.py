@@ -16,7 +16,7 @@ import orjson
 from ..errors import ResumeError, SpectrumError
 from .journal import JOURNAL_SUFFIX as SUFFIX
 from .journal import JOURNAL_VERSION, Journal, _describe_difference, finished_keys, read_journal
-from .spectra_log import SpectraLog, read_spectrum, relocate, spectra_log_path
+from .spectra_log import SpectraLog, relocate, spectra_log_path, spectrum_of
 
 _RANK = re.compile(r"\.rank(\d+)-of-(\d+)$")
 
@@ -146,7 +146,7 @@ def fold_rank_journals(journal: Journal, fresh: bool = False) -> int:
         folder = journal.path.parent
         log = SpectraLog(spectra_log_path(journal.path))
         try:
-            journal.extend(relocate(new, lambda rec: read_spectrum(folder, rec["spectrum"]), log))
+            journal.extend(relocate(new, lambda rec: spectrum_of(folder, rec), log))
         finally:
             log.close()
         copied = len(new)

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpectrumError
+from ..results.key_grammar import check_type, parse_key
 from ..results.select import group, select
 from ..source.jsonfile import MAX_JSON_BYTES
+from ..source.safe_files import read_regular
 
 
 def spearman(x, y) -> float:
@@ -54,16 +56,17 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 def load_published_results(path) -> dict:
     """A flat results file as written by any Spectrum tool, non-finite SNRs allowed (compare skips them)."""
     path = Path(path)
+    data = read_regular(path, None, "a results file", MAX_JSON_BYTES)  # never a FIFO or device
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise SpectrumError(f"{path}: more than the {MAX_JSON_BYTES} bytes this tool reads")
-        doc = json.loads(path.read_text(encoding="utf-8"))  # json accepts NaN and Infinity
-    except OSError as exc:
-        raise SpectrumError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        doc = json.loads(data.decode("utf-8"))  # json accepts NaN and Infinity
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise SpectrumError(f"{path}: not JSON") from None
     if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
         raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")
+    for key, info in doc.items():  # names, never regular expressions (results/key_grammar.py)
+        parse_key(key, str(path))
+        if isinstance(info.get("type"), str):
+            check_type(info["type"], key, str(path))
     return doc
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..layout.trainer_names import PER_EXPERT_LAYOUTS, TrainerNames
 from ..modes import check_top_percent
 from ..source.jsonfile import mapping, number, obj, read_json, string
+from .key_grammar import check_results
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 
 _FUSED = TrainerNames(PER_EXPERT_LAYOUTS, "select --fused-experts")
@@ -27,9 +28,12 @@ def load_results(path: str | Path) -> dict[str, dict]:
     """Read a flat results file ({key: {"snr", "type"}}), checked: size, depth, finite numbers.
 
     The reader for every command that takes a results file (select, and any later one); a bad
-    file is one SpectrumError line naming it and the key that is wrong.
+    file is one SpectrumError line naming it and the key that is wrong. Every key must be a
+    module name (results/key_grammar.py), never a regular expression.
     """
-    return read_json(path, "a results file ({module: {snr, type}})", RESULTS_SCHEMA)
+    results = read_json(path, "a results file ({module: {snr, type}})", RESULTS_SCHEMA)
+    check_results(results, str(path))
+    return results
 
 
 def fused_param_pattern(key: str) -> str:
@@ -89,6 +93,7 @@ def _chosen_outside_head(
     results: dict[str, dict], top_percent: float, grouping: str | None, fused_experts: bool = False
 ) -> tuple[list[str], dict[str, list[str]]]:
     """(embedding/head patterns, {type: selected patterns not already among them})."""
+    check_results(results, "results")  # a dict handed in through the Python API too
     head = always_unfrozen(results)
     chosen = select(results, top_percent, grouping)
     seen = set(head)

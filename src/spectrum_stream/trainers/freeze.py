@@ -107,7 +107,7 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
     summary = FreezeSummary()
     for name, param in model.named_parameters():
         summary.total += param.numel()
-        hits = [p for p in compiled if p.regex.match(name)]
+        hits = [p for p in compiled if p.match(name)]
         used.update(p.raw for p in hits)
         param.requires_grad_(bool(hits))
         if not hits:
