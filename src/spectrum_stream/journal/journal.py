@@ -94,8 +94,9 @@ def _describe_difference(old: dict, new: dict) -> str:
             if a != b:
                 return f"the header of shard {shard} changed"
         return "the checkpoint differs"
-    old_settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
-    new_settings = new.get("settings", {})
+    got_old, got_new = old.get("settings"), new.get("settings")
+    old_settings: dict = got_old if isinstance(got_old, dict) else {}
+    new_settings: dict = got_new if isinstance(got_new, dict) else {}
     for key in sorted(set(old_settings) | set(new_settings)):
         a, b = old_settings.get(key), new_settings.get(key)
         if a != b:

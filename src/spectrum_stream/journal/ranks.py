@@ -81,8 +81,8 @@ def read_all(main: Path, header: dict | None = None, ranks_only: bool = False) -
     With `header`, a journal written for another checkpoint or other settings is refused
     (ResumeError, like a resume of the main journal); without it, such a journal is ignored.
     """
-    strict = header is not None
-    want = normal_header(header) if strict else None
+    want = normal_header(header) if header is not None else None
+    strict = want is not None
     records: dict[str, dict] = {}
     paths = rank_journals(main) if ranks_only else [Path(main), *rank_journals(main)]
     for path in paths:
@@ -96,7 +96,7 @@ def read_all(main: Path, header: dict | None = None, ranks_only: bool = False) -
             continue
         if got is None:
             continue
-        if strict and got != want:
+        if want is not None and got != want:
             raise ResumeError(
                 f"{path}: cannot resume, {_describe_difference(got, want)}; "
                 "run again with --fresh to start over"

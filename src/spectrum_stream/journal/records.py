@@ -53,7 +53,7 @@ def module_record(
     stats: SpectrumStats | None = None,
     failure: str | None = None,
     note: str | None = None,
-    spectrum: list[int] | None = None,
+    spectrum: list[str | int] | None = None,
 ) -> dict:
     """The journal line of one module: status ok with its statistics, or failed with the reason."""
     rec: dict[str, object] = {

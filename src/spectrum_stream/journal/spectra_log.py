@@ -47,7 +47,7 @@ class SpectraLog:
         except OSError as exc:
             raise SpectrumError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
 
-    def append(self, values: np.ndarray) -> list[int]:
+    def append(self, values: np.ndarray) -> list[str | int]:
         """Write the values durably; returns the reference a journal line keeps."""
         data = np.ascontiguousarray(values, dtype="<f4").tobytes()
         offset = os.fstat(self._fd).st_size  # O_APPEND: this write lands here
@@ -60,7 +60,8 @@ class SpectraLog:
                 f"{self.path}: cannot write spectra ({what}); every module "
                 "before this one is kept, fix this and run again to resume"
             ) from None
-        return [self.path.name, offset, len(data) // 4, zlib.crc32(data)]
+        ref: list[str | int] = [self.path.name, offset, len(data) // 4, zlib.crc32(data)]
+        return ref
 
     def close(self) -> None:
         if self._fd >= 0:

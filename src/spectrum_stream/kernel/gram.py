@@ -43,11 +43,11 @@ def accumulate_gram(
     symmetric rank-k update (half the flops of torch's general product; bench/RESULTS.md).
     """
     if device.type == "cpu" and k >= NUMPY_MIN_K:
-        g = np.zeros((k, k), dtype=np.float64)
+        acc = np.zeros((k, k), dtype=np.float64)
         for piece in chunks:
-            p = piece.to(torch.float64).numpy()
-            g += np.dot(p.T, p) if rows else np.dot(p, p.T)
-        return torch.from_numpy(g)
+            a = piece.to(torch.float64).numpy()
+            acc += np.dot(a.T, a) if rows else np.dot(a, a.T)
+        return torch.from_numpy(acc)
     g = torch.zeros(k, k, dtype=torch.float64, device=device)
     for piece in chunks:
         p = piece.to(device).to(torch.float64)  # convert on the device: 1/4 of the bytes to copy

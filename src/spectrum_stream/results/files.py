@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 def ranks(rec: dict) -> bool:
     """Whether a journal record holds a result: finished, with a finite SNR."""
     snr = rec.get("snr")
-    number = isinstance(snr, float | int) and not isinstance(snr, bool)
-    return rec.get("status") == "ok" and number and math.isfinite(snr)
+    if not isinstance(snr, float | int) or isinstance(snr, bool):
+        return False
+    return rec.get("status") == "ok" and math.isfinite(snr)
 
 
 def compat_results(

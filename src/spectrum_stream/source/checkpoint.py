@@ -112,13 +112,13 @@ def assemble(
                 tensors[tname] = (shard, entry)
     else:
         for tname, shard in weight_map.items():
-            entry = headers[shard].tensors.get(tname)
-            if entry is None:
+            found = headers[shard].tensors.get(tname)
+            if found is None:
                 raise CheckpointError(
                     f"{headers[shard].path}: the index places tensor {tname!r} here but the "
                     "shard does not hold it"
                 )
-            tensors[tname] = (shard, entry)
+            tensors[tname] = (shard, found)
     return Checkpoint(name, headers, tensors, config)
 
 
