@@ -32,7 +32,7 @@ from spectrum_stream.planner.memory import (
     footprint,
     per_gpu,
 )
-from spectrum_stream.planner.params import Param
+from spectrum_stream.planner.params import VIEW_NAMES, Param
 from spectrum_stream.planner.trainable import Trained, lora_params, totals, trained
 from spectrum_stream.results.files import compat_results
 from spectrum_stream.results.select import unfrozen_parameters
@@ -217,7 +217,7 @@ def _patterns(ckpt, view, seed: int = 7) -> list[str]:
         for job in scan_plan(ckpt)
         for s in job.matrices
     ]
-    return unfrozen_parameters(compat_results(records, view.names), PERCENT)
+    return unfrozen_parameters(compat_results(records, VIEW_NAMES[view]), PERCENT)
 
 
 # --- an independent reading of axolotl's freezing rules, applied to a loaded model ---------------

@@ -15,7 +15,7 @@ from ..source.checkpoint import Checkpoint
 from .activations import activation_terms, model_dims
 from .fit import FIT_RANGE, fit_document, largest_fitting, spectrum_at
 from .memory import GPU_COUNTS, METHODS, Footprint, fewest_gpus, fits, footprint, per_gpu
-from .params import View, trainer_view
+from .params import VIEW_NAMES, View, trainer_view
 from .scan_cost import scan_cost
 from .text import format_plan_text  # noqa: F401  (part of this module's interface)
 from .trainable import everything, totals, trained
@@ -90,7 +90,7 @@ def build_plan(
     select command it gives.
     """
     params = view(ckpt)
-    names = getattr(view, "names", "checkpoint")
+    names = VIEW_NAMES.get(view, "checkpoint")
     notes = []
     synthetic = results is None
     selection = synthetic_results(ckpt, names) if results is None else results
