@@ -111,10 +111,8 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 @click.option(
     "--expert-grouping",
     type=click.Choice(["per-expert", "pooled"]),
-    default="per-expert",
-    show_default=True,
-    help="How experts are grouped before ranking, in both files "
-    "(per-expert: the original tool's types).",
+    help="Regroup experts before ranking, in both files (default: each file's own types, "
+    "as `select` and `report` rank).",
 )
 @click.option(
     "--format",
@@ -127,12 +125,19 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 def compare(a, b, top_percent, expert_grouping, fmt):
     """How far two results files (e.g. ours and one the original Spectrum tool published) agree:
     rank correlation of SNRs and overlap of the top-P selections, per type."""
-    from ..metrics.compare import compare_results, format_compare_text, load_published_results
+    from ..metrics.compare import compare_results, format_compare_text
+    from ..results.select import read_results
 
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    where = "in the compare output (skipped_a / skipped_b)"
+    read_a, read_b = read_results(a, where), read_results(b, where)
     found = compare_results(
-        load_published_results(a), load_published_results(b), top_percent, expert_grouping
+        read_a.results,
+        read_b.results,
+        top_percent,
+        expert_grouping,
+        (read_a.skipped, read_b.skipped),
     )
     if fmt == "json":
         click.echo(json.dumps(_json_safe(found), indent=2, allow_nan=False))

@@ -346,11 +346,12 @@ def scan(
 def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from ..results.atomic import atomic_write
-    from ..results.select import load_results, to_yaml, unfrozen_parameters
+    from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
 
-    data = load_results(results)
+    read = read_results(results, LISTED_IN_YAML if fmt == "yaml" else "")
+    data = read.results
     if fmt == "yaml":
-        text = to_yaml(data, top_percent, expert_grouping, fused_experts)
+        text = to_yaml(data, top_percent, expert_grouping, fused_experts, read.skipped)
     else:
         patterns = unfrozen_parameters(data, top_percent, expert_grouping, fused_experts)
         text = json.dumps(patterns, indent=2) + "\n"
