@@ -99,8 +99,9 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
         metrics_file=metrics_file,
         progress=not quiet,
         workers=workers,
+        results_arg=str(results),
     )
-    click.echo(f"wrote {page}")
+    click.echo(f"wrote {page} and {page.parent / 'selection.yaml'}")
     click.echo(f"open {page.resolve().as_uri()}")
 
 
