@@ -9,6 +9,7 @@ pictures are bounded in pixels, and each is written in one pass over its cells.
 from __future__ import annotations
 
 import math
+import zlib
 from html import escape
 
 import numpy as np
@@ -64,12 +65,12 @@ def _colourbar(
         parts.append(text(x + 21, ty + 4, label_text, size=10))
     parts.append(
         text(
-            x - 6,
+            x - 12,
             y + height / 2,
             label,
             size=11,
             anchor="middle",
-            extra=f'transform="rotate(-90 {x - 6:.1f} {y + height / 2:.1f})"',
+            extra=f'transform="rotate(-90 {x - 12:.1f} {y + height / 2:.1f})"',
         )
     )
     return "".join(parts)
@@ -119,11 +120,12 @@ def layer_heatmap(
     heads = [human_label(c) for c in grid.columns]
     longest = max((len(h) for h in heads), default=4)
     cw = min(64.0, max(22.0, 760.0 / max(cols, 1)))
-    rh = min(20.0, max(5.0, 560.0 / max(rows, 1)))
+    rh = min(24.0, max(5.0, 560.0 / max(rows, 1)))
     left, top = 62.0, 34.0 + min(longest, 48) * 6.0 * 0.5 + 10
     gw, gh = cw * cols, rh * rows
-    width = left + gw + max(150.0, min(longest, 48) * 6.0 * 0.87 - gw + 40)
-    height = top + gh + 30
+    width = left + gw + max(210.0, min(longest, 48) * 6.0 * 0.87 - gw + 40)
+    bar_h = max(170.0, min(gh, 260.0))
+    height = top + max(gh, bar_h) + 30
     fills = colours(
         _alpha_position(grid.values) if is_alpha else grid.values, PLASMA if is_alpha else VIRIDIS
     )
@@ -192,8 +194,7 @@ def layer_heatmap(
     parts.append(
         f'<rect x="{left}" y="{top}" width="{gw:.1f}" height="{gh:.1f}" fill="none" stroke="#888" stroke-width="0.6"/>'
     )
-    bar_h = min(gh, 260.0)
-    bx = left + gw + 34
+    bx = left + gw + 40
     if is_alpha:
         ticks = [(float(_alpha_position(np.array([a]))[0]), f"{a:g}") for a in (1, 2, 4, 6, 8)]
         ticks[-1] = (1.0, ">= 8")
@@ -203,9 +204,9 @@ def layer_heatmap(
         lo, hi = (float(_alpha_position(np.array([v]))[0]) for v in (2.0, 6.0))
         y_hi, y_lo = top + bar_h * (1 - hi), top + bar_h * (1 - lo)
         parts.append(
-            f'<path d="M{bx - 3} {y_hi:.1f}h-4v{y_lo - y_hi:.1f}h4" fill="none" stroke="black" stroke-width="1.2"/>'
+            f'<path d="M{bx + 50} {y_hi:.1f}h4v{y_lo - y_hi:.1f}h-4" fill="none" stroke="black" stroke-width="1.2"/>'
         )
-        parts.append(text(bx + 44, (y_hi + y_lo) / 2, "2-6: typical", size=10))
+        parts.append(text(bx + 58, (y_hi + y_lo) / 2 + 4, "2-6: typical", size=10))
     else:
         parts.append(
             _colourbar(
@@ -360,20 +361,20 @@ def expert_heatmap(grid: ExpertGrid, *, top_percent: float, label: str = "") -> 
             )
         )
         parts.append(text(left + gw / 2, y0 + gh + 27, "expert", size=11, anchor="middle"))
-    bar_h = min(gh, 220.0)
+    bar_h = max(150.0, min(gh, 220.0))
     parts.append(
         _colourbar(
             left + gw + 34,
             top,
             bar_h,
-            f"xbar{id(grid)}",
+            f"xbar{zlib.crc32(grid.projection.encode()):08x}",
             VIRIDIS,
             "SNR rank within its type",
             _rank_ticks(top_percent),
         )
     )
     width = left + gw + 140
-    height = panels[-1] + gh + 36
+    height = max(panels[-1] + gh + 36, top + bar_h + 20)
     return svg(width, height, "".join(parts), label or grid.projection)
 
 
@@ -387,7 +388,8 @@ def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
 
 def power_law_counts(s: np.ndarray, edges: np.ndarray, alpha: float, xmin: float) -> np.ndarray:
     """Expected counts per singular-value bin under the fitted power law of the eigenvalues
-    lam = s^2: p(lam) ~ lam^-alpha for lam >= xmin, scaled to the tail's size; NaN below xmin."""
+    lam = s^2: p(lam) ~ lam^-alpha for lam >= xmin, scaled to the tail's size; NaN for a bin that
+    starts below xmin (a partial bin would draw a dip that is not in the fit)."""
     n_tail = int(np.sum(np.asarray(s, dtype=np.float64) ** 2 >= xmin))
     lo = np.maximum(edges[:-1] ** 2, xmin)
     hi = edges[1:] ** 2
@@ -396,7 +398,7 @@ def power_law_counts(s: np.ndarray, edges: np.ndarray, alpha: float, xmin: float
         return (lam / xmin) ** (1.0 - alpha)
 
     counts = n_tail * (survival(lo) - survival(hi))
-    return np.where(hi > xmin, counts, np.nan)
+    return np.where(edges[:-1] ** 2 >= xmin, counts, np.nan)
 
 
 class Panel:
@@ -517,8 +519,13 @@ def spectra_figure(projection: str, panels: list[Panel]) -> str:
                 if np.isfinite(c) and c > 0
             ]
             if pts:
+                clip = f"clip{zlib.crc32(panel.entry.key.encode()):08x}-{n}"
                 parts.append(
-                    f'<polyline points="{" ".join(pts)}" fill="none" stroke="#dd8452" stroke-width="2"/>'
+                    f'<clipPath id="{clip}"><rect x="{ox}" y="{top}" width="{pw}" '
+                    f'height="{ph}"/></clipPath>'
+                )
+                parts.append(
+                    f'<polyline clip-path="url(#{clip})" points="{" ".join(pts)}" fill="none" stroke="#dd8452" stroke-width="2"/>'
                 )
             xs = math.sqrt(xmin)
             if lo <= xs <= hi:
