@@ -3,8 +3,8 @@
 Two synthetic scans written as a scan writes them (results JSON, spectra safetensors beside it):
 - dense: SmolLM2-135M's layout, 30 layers x 7 projections + embeddings = 211 modules, every
   module's spectrum kept at its real k (576 for attention and the MLP, 576 for the embeddings);
-- moe: a DeepSeek-style 20,000-module results set (26 layers x 256 experts x 3 projections plus
-  attention), spectra for every 50th module at k = 2048.
+- moe: a DeepSeek-style 20,000-module results set (27 layers x 256 experts x 3 projections plus
+  attention, the last layer with half its experts, as a scan stopped part way), spectra for every 50th module at k = 2048.
 Each `report` runs as its own process (`python -m spectrum_stream report ...`), so the time
 includes the interpreter, the imports, reading the files, the fit (unless `--metrics` hands it a
 table) and writing the page. Baseline, in the same run: the same process start with `--help`
@@ -76,14 +76,14 @@ def dense_scan(folder: Path, seed: int = 0) -> Path:
     return _write(folder, "snr_results_bench-dense", results, spectra, shapes)
 
 
-def moe_scan(folder: Path, layers: int = 26, experts: int = 256, seed: int = 1) -> Path:
-    """About 20,000 modules, spectra for every 50th one."""
+def moe_scan(folder: Path, layers: int = 27, experts: int = 256, seed: int = 1) -> Path:
+    """About 20,000 modules (the last layer holds half the experts), spectra for every 50th."""
     rng = np.random.default_rng(seed)
     results: dict[str, dict] = {}
     for i in range(layers):
         for t in ATTENTION:
             results[f"model.layers.{i}.{t}"] = {"snr": float(rng.lognormal(-3, 1)), "type": t}
-        for e in range(experts):
+        for e in range(experts if i < layers - 1 else experts // 2):  # last layer incomplete
             for p in ("gate_proj", "up_proj", "down_proj"):
                 t = f"mlp.experts.{e}.{p}"
                 results[f"model.layers.{i}.{t}"] = {"snr": float(rng.lognormal(-5, 1)), "type": t}
