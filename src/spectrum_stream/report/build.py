@@ -272,14 +272,14 @@ def build_report(
             )
 
     for eg in expert_grids(entries):
-        for part in _split_experts(eg, MAX_EXPERT_COLUMNS):
+        for piece in _split_experts(eg, MAX_EXPERT_COLUMNS):
             figures.append(
                 Figure(
-                    f"Experts: {human_label(part.projection)}",
-                    f"{len(part.layers)} layers x {len(part.experts)} experts, coloured by SNR "
-                    f"rank within the type; {int(part.selected.sum())} selected. Hover a cell "
+                    f"Experts: {human_label(piece.projection)}",
+                    f"{len(piece.layers)} layers x {len(piece.experts)} experts, coloured by SNR "
+                    f"rank within the type; {int(piece.selected.sum())} selected. Hover a cell "
                     "for its key.",
-                    expert_heatmap(part, top_percent=top_percent),
+                    expert_heatmap(piece, top_percent=top_percent),
                     "experts",
                 )
             )

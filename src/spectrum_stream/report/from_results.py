@@ -51,7 +51,8 @@ def scan_facts(results_path: Path, results: dict) -> tuple[list[tuple[str, str]]
         journal = ResultPaths.for_results(results_path).journal
     except SpectrumError:
         journal = None
-    header, records = None, {}
+    header: dict | None = None
+    records: dict[str, dict] = {}
     if journal is not None and journal.is_file():
         from ..journal.journal import read_journal  # only when there is a journal to read
 
@@ -59,7 +60,7 @@ def scan_facts(results_path: Path, results: dict) -> tuple[list[tuple[str, str]]
             header, records, _ = read_journal(journal)
         except SpectrumError as exc:
             facts.append(("journal", f"unreadable ({exc})"))
-    if header is not None:
+    if header is not None and journal is not None:
         shards = header.get("checkpoint", [])
         digest = hashlib.sha256(
             "".join(f"{s.get('shard')}:{s.get('header_sha256')}" for s in shards).encode()
