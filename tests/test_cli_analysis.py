@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from report_page import check_page, figures
@@ -293,3 +294,17 @@ def test_compare_bad_input_is_one_line(tmp_path):
     ok = tmp_path / "ok.json"
     ok.write_text("{}")
     _one_error_line(invoke("compare", ok, ok, "--top-percent", "140"), "--top-percent")
+
+
+def test_report_refuses_a_spectrum_longer_than_any_matrix(tmp_path):
+    """The fit's cost is bounded: a kept spectrum past any real matrix's k is refused, one line."""
+    from spectrum_stream.results.spectra import write_spectra
+
+    path = tmp_path / "snr_results_huge.json"
+    path.write_text(json.dumps({"model.layers.0.w": {"snr": 1.0, "type": "w"}}))
+    values = np.linspace(2.0, 1.0, 70_000, dtype=np.float32)
+    write_spectra(
+        spectra_path(path), {"model.layers.0.w": values}, {"model.layers.0.w": (10**6,) * 2}
+    )
+    r = invoke("report", path, "-o", tmp_path / "r", "--quiet")
+    _one_error_line(r, "model.layers.0.w", "70000 singular values")

@@ -66,7 +66,9 @@ def scan_facts(results_path: Path, results: dict) -> tuple[list[tuple[str, str]]
             "".join(f"{s.get('shard')}:{s.get('header_sha256')}" for s in shards).encode()
         ).hexdigest()
         settings = header.get("settings", {}) if isinstance(header.get("settings"), dict) else {}
+        facts.append(("model", model_title(results_path)))
         facts.append(("checkpoint", f"{len(shards)} shard(s), headers' sha256 {digest[:16]}"))
+        facts.append(("repo and revision", "not recorded in the journal"))
         facts.append(("method", str(settings.get("method", "not recorded"))))
         ok = [r for r in records.values() if r.get("status") == "ok"]
         devices = Counter(str(r.get("device", "?")) for r in ok)
