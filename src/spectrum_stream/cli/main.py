@@ -348,7 +348,7 @@ def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     from ..results.atomic import atomic_write
     from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
 
-    read = read_results(results, LISTED_IN_YAML if fmt == "yaml" else "")
+    read = read_results(results, LISTED_IN_YAML)
     data = read.results
     if fmt == "yaml":
         text = to_yaml(data, top_percent, expert_grouping, fused_experts, read.skipped)

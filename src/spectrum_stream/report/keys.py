@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..results.names import pooled_type
 
@@ -55,6 +56,7 @@ def _expert_from_name(key: str) -> int | None:
     return int(m["e"]) if m else None
 
 
+@lru_cache(maxsize=65536)  # a type recurs in every layer: one regex pass per type, not per key
 def projection_of(type_: str) -> str:
     """The type without its expert index: `mlp.experts.5.up_proj` -> `mlp.experts.*.up_proj`,
     `mlp.experts.down_proj$[5]` -> `mlp.experts.down_proj`; other types are returned unchanged.
