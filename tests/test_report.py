@@ -394,10 +394,11 @@ def test_power_law_counts_match_the_integral():
     alpha, xmin = 3.0, 1.5
     edges = np.linspace(s.min(), 3.0, 30)
     got = power_law_counts(s, edges, alpha, xmin)
+    assert np.isnan(got).sum() == np.sum(edges[:-1] ** 2 < xmin) > 0
     n_tail = int(np.sum(s**2 >= xmin))
     for b in range(len(edges) - 1):
-        lo, hi = max(edges[b] ** 2, xmin), edges[b + 1] ** 2
-        if hi <= xmin:
+        lo, hi = edges[b] ** 2, edges[b + 1] ** 2
+        if lo < xmin:  # a bin that starts below xmin is not drawn
             assert np.isnan(got[b])
             continue
         lam = np.linspace(lo, hi, 20001)
