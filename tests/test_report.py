@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from html import escape
 
 import numpy as np
@@ -252,9 +253,11 @@ def test_page_shows_exactly_what_select_writes(tmp_path, make, n_expert_figs):
     assert figures(html).get("experts", 0) == n_expert_figs
     assert figures(html)["spectra"] and "alpha" not in figures(html)
     assert "<test>" not in html and "&lt;test&gt;" in html
-    assert ("experts" in html.split("<h2 id=fig0>")[1].split("</figcaption>")[0]) == (
-        n_expert_figs > 0
-    ), "a dense model's captions speak of experts, or an MoE's do not"
+    captions = " ".join(re.findall(r"<figcaption>(.*?)</figcaption>", html))
+    assert ("expert" in captions) == (n_expert_figs > 0), "captions speak of experts wrongly"
+    # what a reader needs comes first: the scan, the selection, the meaning, the commands
+    order = [html.index(s) for s in ("id=scanned", "id=summary", "id=meaning", "id=next")]
+    assert order == sorted(order) and order[-1] < html.index("<figure")
 
 
 def test_every_grouping_matches_select(tmp_path):
@@ -435,3 +438,15 @@ def test_grids_pool_experts_and_place_dbrx_rows():
     assert g.values[2, 3] == by_key[key].percentile
     assert g.selected[2, 3] == (key in sel)
     assert g.selected.sum() == sum(1 for k in sel if ".v1$" in k)
+
+
+def test_a_lone_module_is_not_called_best_and_worst(tmp_path):
+    results = dense(np.random.default_rng(9))
+    spectra = {"lm_head": np.linspace(3.0, 0.1, 50), "model.layers.0.mlp.up_proj": np.ones(40)}
+    spectra["model.layers.1.mlp.up_proj"] = np.linspace(2.0, 0.1, 40)
+    shapes = {k: (60, 50) for k in spectra}
+    _, html = _build(results, tmp_path, spectra=spectra, shapes=shapes)
+    lone = html.split("Spectrum: lm_head")[1].split("</figure>")[0]
+    assert "the only one: lm_head" in lone and "best" not in lone and "worst" not in lone
+    pair = html.split("Spectrum: mlp.up_proj")[1].split("</figure>")[0]
+    assert "best: " in pair and "worst: " in pair
