@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -199,6 +200,9 @@ def test_every_command_reads_the_original_tools_non_finite_snrs(scanned, tmp_pat
     path.write_text(json.dumps(results))
     assert "NaN" in path.read_text() and "Infinity" in path.read_text()
     clean = {k: v for k, v in results.items() if k not in keys[:3]}
+    package_log = logging.getLogger("spectrum_stream")
+    for handler in list(package_log.handlers):  # as in a fresh process: no handler from a scan
+        package_log.removeHandler(handler)
     r = invoke("select", path, "--format", "json")
     assert r.exit_code == 0, r.output
     assert "3 modules have no finite SNR" in r.stderr

@@ -49,7 +49,9 @@ def metrics(results, output, workers, quiet):
     from ..metrics.spectral import write_table
     from ..results.kept_spectra import load_kept_spectra
     from ..results.select import load_results
+    from . import logs
 
+    logs.install(quiet)  # the reader's warning about skipped modules
     if output.suffix.lower() not in (".csv", ".json"):
         raise SpectrumError(f"{output}: the metrics table must end in .csv or .json")
     data = load_results(results)
@@ -90,7 +92,9 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
     """Write an offline HTML report of a scan: SNR heatmaps, expert grids, spectra, alpha and the
     modules chosen for training."""
     from ..report.from_results import report_from_results
+    from . import logs
 
+    logs.install(quiet)  # the reader's warning about skipped modules
     page = report_from_results(
         results,
         out_dir,
@@ -128,7 +132,9 @@ def compare(a, b, top_percent, expert_grouping, fmt):
     rank correlation of SNRs and overlap of the top-P selections, per type."""
     from ..metrics.compare import compare_results, format_compare_text
     from ..results.select import read_results
+    from . import logs
 
+    logs.install(True)  # the reader's warning about skipped modules
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
     where = "in the compare output (skipped_a / skipped_b)"

@@ -348,6 +348,7 @@ def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
     from ..results.atomic import atomic_write
     from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
 
+    logs.install(True)  # the reader's warning about skipped modules
     read = read_results(results, LISTED_IN_YAML)
     data = read.results
     if fmt == "yaml":

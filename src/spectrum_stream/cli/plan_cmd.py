@@ -129,6 +129,10 @@ def plan_command(
     mem = parse_size(gpu_mem, "--gpu-mem")
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent:g}: expected a number from 0 to 100")
+    if results_path:
+        from . import logs
+
+        logs.install(True)  # the reader's warning about skipped modules
     results = load_results(results_path) if results_path else None
     ckpt = _open(path, revision, token)
     view, other = (trainer_view, stored_view) if names == "trainer" else (stored_view, trainer_view)

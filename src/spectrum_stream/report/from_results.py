@@ -123,7 +123,11 @@ def report_from_results(
     results = read.results
     if not 0 <= top_percent <= 100:
         raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
-    spectra, shapes, reason = load_kept_spectra(results_path, results, required=False)
+    if results_path.name.startswith(RESULTS_PREFIX):
+        spectra, shapes, reason = load_kept_spectra(results_path, results, required=False)
+    else:  # not a scan's name: no spectra file to look for beside it
+        spectra, shapes = {}, {}
+        reason = f"{results_path.name} is not named {RESULTS_PREFIX}<model>.json as a scan names it"
     _check_lengths(spectra, shapes)
     notes = [] if reason is None else [f"No spectra or alpha: {reason.replace('`', '')}."]
     facts, journal_shapes = scan_facts(results_path, results)
