@@ -25,6 +25,8 @@ SCANS = {
     "llama_dir": [],
     "mixtral_dir": ["--names", "checkpoint", "--expert-grouping", "per-expert"],
     "fused_qwen2_moe_dir": [],
+    "qwen2_moe_dir": [],
+    "dbrx_dir": [],
 }
 
 
@@ -133,7 +135,14 @@ def test_metrics_bad_input_is_one_line(tmp_path, args, needle):
 
 
 @pytest.mark.parametrize(
-    "fixture, expert_figures", [("llama_dir", 0), ("mixtral_dir", 3), ("fused_qwen2_moe_dir", 3)]
+    "fixture, expert_figures",
+    [
+        ("llama_dir", 0),
+        ("mixtral_dir", 3),
+        ("fused_qwen2_moe_dir", 3),
+        ("qwen2_moe_dir", 3),
+        ("dbrx_dir", 3),
+    ],
 )
 def test_report_of_a_real_scan(scanned, tmp_path, fixture, expert_figures):
     path = scanned(fixture)
