@@ -2,15 +2,17 @@
 
 Two synthetic scans written as a scan writes them (results JSON, spectra safetensors beside it):
 - dense: SmolLM2-135M's layout, 30 layers x 7 projections + embeddings = 211 modules, every
-  module's spectrum kept at its real k (576 for attention and the MLP, 576 for the embeddings);
+  module's spectrum kept at its real k (192 for k/v, 576 for the rest and the embeddings);
 - moe: a DeepSeek-style 20,000-module results set (27 layers x 256 experts x 3 projections plus
-  attention, the last layer with half its experts, as a scan stopped part way), spectra for every 50th module at k = 2048.
+  attention, the last layer with half its experts, as a scan stopped part way), every module's
+  spectrum kept at k = 2048 (DeepSeek-V3's 7168 x 2048) as a scan keeps them (`--every N`: every
+  N-th only).
 Each `report` runs as its own process (`python -m spectrum_stream report ...`), so the time
 includes the interpreter, the imports, reading the files, the fit (unless `--metrics` hands it a
 table) and writing the page. Baseline, in the same run: the same process start with `--help`
 (interpreter and CLI imports only); the ratio says how much the report adds. No assertions.
 
-    PYTHONPATH=src python3 bench/bench_report.py [--repeat 3] [--only dense|moe]
+    PYTHONPATH=src python3 bench/bench_report.py [--repeat 3] [--only dense|moe] [--every N]
         [--baseline-src OTHER/src]   # also time another checkout's report on the same files
 """
 
@@ -76,8 +78,11 @@ def dense_scan(folder: Path, seed: int = 0) -> Path:
     return _write(folder, "snr_results_bench-dense", results, spectra, shapes)
 
 
-def moe_scan(folder: Path, layers: int = 27, experts: int = 256, seed: int = 1) -> Path:
-    """About 20,000 modules (the last layer holds half the experts), spectra for every 50th."""
+def moe_scan(
+    folder: Path, layers: int = 27, experts: int = 256, every: int = 1, seed: int = 1
+) -> Path:
+    """About 20,000 modules (the last layer holds half the experts), spectra for every `every`-th
+    (1: all, as a scan keeps them)."""
     rng = np.random.default_rng(seed)
     results: dict[str, dict] = {}
     for i in range(layers):
@@ -91,7 +96,7 @@ def moe_scan(folder: Path, layers: int = 27, experts: int = 256, seed: int = 1) 
         results[name] = {"snr": float(rng.lognormal(-2, 1)), "type": name}
     spectra, shapes = {}, {}
     for j, key in enumerate(results):
-        if j % 50 == 0:
+        if j % every == 0:
             shapes[key] = (7168, 2048)
             spectra[key] = _spectrum(rng, 7168, 2048)
     return _write(folder, "snr_results_bench-moe", results, spectra, shapes)
@@ -133,6 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
     ap.add_argument("--only", choices=["dense", "moe"])
+    ap.add_argument("--every", type=int, default=1, help="moe: spectra for every N-th module")
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to time too")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_report_"))
@@ -147,7 +153,7 @@ def main() -> None:
     if args.only in (None, "dense"):
         cases.append(("dense", dense_scan(work / "dense")))
     if args.only in (None, "moe"):
-        cases.append(("moe", moe_scan(work / "moe")))
+        cases.append(("moe", moe_scan(work / "moe", every=args.every)))
     for name, path in cases:
         results = json.loads(path.read_text())
         from spectrum_stream.results.spectra import read_spectra
