@@ -253,9 +253,11 @@ def outside_strip(entries: list[Entry]) -> str:
     fills = colours(scaled, PLASMA)
     cw, per_row = 150.0, 7
     rows = math.ceil(len(shown) / per_row) if shown else 1
-    parts = []
+    parts = [
+        text(10, 14, "colour: SNR on a log scale over these modules only (not ranked)", size=11)
+    ]
     for i, (e, fill) in enumerate(zip(shown, fills)):
-        x, y = 10 + (i % per_row) * (cw + 6), 10 + (i // per_row) * 52
+        x, y = 10 + (i % per_row) * (cw + 6), 24 + (i // per_row) * 52
         parts.append(_cell(x, y, cw, 24, fill, entry_title(e)))
         dark = fill == "url(#missing)" or scaled[i] > 0.55
         parts.append(
@@ -279,7 +281,7 @@ def outside_strip(entries: list[Entry]) -> str:
             )
         )
     width = 20 + min(len(shown), per_row) * (cw + 6)
-    return svg(max(width, 300), 10 + rows * 52, "".join(parts), "outside the layers")
+    return svg(max(width, 420), 24 + rows * 52, "".join(parts), "outside the layers")
 
 
 def expert_heatmap(grid: ExpertGrid, *, top_percent: float, label: str = "") -> str:
