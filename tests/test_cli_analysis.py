@@ -198,7 +198,7 @@ def test_report_without_spectra_still_draws_the_snr(scanned, tmp_path):
     assert "No spectra or alpha" in html and "kept no singular values" in html
 
 
-def test_every_command_reads_the_original_tools_non_finite_snrs(scanned, tmp_path):
+def test_every_command_reads_the_original_tools_non_finite_snrs(scanned, tmp_path, monkeypatch):
     """A results file as Python's json writes it (bare NaN, Infinity; null too): select, report,
     compare and metrics read it, skip those modules, and say how many and where they are listed."""
     path = tmp_path / "snr_results_published.json"
@@ -210,8 +210,8 @@ def test_every_command_reads_the_original_tools_non_finite_snrs(scanned, tmp_pat
     assert "NaN" in path.read_text() and "Infinity" in path.read_text()
     clean = {k: v for k, v in results.items() if k not in keys[:3]}
     package_log = logging.getLogger("spectrum_stream")
-    for handler in list(package_log.handlers):  # as in a fresh process: no handler from a scan
-        package_log.removeHandler(handler)
+    shipped = [h for h in package_log.handlers if isinstance(h, logging.NullHandler)]
+    monkeypatch.setattr(package_log, "handlers", shipped)  # as in a fresh process: no CLI handler
     r = invoke("select", path, "--format", "json")
     assert r.exit_code == 0, r.output
     assert "3 modules have no finite SNR" in r.stderr
