@@ -123,3 +123,29 @@ def test_original_tools_non_finite_snrs_are_skipped_by_one_rule(tmp_path, caplog
         by_type.setdefault(info["type"], {})[key] = info["snr"]
     path.write_text(json.dumps(by_type))
     assert load_results(path) == read
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"),
+    [
+        (
+            "mixtral",
+            [f"model.layers.1.block_sparse_moe.experts.3.{p}" for p in ("w1", "w2", "w3")]
+            + ["model.layers.1.block_sparse_moe.gate", "model.layers.1.self_attn.q_proj"],
+        ),
+        (
+            "qwen2_moe",
+            [f"model.layers.0.mlp.experts.12.{p}_proj" for p in ("gate", "up", "down")]
+            + ["model.layers.0.mlp.shared_expert.gate_proj"],
+        ),
+    ],
+)
+def test_fused_names_are_the_scans(family: str, keys: list[str]) -> None:
+    """select --fused-experts names a per-expert key as the scan's trainer key for that family."""
+    from spectrum_stream.layout.trainer_names import TrainerNames
+    from spectrum_stream.results.select import fused_param_pattern
+
+    scan_names = TrainerNames.for_config({"model_type": family}, use_transformers=False)
+    for key in keys:
+        assert fused_param_pattern(key) == scan_names.key(key, key + ".weight")
+    assert "$[" in fused_param_pattern(keys[0])

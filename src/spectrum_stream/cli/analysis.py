@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import SpectrumError
+from ..modes import GROUPINGS, TEXT_FORMATS, check_top_percent
 
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers = click.option(
@@ -75,7 +76,7 @@ def metrics(results, output, workers, quiet):
 @_top
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["pooled", "per-expert"]),
+    type=click.Choice(GROUPINGS),
     help="Rank experts together (pooled) or per expert index, as `select` does "
     "(default: the file's own types).",
 )
@@ -115,14 +116,14 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 @_top
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     help="Regroup experts before ranking, in both files (default: each file's own types, "
     "as `select` and `report` rank).",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(TEXT_FORMATS),
     default="text",
     show_default=True,
     help="text: a readable summary; json: every number (NaN as null).",
@@ -135,8 +136,7 @@ def compare(a, b, top_percent, expert_grouping, fmt):
     from . import logs
 
     logs.install(True)  # the reader's warning about skipped modules
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     where = "in the compare output (skipped_a / skipped_b)"
     read_a, read_b = read_results(a, where), read_results(b, where)
     found = compare_results(

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import AlreadyReported, SpectrumError
+from ..errors import AlreadyReported, ScanInterrupted, SpectrumError
+from ..modes import GROUPINGS, METHODS, NAMES, SELECT_FORMATS, SVD_DRIVERS
 from . import logs
+from .lazy import LazyGroup
 
 
 def _fail(message: str, code: int = 1):
@@ -20,6 +22,7 @@ def _fail(message: str, code: int = 1):
 
 
 def _on_sigterm(signum, frame):
+    """SIGTERM is Ctrl-C: the scan loop turns either into ScanInterrupted (errors.py)."""
     raise KeyboardInterrupt
 
 
@@ -35,13 +38,11 @@ def _exit_interrupted() -> None:
     sys.exit(130)
 
 
-class _Cli(click.Group):
+class _Cli(LazyGroup):
     """Turns expected failures into one line on stderr instead of a traceback."""
 
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _on_sigterm)
-        from ..options import ScanInterrupted
-
         try:
             return super().invoke(ctx)
         except AlreadyReported as quiet:  # another rank printed the line
@@ -60,7 +61,7 @@ class _Cli(click.Group):
             _exit_interrupted()
         except SpectrumError as exc:
             _fail(str(exc))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # outside a scan's loop (e.g. while reading headers)
             click.echo("error: interrupted", err=True)
             _exit_interrupted()
         except OSError as exc:
@@ -68,7 +69,15 @@ class _Cli(click.Group):
             _fail(f"{where}{exc.strerror or exc}")
 
 
-@click.group(cls=_Cli)
+@click.group(
+    cls=_Cli,
+    lazy={  # commands in their own modules, imported when named (or listed by --help)
+        "metrics": ".analysis:metrics",
+        "report": ".analysis:report",
+        "compare": ".analysis:compare",
+        "plan": ".plan_cmd:plan_command",
+    },
+)
 @click.version_option(package_name="spectrum-stream")
 def main():
     """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
@@ -90,7 +99,7 @@ _out_dir = click.option(
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _names = click.option(
     "--names",
-    type=click.Choice(["trainer", "checkpoint"]),
+    type=click.Choice(NAMES),
     default="trainer",
     show_default=True,
     help="Results keys: trainer = the parameters of the model as transformers 5 "
@@ -99,7 +108,7 @@ _names = click.option(
 )
 _grouping = click.option(
     "--expert-grouping",
-    type=click.Choice(["pooled", "per-expert"]),
+    type=click.Choice(GROUPINGS),
     default="pooled",
     show_default=True,
     help="Results types: pooled = all experts of a projection rank together; "
@@ -120,7 +129,7 @@ _grouping = click.option(
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
 @click.option(
     "--method",
-    type=click.Choice(["exact", "gram"]),
+    type=click.Choice(METHODS),
     default="exact",
     show_default=True,
     help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
@@ -144,7 +153,7 @@ _grouping = click.option(
 )
 @click.option(
     "--svd-driver",
-    type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
+    type=click.Choice(SVD_DRIVERS),
     help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
     "512+ columns, torch's choice below). gesvda is approximate and refused.",
 )
@@ -239,7 +248,7 @@ def scan(
         quiet = quiet or ranks.rank != 0
         group = Group.start(ranks, device, peer_timeout)
     logs.install(quiet)
-    from ..hub_scan import scan_hub
+    from ..hub_scan import scan_hub_group
     from ..source.hub.repo import is_hub_id
     from ..units import parse_size
 
@@ -290,14 +299,14 @@ def scan(
             grouping=expert_grouping,
         )
         if hub:
-            report = scan_hub(
+            report = scan_hub_group(
                 path,
                 opts,
+                group,
                 revision=revision,
                 token=token,
                 delete_shards=delete_shards,
                 max_disk=parse_size(max_disk) if max_disk is not None else None,
-                group=group,
             )
         elif group is not None:
             from ..distributed.ranked import scan_local_ranked
@@ -323,7 +332,7 @@ def scan(
 )
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
     "experts of a projection together (default: the file's types, which `scan "
     "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).",
@@ -337,7 +346,7 @@ def scan(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["yaml", "json"]),
+    type=click.Choice(SELECT_FORMATS),
     default="yaml",
     show_default=True,
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
@@ -407,11 +416,3 @@ def demo(device, out_dir, keep, quiet):
     click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):
         sys.exit(1)
-
-
-# metrics, report, compare (cli/analysis.py); plan (cli/plan_cmd.py)
-from .analysis import compare, metrics, report  # noqa: E402
-from .plan_cmd import plan_command  # noqa: E402
-
-for _command in (metrics, report, compare, plan_command):
-    main.add_command(_command)

@@ -23,8 +23,14 @@ from collections.abc import Callable
 import numpy as np
 
 from ..driver import ScanSetup, in_job_order, prepare_scan
-from ..errors import AlreadyReported, SpectrumError
-from ..journal.journal import Journal, read_journal
+from ..errors import (
+    AlreadyReported,
+    HubDownloadError,
+    RanksInterrupted,
+    ScanInterrupted,
+    SpectrumError,
+)
+from ..journal.journal import Journal, finished_keys, read_journal
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
     merge_records,
@@ -37,12 +43,11 @@ from ..journal.ranks import (
 )
 from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
 from ..layout.specs import TensorJob
-from ..loop import run_jobs
-from ..options import ScanInterrupted, ScanOptions, ScanReport
+from ..options import ScanOptions, ScanReport
 from ..read.device import resolve_device
 from ..results.files import write_results
+from ..scanloop import run_jobs
 from ..source.checkpoint import open_local
-from ..source.hub.errors import HubDownloadError
 from ..source.shards import LocalSource, ShardSource
 from ..units import human_bytes
 from .group import Group
@@ -51,18 +56,6 @@ from .split import share_lines, split
 log = logging.getLogger(__name__)
 
 SourceFor = Callable[[list[TensorJob], set[str]], ShardSource]
-
-
-class RanksInterrupted(ScanInterrupted):
-    """Ctrl-C or SIGTERM under torchrun: what to tell the user is about every rank's journal."""
-
-    def __init__(self, report: ScanReport, line: str):
-        super().__init__(report)
-        self.line = line
-
-
-def _ok(records: dict[str, dict]) -> set[str]:
-    return {k for k, r in records.items() if r.get("status") == "ok"}
 
 
 def _remove_journals(main) -> None:
@@ -74,10 +67,10 @@ def _tidy(main) -> None:
     """Remove rank journals whose every finished module is in the main journal (best effort)."""
     try:
         _, done, _ = read_journal(main)
-        done = _ok(done)
+        done = finished_keys(done)
         for path in rank_journals(main):
             _, records, _ = read_journal(path)
-            if _ok(records) <= done:
+            if finished_keys(records) <= done:
                 remove_journal(path)
     except (OSError, SpectrumError):
         pass
@@ -102,7 +95,7 @@ def scan_ranked(
         if opts.fresh:  # every node's first rank clears the journals it sees, before any opens one
             group.agree(lambda: _remove_journals(p.paths.journal), only=group.ranks.local_rank == 0)
         seen = group.agree(lambda: read_all(p.paths.journal, p.header))
-        everyone = group.all_gather(sorted(_ok(seen)))
+        everyone = group.all_gather(sorted(finished_keys(seen)))
         finished = set().union(*map(set, everyone))
         owner = {}
         for rank, keys in reversed(list(enumerate(everyone))):
@@ -127,10 +120,8 @@ def scan_ranked(
                 report,
                 desc=f"scan {p.name} [rank {r} of {w}]",
             )
-            if report.interrupted:
-                raise KeyboardInterrupt
             group.wait_for_peers()
-        except KeyboardInterrupt:
+        except (ScanInterrupted, KeyboardInterrupt):  # the loop's, or Ctrl-C while waiting
             if r != 0 or group.peer_failure() is not None:
                 raise AlreadyReported(code=130) from None
             raise RanksInterrupted(

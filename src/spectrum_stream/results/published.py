@@ -18,16 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..source.jsonfile import (
-    MAX_JSON_BYTES,
-    JsonFileError,
-    Mismatch,
-    Schema,
-    mapping,
-    number,
-    parse_json,
-    string,
-)
+from ..errors import JsonFileError, SchemaMismatch
+from ..source.jsonfile import MAX_JSON_BYTES, Schema, mapping, number, parse_json, string
 
 WHAT = "a results file ({module: {snr, type}})"
 
@@ -57,10 +49,10 @@ def snr_value(value: Any, at: str) -> None:
 
 def _flat_entry(value: Any, at: str) -> None:
     if not isinstance(value, dict):
-        raise Mismatch(at, "must be an object with snr and type")
+        raise SchemaMismatch(at, "must be an object with snr and type")
     for name, check in (("snr", snr_value), ("type", string)):
         if name not in value:
-            raise Mismatch(f'{at}["{name}"]', "is missing")
+            raise SchemaMismatch(f'{at}["{name}"]', "is missing")
         check(value[name], f'{at}["{name}"]')
 
 
@@ -120,7 +112,7 @@ def read_results_file(path: str | os.PathLike) -> ReadResults:
     layout = "sorted" if _is_sorted_layout(doc) else "flat"
     try:
         (SORTED if layout == "sorted" else FLAT)(doc, "")
-    except Mismatch as exc:
+    except SchemaMismatch as exc:
         why = " ".join(str(exc).split())
         raise JsonFileError(f"{path}: not {WHAT}: {why}", why) from None
     if layout == "sorted":
