@@ -140,7 +140,15 @@ def main() -> None:
     ap.add_argument("--only", choices=["dense", "moe"])
     ap.add_argument("--every", type=int, default=1, help="moe: spectra for every N-th module")
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to time too")
+    ap.add_argument("--write", nargs=3, metavar=("CASE", "DIR", "EVERY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write:  # the child that writes one case's files
+        case, folder, every = args.write
+        if case == "dense":
+            dense_scan(Path(folder))
+        else:
+            moe_scan(Path(folder), every=int(every))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_report_"))
     start, _ = best(["--help"], SRC, args.repeat)
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
@@ -150,15 +158,18 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     cases = []
-    if args.only in (None, "dense"):
-        cases.append(("dense", dense_scan(work / "dense")))
-    if args.only in (None, "moe"):
-        cases.append(("moe", moe_scan(work / "moe", every=args.every)))
+    for name in ("dense", "moe"):
+        if args.only in (None, name):
+            # written by a child process: a child forked from a parent holding the spectra would
+            # inherit its peak RSS, and every row's memory figure would be the parent's
+            subprocess.run(
+                [sys.executable, __file__, "--write", name, str(work / name), str(args.every)],
+                check=True,
+            )
+            cases.append((name, next((work / name).glob("snr_results_*.json"))))
     for name, path in cases:
         results = json.loads(path.read_text())
-        from spectrum_stream.results.spectra import read_spectra
-
-        n_spectra = len(read_spectra(spectra_path(path))[0])
+        n_spectra = len(results) if name == "dense" else len(list(results)[:: args.every])
         table = work / f"{name}_metrics.json"
         run(["metrics", str(path), "-o", str(table), "--quiet"], SRC)
         rows = [
