@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from test_bad_input import SHARDS, make_checkpoint
 
 from spectrum_stream.cli import main
+from spectrum_stream.results.key_grammar import is_key
 
 LONG = os.environ.get("SPECTRUM_FUZZ_EXAMPLES")
 FUZZ = settings(
@@ -398,19 +399,23 @@ def _loads(line: bytes):
 
 
 def valid_results(doc) -> bool:
-    """What `select` may accept, judged with the standard library."""
+    """What `select` may accept, judged with the standard library (and the key grammar)."""
     return isinstance(doc, dict) and all(
-        isinstance(v, dict)
+        is_key(k)
+        and isinstance(v, dict)
         and isinstance(v.get("type"), str)
         and isinstance(v.get("snr"), (int, float))
         and not isinstance(v.get("snr"), bool)
         and math.isfinite(v["snr"])
-        for v in doc.values()
+        for k, v in doc.items()
     )
 
 
 RESULTS = st.dictionaries(
-    st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12),
+    st.one_of(
+        st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12),
+        st.from_regex(r"[a-z_]{1,6}(\.[0-9]{1,2}|\.[a-z_]{1,6}){0,4}", fullmatch=True),
+    ),
     st.fixed_dictionaries(
         {
             "snr": st.floats(allow_nan=False, allow_infinity=False),
@@ -433,7 +438,7 @@ def test_mutated_results_file_for_select(data):
         doc = _loads(raw)
         if r.exit_code == 0:
             assert valid_results(doc) and isinstance(json.loads(r.stdout), list)
-        elif raw == valid:
+        elif raw == valid and valid_results(doc):
             raise AssertionError(f"refused a valid results file: {r.stderr}")
 
 

@@ -308,13 +308,15 @@ def test_alpha_grid_marks_the_band_and_rough_fits(tmp_path):
 
 
 def test_hostile_names_are_escaped(tmp_path):
-    bad = 'model.layers.0.<img src=x onerror="alert(1)">'
+    """Keys fit the key grammar (results/key_grammar.py); types and the title are any printable
+    text, and the page escapes them."""
+    bad = '<img src=x onerror="alert(1)">'
     results = {
-        bad: {"snr": 0.5, "type": '<img src=x onerror="alert(1)">'},
-        "model.layers.1.a&b": {"snr": 0.1, "type": "a&b"},
-        "model.layers.2.a&b": {"snr": 0.2, "type": "a&b"},
+        "model.layers.0.x": {"snr": 0.5, "type": bad},
+        "model.layers.1.a": {"snr": 0.1, "type": "a&b"},
+        "model.layers.2.a": {"snr": 0.2, "type": "a&b"},
     }
-    _, html = _build(results, tmp_path, 50)
+    _, html = _build(results, tmp_path, 50, title=bad)
     assert "<img src=x" not in html and 'onerror="alert' not in html
     assert escape(bad) in html and "a&amp;b" in html
 

@@ -18,11 +18,14 @@ from .errors import SpectrumError
 from .journal.journal import Journal
 from .journal.lock import ScanLock
 from .journal.ranks import finished_everywhere, fold_rank_journals
+from .journal.records import module_record
 from .layout.jobs import plan_jobs
 from .layout.specs import TensorJob
 from .options import ScanOptions, ScanReport
+from .printable import printable
 from .read.device import resolve_device
 from .results.files import write_results
+from .results.outputs import refuse_foreign_results
 from .results.paths import ResultPaths
 from .scanloop import STEPS, Steps, run_jobs
 from .source.checkpoint import Checkpoint, open_local
@@ -54,6 +57,7 @@ def prepare_scan(ckpt: Checkpoint, opts: ScanOptions) -> ScanSetup:
     if not jobs:
         raise SpectrumError(f"{name}: no weight matrices to scan (check --include/--exclude)")
     paths = ResultPaths.for_model(Path(opts.out_dir), name)
+    refuse_foreign_results(paths)  # never replace a results file that is not ours
     header = {
         "checkpoint": ckpt.fingerprint(),
         "settings": {"method": opts.method, "include": opts.include, "exclude": opts.exclude},
@@ -67,6 +71,38 @@ def in_job_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
     resumed. A key the plan lacks (a damaged line) is left out: it is not this checkpoint's."""
     order = {s.key: i for i, s in enumerate(s for j in jobs for s in j.matrices)}
     return sorted((r for r in records.values() if r["key"] in order), key=lambda r: order[r["key"]])
+
+
+def journal_empty(
+    jobs: list[TensorJob], journal: Journal, device: str, method: str, report: ScanReport
+) -> list[TensorJob]:
+    """The jobs left once empty tensors (a 0 in the shape: no spectrum) are set aside: journaled
+    as failed in one write the first time, never read or redone, and said in one warning with a
+    count rather than one line each (a header may hold 200,000 of them)."""
+    empty = [job for job in jobs if job.matrices and all(0 in s.shape for s in job.matrices)]
+    if not empty:
+        return jobs
+    new = [
+        module_record(s, job, seconds=0.0, method=method, device=device, failure=_EMPTY)
+        for job in empty
+        for s in job.matrices
+        if s.key not in journal.records
+    ]
+    journal.extend(new)
+    report.failed += [(s.key, _EMPTY) for job in empty for s in job.matrices]
+    log.warning(
+        "%s: %s: %d empty tensor(s) (a 0 in the shape: %s) have no spectrum; journaled as "
+        "failed once and left out of the results",
+        printable(empty[0].main.shard, limit=120),
+        printable(empty[0].main.name, limit=120),
+        sum(len(job.matrices) for job in empty),
+        list(empty[0].main.entry.shape),
+    )
+    skip = {id(job) for job in empty}
+    return [job for job in jobs if id(job) not in skip]
+
+
+_EMPTY = "empty tensor (a 0 in its shape)"
 
 
 def run_setup(
@@ -88,7 +124,8 @@ def run_setup(
             raise
         finished = journal.finished()  # under the lock: what is on disk now
         try:
-            run_jobs(p.name, p.jobs, journal, finished, source, device, opts, report, steps=steps)
+            jobs = journal_empty(p.jobs, journal, str(device), opts.method, report)
+            run_jobs(p.name, jobs, journal, finished, source, device, opts, report, steps=steps)
         finally:
             journal.close()
             report.seconds = time.perf_counter() - started

@@ -88,3 +88,15 @@ class RanksInterrupted(ScanInterrupted):
     def __init__(self, report: ScanReport, line: str):
         super().__init__(report)
         self.line = line
+
+
+class KeyGrammarError(SpectrumError):
+    """A results key or pattern that is not a module name (results/key_grammar.py)."""
+
+
+class UnsafeFileError(SpectrumError):
+    """A file that is not a regular file inside its folder (source/safe_files.py)."""
+
+
+class WouldOverwrite(SpectrumError):
+    """An output that would replace a file the tool did not write, or the command's own input."""

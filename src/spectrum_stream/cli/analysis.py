@@ -41,20 +41,27 @@ _top = click.option(
     required=True,
     help="The table to write: .csv or .json (chosen by the suffix).",
 )
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
 @_workers
 @_quiet
-def metrics(results, output, workers, quiet):
+def metrics(results, output, force, workers, quiet):
     """Write WeightWatcher's per-module metrics (alpha, stable rank, entropy, ...) next to each
     module's SNR, from the spectra the scan kept beside RESULTS."""
     from ..metrics.compute import compute_rows
     from ..metrics.spectral import write_table
     from ..results.kept_spectra import load_kept_spectra
+    from ..results.outputs import claim_output
     from ..results.select import load_results
+    from ..results.spectra import spectra_path
     from . import logs
 
     logs.install(quiet)  # the reader's warning about skipped modules
     if output.suffix.lower() not in (".csv", ".json"):
         raise SpectrumError(f"{output}: the metrics table must end in .csv or .json")
+    inputs = [results]
+    if results.name.startswith("snr_results_") and results.suffix == ".json":
+        inputs.append(spectra_path(results))
+    claim_output(output, inputs, force)
     data = load_results(results)
     spectra, shapes, _ = load_kept_spectra(results, data)
     rows = compute_rows(data, spectra, shapes, progress=not quiet, workers=workers)
@@ -87,13 +94,23 @@ def metrics(results, output, workers, quiet):
     help="A table written by `spectrum-stream metrics` (.csv or .json) for the alpha "
     "heatmap (default: computed from the kept spectra).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an --output folder that holds other files (same-named ones are replaced).",
+)
 @_workers
 @_quiet
-def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers, quiet):
+def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, workers, quiet):
     """Write an offline HTML report of a scan: SNR heatmaps, expert grids, spectra, alpha and the
     modules chosen for training."""
     from ..report.from_results import report_from_results
+    from ..results.outputs import claim_report_folder, mark_report_folder
     from . import logs
+
+    claim_report_folder(out_dir, force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_report_folder(out_dir)
 
     logs.install(quiet)  # the reader's warning about skipped modules
     page = report_from_results(

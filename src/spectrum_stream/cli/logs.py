@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from ..printable import printable_lines
+
 
 class _BarFriendly(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            message = printable_lines(record.getMessage())  # names from strangers' files
             if record.levelno >= logging.ERROR:
                 message = f"error: {message}"
             elif record.levelno >= logging.WARNING:

@@ -12,12 +12,13 @@ import click
 
 from ..errors import AlreadyReported, ScanInterrupted, SpectrumError
 from ..modes import GROUPINGS, METHODS, NAMES, SELECT_FORMATS, SVD_DRIVERS
+from ..printable import printable
 from . import logs
 from .lazy import LazyGroup
 
 
 def _fail(message: str, code: int = 1):
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(' '.join(str(message).splitlines()))}", err=True)
     sys.exit(code)
 
 
@@ -352,14 +353,41 @@ def scan(
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
-def select(results, top_percent, expert_grouping, fused_experts, fmt, output):
+@click.option(
+    "--drop-rank-deficient",
+    is_flag=True,
+    help="Leave numerically rank-deficient modules (SNR from rounding error; docs/spec.md) "
+    "out of the ranking. Off by default: the selection then equals the original tool's.",
+)
+@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
+def select(
+    results, top_percent, expert_grouping, fused_experts, fmt, output, drop_rank_deficient, force
+):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from ..results.atomic import atomic_write
+    from ..results.outputs import claim_output
+    from ..results.rank_floor import deficient_line, rank_deficient, without
     from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
+    from ..results.select import select as chosen_by_type
 
+    if output:
+        claim_output(output, [results], force)
     logs.install(True)  # the reader's warning about skipped modules
     read = read_results(results, LISTED_IN_YAML)
     data = read.results
+    deficient = rank_deficient(results, data, lambda line: click.echo(f"warning: {line}", err=True))
+    if drop_rank_deficient:
+        data = without(data, deficient)
+        if deficient:
+            click.echo(
+                f"left {len(deficient)} rank-deficient module(s) out of the ranking", err=True
+            )
+    else:
+        by_type = chosen_by_type(data, top_percent, expert_grouping)
+        chosen = [k for keys in by_type.values() for k in keys]
+        warning = deficient_line("selected", chosen, deficient)
+        if warning:
+            click.echo(f"warning: {warning}; --drop-rank-deficient leaves them out", err=True)
     if fmt == "yaml":
         text = to_yaml(data, top_percent, expert_grouping, fused_experts, read.skipped)
     else:
@@ -411,7 +439,10 @@ def demo(device, out_dir, keep, quiet):
     )
     click.echo("\n".join(verdicts))
     from ..report.from_results import report_from_results
+    from ..results.outputs import mark_report_folder
 
+    (out_dir / "report").mkdir(parents=True, exist_ok=True)
+    mark_report_folder(out_dir / "report")
     page = report_from_results(report.paths.results, out_dir / "report", progress=False)
     click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):

@@ -8,7 +8,7 @@ import json
 import click
 
 from ..errors import SpectrumError
-from ..modes import NAMES, OPTIMIZERS, TEXT_FORMATS, check_top_percent
+from ..modes import GROUPINGS, NAMES, OPTIMIZERS, TEXT_FORMATS, check_top_percent
 
 
 def _open(path: str, revision: str | None, token: str | None):
@@ -72,6 +72,18 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
     metavar="SIZE",
     help="Memory of one GPU, e.g. 80GB, 141GB, 24GiB.",
 )
+@click.option(
+    "--fit",
+    is_flag=True,
+    help="Find the largest whole --top-percent (1-100) whose Spectrum selection fits --gpus "
+    "GPUs of --gpu-mem, and plan at it; prints the select command for it.",
+)
+@click.option(
+    "--expert-grouping",
+    type=click.Choice(GROUPINGS),
+    help="Rank Spectrum's selection as `select --expert-grouping` does (default: the results "
+    "file's own types).",
+)
 @click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
@@ -107,6 +119,8 @@ def plan_command(
     top_percent,
     gpus,
     gpu_mem,
+    fit,
+    expert_grouping,
     seq_len,
     micro_batch,
     optimizer,
@@ -126,6 +140,12 @@ def plan_command(
     from ..units import parse_size
 
     mem = parse_size(gpu_mem, "--gpu-mem")
+    if fit:
+        given = click.get_current_context().get_parameter_source("top_percent")
+        if given is not click.core.ParameterSource.DEFAULT:
+            raise SpectrumError("--fit chooses --top-percent itself: give one or the other")
+        if gpus is None:
+            raise SpectrumError("--fit needs --gpus N: the GPU count to fit the selection on")
     check_top_percent(top_percent)
     if results_path:
         from . import logs
@@ -147,7 +167,10 @@ def plan_command(
         optimizer,
         lora_rank,
         view,
+        grouping=expert_grouping,
         rates=_measured_rates(ckpt, device, calibrate),
+        fit=fit,
+        results_path=results_path,
     )
     if fmt == "json":
         click.echo(json.dumps(plan, indent=2))

@@ -6,6 +6,7 @@ import os
 
 from ..options import ScanReport
 from ..results.files import sorted_by_type
+from ..results.rank_floor import deficient_line, rank_deficient
 
 MAX_TYPES = 16
 
@@ -30,6 +31,10 @@ def format_summary(report: ScanReport) -> str:
             lines.append(f"  {t:<{width}}  {snr:10.4g}  {key}  (of {len(mods)})")
         if len(by_type) > MAX_TYPES:
             lines.append(f"  ... {len(by_type) - MAX_TYPES} more types in the sorted file")
+    deficient = rank_deficient(report.paths.results, report.results)
+    warning = deficient_line("scanned", report.results, deficient)
+    if warning:
+        lines.append(f"Warning: {warning}")
     results = os.path.relpath(report.paths.results)
     lines += [
         f"Results: {results}  (axolotl's Spectrum plugin reads this path)",

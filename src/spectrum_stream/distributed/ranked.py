@@ -41,7 +41,7 @@ from ..journal.ranks import (
     read_all,
     remove_journal,
 )
-from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
+from ..journal.spectra_log import SpectraLog, relocate, spectrum_of
 from ..layout.specs import TensorJob
 from ..options import ScanOptions, ScanReport
 from ..read.device import resolve_device
@@ -152,7 +152,7 @@ def scan_ranked(
         folder = p.paths.journal.parent
         values = {}  # singular values travel with their records: out-dirs need not be shared
         for rec in mine.values():
-            found = read_spectrum(folder, rec["spectrum"]) if "spectrum" in rec else None
+            found = spectrum_of(folder, rec)
             if found is not None:
                 values[rec["key"]] = found.tobytes()
         gathered = group.gather(

@@ -31,8 +31,10 @@ from ..source.jsonfile import (
     parse_json,
     string,
 )
+from ..source.safe_files import open_fd, read_regular
 
 JOURNAL_VERSION = 1
+_CREATE = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 JOURNAL_SUFFIX = ".journal.jsonl"
 MAX_LINE_BYTES = 64 * 1024**2  # one module's line, spectra included; a longer one is garbage
 HEADER_SCHEMA = obj(
@@ -92,8 +94,9 @@ def _describe_difference(old: dict, new: dict) -> str:
             if a != b:
                 return f"the header of shard {shard} changed"
         return "the checkpoint differs"
-    old_settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
-    new_settings = new.get("settings", {})
+    got_old, got_new = old.get("settings"), new.get("settings")
+    old_settings: dict = got_old if isinstance(got_old, dict) else {}
+    new_settings: dict = got_new if isinstance(got_new, dict) else {}
     for key in sorted(set(old_settings) | set(new_settings)):
         a, b = old_settings.get(key), new_settings.get(key)
         if a != b:
@@ -136,7 +139,7 @@ class Journal:
                         f"{path}: cannot resume, {_describe_difference(old_header, header)}; "
                         "run again with --fresh to start over"
                     )
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                fd = open_fd(path, os.O_WRONLY | os.O_APPEND, path.parent, "a journal")
                 try:
                     if os.fstat(fd).st_size != good_len:
                         os.ftruncate(fd, good_len)  # drop a torn last line
@@ -145,7 +148,10 @@ class Journal:
                     os.close(fd)
                     raise _fail_write(path, exc) from None
                 return cls(path, header, records, fd, good_len)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            fd = open_fd(path, _CREATE, path.parent, "a journal")
+        except OSError as exc:
+            raise _fail_write(path, exc) from None
         journal = cls(path, header, {}, fd, 0)
         try:
             journal._write(header)
@@ -199,10 +205,7 @@ def read_journal(path: Path) -> tuple[dict | None, dict[str, dict], int]:
     first whole line is not a journal header raises ResumeError: it is not ours to overwrite.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SpectrumError(f"{path}: cannot read the journal ({exc.strerror or exc})") from None
+    data = read_regular(path, path.parent, "a journal")  # a FIFO or a link out: one line
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
     header = None
     records: dict[str, dict] = {}

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import SpectrumError
+from ..source.safe_files import open_fd
 
 
 class ScanLock:
@@ -25,7 +26,10 @@ class ScanLock:
 
     def __enter__(self) -> ScanLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # a FIFO or a link out of the folder is refused, never waited on
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT, self.path.parent, "a lock file")
+        except OSError as exc:
+            raise SpectrumError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

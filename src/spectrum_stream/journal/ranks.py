@@ -16,7 +16,7 @@ import orjson
 from ..errors import ResumeError, SpectrumError
 from .journal import JOURNAL_SUFFIX as SUFFIX
 from .journal import JOURNAL_VERSION, Journal, _describe_difference, finished_keys, read_journal
-from .spectra_log import SpectraLog, read_spectrum, relocate, spectra_log_path
+from .spectra_log import SpectraLog, relocate, spectra_log_path, spectrum_of
 
 _RANK = re.compile(r"\.rank(\d+)-of-(\d+)$")
 
@@ -81,8 +81,8 @@ def read_all(main: Path, header: dict | None = None, ranks_only: bool = False) -
     With `header`, a journal written for another checkpoint or other settings is refused
     (ResumeError, like a resume of the main journal); without it, such a journal is ignored.
     """
-    strict = header is not None
-    want = normal_header(header) if strict else None
+    want = normal_header(header) if header is not None else None
+    strict = want is not None
     records: dict[str, dict] = {}
     paths = rank_journals(main) if ranks_only else [Path(main), *rank_journals(main)]
     for path in paths:
@@ -96,7 +96,7 @@ def read_all(main: Path, header: dict | None = None, ranks_only: bool = False) -
             continue
         if got is None:
             continue
-        if strict and got != want:
+        if want is not None and got != want:
             raise ResumeError(
                 f"{path}: cannot resume, {_describe_difference(got, want)}; "
                 "run again with --fresh to start over"
@@ -146,7 +146,7 @@ def fold_rank_journals(journal: Journal, fresh: bool = False) -> int:
         folder = journal.path.parent
         log = SpectraLog(spectra_log_path(journal.path))
         try:
-            journal.extend(relocate(new, lambda rec: read_spectrum(folder, rec["spectrum"]), log))
+            journal.extend(relocate(new, lambda rec: spectrum_of(folder, rec), log))
         finally:
             log.close()
         copied = len(new)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from .snr import MP_IQR_TO_SIGMA, SpectrumStats, snr_from_singular_values, thresholds
+from .snr import MP_IQR_TO_SIGMA, SpectrumStats, rank_floor, snr_from_singular_values, thresholds
 
 GRAM_BLOCK_BYTES = 128 * 1024**2  # float64 bytes of one block a Gram matrix is summed from
 _F64_EPS = torch.finfo(torch.float64).eps
@@ -43,11 +43,11 @@ def accumulate_gram(
     symmetric rank-k update (half the flops of torch's general product; bench/RESULTS.md).
     """
     if device.type == "cpu" and k >= NUMPY_MIN_K:
-        g = np.zeros((k, k), dtype=np.float64)
+        acc = np.zeros((k, k), dtype=np.float64)
         for piece in chunks:
-            p = piece.to(torch.float64).numpy()
-            g += np.dot(p.T, p) if rows else np.dot(p, p.T)
-        return torch.from_numpy(g)
+            a = piece.to(torch.float64).numpy()
+            acc += np.dot(a.T, a) if rows else np.dot(a, a.T)
+        return torch.from_numpy(acc)
     g = torch.zeros(k, k, dtype=torch.float64, device=device)
     for piece in chunks:
         p = piece.to(device).to(torch.float64)  # convert on the device: 1/4 of the bytes to copy
@@ -70,18 +70,35 @@ def singular_values_from_gram(g: torch.Tensor) -> torch.Tensor:
     return eig.clamp_min(0).sqrt().flip(-1)
 
 
-def gram_error_bound(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
-    """Per row of `s` ([B, k] float64, from the gram route): a bound on the relative SNR error.
-
-    The Gram matrix and its eigenvalues carry an absolute error of about
-    eps * (sqrt(max(m, n)) * ||W||_F² + 10 k s0²); a singular value s then moves by at most
-    min(dλ / s, sqrt(dλ)). The bound adds up what that can do to the signal and noise sums, to
-    the largest value, and to every value close enough to the threshold to change sides.
-    """
+def eigenvalue_error(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """[B, 1] the absolute error the Gram matrix and its eigenvalues carry, per row of `s`
+    ([B, k] float64, descending): about eps * (sqrt(max(m, n)) * ||W||_F² + 10 k s0²)."""
     k = s.shape[-1]
     s0 = s[:, :1]
     frob2 = (s * s).sum(-1, keepdim=True)
-    dlam = _F64_EPS * (math.sqrt(max(m, n)) * frob2 + 10 * k * s0 * s0)
+    return _F64_EPS * (math.sqrt(max(m, n)) * frob2 + 10 * k * s0 * s0)
+
+
+def gram_numerical_ranks(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """[B] numerical ranks from the gram route (docs/spec.md, "The numerical floor"): a value
+    counts only when its eigenvalue is above the squared floor by more than the eigenvalue error,
+    i.e. when it is above the floor whatever that error did (a value within the error of zero
+    never counts)."""
+    floor = rank_floor(s, m, n)[:, None]
+    return (s * s - eigenvalue_error(s, m, n) > floor * floor).sum(-1)
+
+
+def gram_error_bound(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """Per row of `s` ([B, k] float64, from the gram route): a bound on the relative SNR error.
+
+    The Gram matrix and its eigenvalues carry an absolute error dλ (eigenvalue_error); a singular
+    value s then moves by at most min(dλ / s, sqrt(dλ)). The bound adds up what that can do to
+    the signal and noise sums, to the largest value, and to every value close enough to the
+    threshold to change sides.
+    """
+    k = s.shape[-1]
+    s0 = s[:, :1]
+    dlam = eigenvalue_error(s, m, n)
     ds = torch.minimum(dlam / s.clamp_min(torch.finfo(s.dtype).tiny), dlam.sqrt())
     threshold = thresholds(s, m, n)[:, None]
     # each quantile moves by at most the larger move of the two values it interpolates, i.e. the
@@ -106,7 +123,8 @@ def gram_error_bound(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
 
 def gram_spectrum(s64: torch.Tensor, m: int, n: int) -> tuple[list[SpectrumStats], list[float]]:
     """(stats, error bounds) for singular values that came from the gram route."""
-    return snr_from_singular_values(s64, m, n), gram_error_bound(s64, m, n).tolist()
+    stats = snr_from_singular_values(s64, m, n, gram_numerical_ranks(s64, m, n))
+    return stats, gram_error_bound(s64, m, n).tolist()
 
 
 def gram_stats(mats) -> tuple[list[SpectrumStats], list[float]]:

@@ -1,5 +1,6 @@
-"""The SNR of one matrix from its singular values (docs/spec.md, "The SNR"), and the exact route
-to those values: `torch.linalg.svdvals` in float32, the original tool's arithmetic."""
+"""The SNR of one matrix from its singular values (docs/spec.md, "The SNR"), its numerical rank
+(docs/spec.md, "The numerical floor"), and the exact route to those values:
+`torch.linalg.svdvals` in float32, the original tool's arithmetic."""
 
 from __future__ import annotations
 
@@ -12,16 +13,30 @@ from ..modes import APPROXIMATE_DRIVERS  # noqa: F401  (re-exported: never journ
 from ..read.device import is_cuda
 
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
+F32_EPS = torch.finfo(torch.float32).eps  # the precision the decomposition works at
 
 
 @dataclass(frozen=True)
 class SpectrumStats:
-    """What one matrix's spectrum says: the SNR and the numbers it came from."""
+    """What one matrix's spectrum says: the SNR and the numbers it came from, and how many of its
+    singular values stand above rounding error (below min(m, n): the SNR means nothing)."""
 
     snr: float
     sigma_max: float
     threshold: float
     n_signal: int
+    numerical_rank: int | None = None
+
+
+def rank_floor(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """[B] the floor max(m, n) * eps(float32) * sigma_max of each row of `s` ([B, k], descending):
+    numpy's `matrix_rank` tolerance at the decomposition's precision."""
+    return max(m, n) * F32_EPS * s[:, 0]
+
+
+def numerical_ranks(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """[B] how many values of each row of `s` lie strictly above its floor (exact route)."""
+    return (s > rank_floor(s, m, n)[:, None]).sum(-1)
 
 
 def singular_values(batch: torch.Tensor) -> torch.Tensor:
@@ -36,8 +51,11 @@ def thresholds(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
     return sigma * (1.0 + math.sqrt(k / max(m, n)))
 
 
-def snr_from_singular_values(s: torch.Tensor, m: int, n: int) -> list[SpectrumStats]:
-    """SNR for each row of `s` ([B, k], descending), per docs/spec.md, quirks included."""
+def snr_from_singular_values(
+    s: torch.Tensor, m: int, n: int, ranks: torch.Tensor | None = None
+) -> list[SpectrumStats]:
+    """SNR for each row of `s` ([B, k], descending), per docs/spec.md, quirks included, with each
+    row's numerical rank (`ranks`, when the route counts them its own way; else the exact rule)."""
     threshold = thresholds(s, m, n)
     above = s > threshold[:, None]
     signal = torch.where(above, s, 0.0).sum(-1)
@@ -45,7 +63,15 @@ def snr_from_singular_values(s: torch.Tensor, m: int, n: int) -> list[SpectrumSt
     n_noise = (~above).sum(-1)
     noise = torch.where(n_noise == 0, torch.ones_like(noise), noise)
     snr = signal / noise / s[:, 0]
-    rows = zip(snr.tolist(), s[:, 0].tolist(), threshold.tolist(), above.sum(-1).tolist())
+    if ranks is None:
+        ranks = numerical_ranks(s, m, n)
+    rows = zip(
+        snr.tolist(),
+        s[:, 0].tolist(),
+        threshold.tolist(),
+        above.sum(-1).tolist(),
+        ranks.tolist(),
+    )
     return [SpectrumStats(*row) for row in rows]
 
 

@@ -20,6 +20,7 @@ legacy renames at once, and transformers is imported only for the others.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -325,6 +326,7 @@ def builtin_rules(config: dict) -> Rules:
 # Applying them.
 
 
+@functools.lru_cache(maxsize=4096)  # a few rules, applied to every tensor of a header
 def _compile(pattern: str, star: str) -> re.Pattern:
     """A transformers source pattern as a regex: `*.` is one path part, the end is a name end."""
     rx = pattern.replace("*.", star + r"\.")

@@ -61,7 +61,8 @@ def spectral_metrics(s, m: int, n: int) -> dict:
     total, largest = float(evals.sum()), float(evals.max())
     out = dict(empty)
     out["log_norm"] = math.log10(total)
-    out["log_spectral_norm"] = math.log10(largest)
+    log_spectral_norm = math.log10(largest)
+    out["log_spectral_norm"] = log_spectral_norm
     out["stable_rank"] = total / largest
     out["entropy"] = _entropy(sv, evals, total, max(m, n), eps)
     fit = fit_power_law(evals)
@@ -71,7 +72,7 @@ def spectral_metrics(s, m: int, n: int) -> dict:
             xmin=fit.xmin,
             D=fit.D,
             num_pl_spikes=int(np.count_nonzero(evals >= fit.xmin)),
-            alpha_weighted=fit.alpha * out["log_spectral_norm"],
+            alpha_weighted=fit.alpha * log_spectral_norm,
             log_alpha_norm=_log10_sum_powers(evals, fit.alpha),
         )
     return out

@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 from ..errors import SpectrumError
 from ..source.jsonfile import MAX_JSON_BYTES, list_of, obj, read_json, string
+from ..source.safe_files import read_regular
 from .spectral import METRIC_NAMES
 
 _WHAT = "a metrics table (a list of rows with a key)"
@@ -38,14 +38,7 @@ def read_metrics_table(path) -> dict[str, dict]:
 
 def _csv_rows(path: Path) -> list[dict]:
     try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise SpectrumError(
-                f"{path}: {size} bytes, more than the {MAX_JSON_BYTES} this tool reads"
-            )
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpectrumError(f"{path}: cannot read {_WHAT} ({exc.strerror or exc})") from None
+        text = read_regular(path, None, _WHAT, MAX_JSON_BYTES).decode("utf-8")
     except UnicodeDecodeError:
         raise SpectrumError(f"{path}: not {_WHAT}: not UTF-8 text") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))

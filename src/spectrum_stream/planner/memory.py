@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .params import Param
@@ -57,7 +58,7 @@ def _weight_bytes(p: Param) -> float:
     return p.numel * (WEIGHT_BYTES if p.is_float else p.dtype_bytes)
 
 
-def _largest(per_unit: dict[str, float]) -> int:
+def _largest(per_unit: Mapping[str, float]) -> int:
     return math.ceil(max(per_unit.values(), default=0))
 
 
@@ -91,8 +92,8 @@ def footprint(
         for p in params:
             u = _unit(p.name)
             weights[u] = weights.get(u, 0) + _weight_bytes(p)
-        trainable = sum(t.trainable for t in trained)
-        for t in trained:
+        trainable = sum(t.trainable for t in trained or [])
+        for t in trained or []:
             u = _unit(t.param.name)
             grad_elems[u] = grad_elems.get(u, 0) + t.grad
     else:

@@ -107,7 +107,7 @@ def trainer_view(ckpt: Checkpoint) -> list[Param]:
     mapped = [(p, *names.tensor_name(p.name)) for p in params]
     stacks: dict[str, dict[tuple[int, int], Param]] = {}  # target -> {(source, expert): param}
     for p, target, fuse, expert, source in mapped:
-        if fuse is not None and fuse.kind == "stack" and expert is not None:
+        if fuse is not None and fuse.kind == "stack" and expert is not None and source is not None:
             stacks.setdefault(target, {})[(source, expert)] = p
     fused = {target: _stacked(target, members) for target, members in stacks.items()}
     out: list[Param] = []
@@ -115,10 +115,10 @@ def trainer_view(ckpt: Checkpoint) -> list[Param]:
     for p, target, fuse, _expert, _ in mapped:
         if fuse is None or fuse.kind == "rows":
             out.append(replace(p, name=target))
-        elif target in fused and fused[target] is not None:
+        elif (stacked := fused.get(target)) is not None:
             if target not in placed:
                 placed.add(target)
-                out.append(fused[target])
+                out.append(stacked)
         else:  # opaque, or an irregular set of experts: as stored
             out.append(p)
     return out
@@ -142,5 +142,8 @@ def _stacked(target: str, members: dict[tuple[int, int], Param]) -> Param | None
     return Param(target, (n, rows, *first.shape[1:]), first.dtype_bytes, first.is_float, n)
 
 
-stored_view.names = "checkpoint"  # results keys that name this view's parameters: --names
-trainer_view.names = "trainer"
+# The --names whose results keys name each view's parameters.
+VIEW_NAMES: dict[Callable[[Checkpoint], list[Param]], str] = {
+    stored_view: "checkpoint",
+    trainer_view: "trainer",
+}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..errors import SpectrumError
 from ..results.select import unfrozen_parameters
 from ..source.checkpoint import Checkpoint
-from .params import View
+from .params import VIEW_NAMES, View
 from .trainable import trained
 
 
@@ -31,9 +31,10 @@ def check_results_names(
         return
     if not trained(other(ckpt), patterns)[1]:
         raise SpectrumError(
-            f"{where}: written with --names {other.names} ({len(here)} of {len(patterns)} keys "
-            f"name no parameter under --names {view.names}); plan with --names {other.names}, or "
-            f"rewrite the results with `spectrum-stream rebuild JOURNAL --names {view.names}`"
+            f"{where}: written with --names {VIEW_NAMES[other]} ({len(here)} of {len(patterns)} "
+            f"keys name no parameter under --names {VIEW_NAMES[view]}); plan with --names "
+            f"{VIEW_NAMES[other]}, or rewrite the results with `spectrum-stream rebuild JOURNAL "
+            f"--names {VIEW_NAMES[view]}`"
         )
     raise SpectrumError(
         f"{where}: {len(here)} of its {len(patterns)} keys name no parameter of "

@@ -12,6 +12,11 @@ def _gb(n: float) -> str:
     return f"{n / GB:,.0f} GB" if abs(n) >= 10 * GB else f"{n / GB:.1f} GB"
 
 
+def _gb1(n: float) -> str:
+    """One decimal always: a fit's margin is often a few GB of a large total."""
+    return f"{n / GB:,.1f} GB"
+
+
 def _count(n: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -43,10 +48,42 @@ def _verdict(m: dict, mem: float) -> str:
     )
 
 
+def _fit_lines(plan: dict) -> list[str]:
+    """`--fit`'s answer, first: the largest Spectrum-P that fits, or the smallest shortfall."""
+    s = plan["settings"]
+    fit, short = plan["fit"], plan.get("fit_shortfall")
+    stand_in = s["results"] == "synthetic"
+    label = " (stand-in selection: no results file)" if stand_in else ""
+    if fit is None:
+        assert short is not None, "a plan without a fit has a shortfall"
+        return [
+            f"Largest Spectrum selection on {short['gpus']} x {_gb(s['gpu_mem'])}{label}: none "
+            f"fits; Spectrum-{short['top_percent']}% needs {_gb1(short['per_gpu_bytes'])} per "
+            f"GPU, {_gb1(short['shortfall_bytes'])} short",
+            "",
+        ]
+    after = fit["next"]
+    beyond = (
+        "every module fits"
+        if after is None
+        else f"Spectrum-{after['top_percent']}% would need {_gb1(after['per_gpu_bytes'])}"
+    )
+    how = "with your results file" if not stand_in else "once you have a results file"
+    return [
+        f"Largest Spectrum selection on {fit['gpus']} x {_gb(s['gpu_mem'])}{label}: "
+        f"Spectrum-{fit['top_percent']}%, {_count(fit['trainable_params'])} trainable "
+        f"parameters, needs {_gb1(fit['per_gpu_bytes'])} per GPU ({_gb1(fit['margin_bytes'])} "
+        f"to spare; {beyond})",
+        f"  select it {how}: {fit['select_command']}",
+        "",
+    ]
+
+
 def format_plan_text(plan: dict) -> str:
     s, methods = plan["settings"], plan["methods"]
     mem = s["gpu_mem"]
-    lines = [f"{_label(k, s)}: {_verdict(m, mem)}" for k, m in methods.items()]
+    lines = _fit_lines(plan) if "fit" in plan else []
+    lines += [f"{_label(k, s)}: {_verdict(m, mem)}" for k, m in methods.items()]
     lines += [
         "",
         f"{plan['model']}: {_count(plan['params_total'])} parameters; ZeRO-3/FSDP sharding, "

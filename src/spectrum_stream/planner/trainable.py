@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import SpectrumError
 from ..results.patterns import Pattern, parse_pattern
 from .params import Param
 
@@ -31,6 +32,8 @@ class Trained:
     @property
     def trainable(self) -> int:
         """Elements in trained rows: what the optimizer actually changes."""
+        if self.param.rows == 0:  # an empty parameter: nothing to change
+            return 0
         return self.param.numel * self.rows // self.param.rows
 
     @property
@@ -43,7 +46,7 @@ def _rows_kept(ranges: list[tuple[int, int | None]], rows: int, name: str) -> in
     spans = sorted((s, rows if e is None else e) for s, e in ranges)
     for s, e in spans:
         if s < 0 or e > rows > 0 or s >= e:
-            raise ValueError(f"row range {s}:{e} is outside parameter {name!r} ({rows} rows)")
+            raise SpectrumError(f"row range {s}:{e} is outside parameter {name!r} ({rows} rows)")
     kept, reach = 0, 0
     for s, e in spans:
         if e > reach:
@@ -53,26 +56,21 @@ def _rows_kept(ranges: list[tuple[int, int | None]], rows: int, name: str) -> in
 
 
 class PatternSet:
-    """Patterns indexed so that each parameter name is checked by lookup, plus a regex pass over
-    the few patterns that are real regexes."""
+    """Patterns indexed so that each parameter name is checked by lookup (every pattern is a
+    plain name, results/key_grammar.py)."""
 
     def __init__(self, patterns: list[str]):
         self.patterns = [parse_pattern(p) for p in patterns]
         self.exact: dict[str, list[Pattern]] = {}
         self.prefix: dict[str, list[Pattern]] = {}
-        self.regexes: list[Pattern] = []
         for p in self.patterns:
-            if p.literal is None:
-                self.regexes.append(p)
-            else:
-                (self.exact if p.exact else self.prefix).setdefault(p.literal, []).append(p)
+            (self.exact if p.exact else self.prefix).setdefault(p.literal, []).append(p)
 
     def matching(self, name: str) -> list[Pattern]:
         hits = list(self.exact.get(name, ()))
         if self.prefix:
             for i in range(1, len(name) + 1):
                 hits.extend(self.prefix.get(name[:i], ()))
-        hits.extend(p for p in self.regexes if p.regex.match(name))
         return hits
 
 
@@ -123,6 +121,8 @@ def lora_params(param: Param, rank: int) -> int:
     """r * (in + out) per expert: A is [r, in], B is [out, r]. A 3-D fused expert [E, out, in]
     and a DBRX-style [E * out, in] tensor hold `experts` matrices."""
     e = param.experts
+    if param.numel == 0:  # an empty matrix (a 0 in its shape): nothing to adapt
+        return 0
     out_dim = param.shape[-2] if len(param.shape) == 3 else param.shape[0] // e
     in_dim = param.shape[-1] if len(param.shape) == 3 else param.numel // param.shape[0]
     return e * rank * (in_dim + out_dim)

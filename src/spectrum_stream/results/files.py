@@ -13,14 +13,17 @@ from pathlib import Path
 
 import orjson
 
-from ..errors import SpectrumError
+from ..errors import SpectrumError, WouldOverwrite
 from ..journal.journal import read_journal
 from ..journal.ranks import main_journal_of, rank_journals, read_all
-from ..journal.spectra_log import read_spectrum
-from .atomic import atomic_write
+from ..journal.records import numerical_rank_of
+from ..journal.spectra_log import spectrum_of
+from ..printable import printable
+from .atomic import atomic_write_set
+from .key_grammar import is_key
 from .names import DEFAULT_GROUPING, DEFAULT_NAMES, result_key, result_type
-from .paths import ResultPaths
-from .spectra import write_spectra
+from .paths import RESULTS_PREFIX, ResultPaths
+from .spectra import spectra_bytes, write_spectra
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 def ranks(rec: dict) -> bool:
     """Whether a journal record holds a result: finished, with a finite SNR."""
     snr = rec.get("snr")
-    number = isinstance(snr, float | int) and not isinstance(snr, bool)
-    return rec.get("status") == "ok" and number and math.isfinite(snr)
+    if not isinstance(snr, float | int) or isinstance(snr, bool):
+        return False
+    return rec.get("status") == "ok" and math.isfinite(snr)
 
 
 def compat_results(
@@ -40,10 +44,14 @@ def compat_results(
     Keys follow `names` (trainer or checkpoint), types the expert `grouping` (results/names.py).
     """
     out = {}
+    refused: list[str] = []
     for rec in records:
         if ranks(rec):
             snr = rec["snr"]
             key = result_key(rec, names)
+            if not is_key(key):  # a tensor name no reader would accept (key_grammar.py)
+                refused.append(key)
+                continue
             if key in out:  # two matrices under one name: keep the first, say so
                 log.warning(
                     "%s: %s names more than one scanned matrix (%s); keeping the first",
@@ -56,6 +64,13 @@ def compat_results(
                 rec.get("type") if key == rec["key"] and isinstance(rec.get("type"), str) else None
             )
             out[key] = {"snr": float(snr), "type": result_type(key, grouping, known)}
+    if refused:
+        log.warning(
+            "%d module(s) left out of the results: their names are not module names a results "
+            "key may hold (e.g. %s; docs/robustness.md, 'Results keys')",
+            len(refused),
+            printable(str(refused[0]), limit=120),
+        )
     return out
 
 
@@ -72,22 +87,20 @@ def write_results(
 ) -> dict[str, dict]:
     """Write the results files from journal records; returns the flat results.
 
-    The spectra file is written last: the JSON files other tools read come first.
+    The three files are replaced as a set (atomic_write_set): everything is read and checked
+    first, so a bad record or a crash before the renames leaves the previous set, not a mix.
     """
     records = list(records)
     results = compat_results(records, names, grouping)
-    atomic_write(paths.results, orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    atomic_write(paths.sorted, orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2))
-    write_spectra_file(records, results, paths, names)
-    return results
-
-
-def _is_matrix_shape(shape) -> bool:
-    return (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    spectra, shapes, numerical = kept_spectra(records, results, paths, names)
+    atomic_write_set(
+        {
+            paths.results: orjson.dumps(results, option=orjson.OPT_INDENT_2),
+            paths.sorted: orjson.dumps(sorted_by_type(results), option=orjson.OPT_INDENT_2),
+            paths.spectra: spectra_bytes(spectra, shapes, numerical),
+        }
     )
+    return results
 
 
 def write_spectra_file(
@@ -95,21 +108,31 @@ def write_spectra_file(
 ) -> int:
     """`<base>_spectra.safetensors`: the values of every results key the spectra log holds (a
     journal from before spectra were kept has none for its modules). Returns how many."""
+    spectra, shapes, numerical = kept_spectra(records, results, paths, names)
+    write_spectra(paths.spectra, spectra, shapes, numerical)
+    return len(spectra)
+
+
+def kept_spectra(
+    records, results: dict[str, dict], paths: ResultPaths, names: str = DEFAULT_NAMES
+) -> tuple[dict, dict, dict[str, tuple[int, int]]]:
+    """({key: values}, {key: (m, n)}) of every results key whose values the spectra log holds, and
+    {key: (numerical rank, min(m, n))} of every results key whose record has one."""
     spectra, shapes = {}, {}
+    numerical: dict[str, tuple[int, int]] = {}
     decided: set[str] = set()  # a key's first finished record is its result (compat_results)
     for rec in records:
         key = result_key(rec, names)
         if key not in results or key in decided or not ranks(rec):
             continue
         decided.add(key)
-        shape = rec.get("shape")
-        if "spectrum" not in rec or not _is_matrix_shape(shape):  # a damaged line: no values
-            continue
-        values = read_spectrum(paths.journal.parent, rec["spectrum"])
-        if values is not None and values.size <= min(shape):
-            spectra[key], shapes[key] = values, (shape[0], shape[1])
-    write_spectra(paths.spectra, spectra, shapes)
-    return len(spectra)
+        known = numerical_rank_of(rec)
+        if known is not None:
+            numerical[key] = known
+        values = spectrum_of(paths.journal.parent, rec)  # None for a damaged line or block
+        if values is not None:
+            spectra[key], shapes[key] = values, (rec["shape"][0], rec["shape"][1])
+    return spectra, shapes, numerical
 
 
 def rebuild_results(
@@ -130,6 +153,11 @@ def rebuild_results(
         header, _, _ = read_journal(paths.journal)  # not a journal: refused, as ever
         if header is None and not ranks:
             raise SpectrumError(f"{paths.journal}: the journal is empty")
+    if not paths.results.name.startswith(RESULTS_PREFIX):
+        raise WouldOverwrite(
+            f"{printable(str(journal_path))}: not a scan's journal (its name does not start with "
+            f"{RESULTS_PREFIX}); rebuild writes only {RESULTS_PREFIX}* files beside it"
+        )
     records = read_all(paths.journal)  # the main journal and the rank journals of its scan
     failed = [(k, str(r.get("reason"))) for k, r in records.items() if r.get("status") != "ok"]
     return paths, write_results(records.values(), paths, names, grouping), failed

@@ -20,6 +20,8 @@ from typing import Any
 
 from ..errors import JsonFileError, SchemaMismatch
 from ..source.jsonfile import MAX_JSON_BYTES, Schema, mapping, number, parse_json, string
+from ..source.safe_files import read_regular
+from .key_grammar import check_results
 
 WHAT = "a results file ({module: {snr, type}})"
 
@@ -94,15 +96,7 @@ class ReadResults:
 def read_results_file(path: str | os.PathLike) -> ReadResults:
     """Read a results file (ours or the original tool's) under the rule in the module docstring."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_JSON_BYTES:
-                why = f"{size} bytes, more than the {MAX_JSON_BYTES} this tool reads"
-                raise JsonFileError(f"{path}: not {WHAT}: {why}", why)
-            data = f.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise JsonFileError(f"{path}: cannot read {WHAT} ({exc.strerror or exc})") from None
+    data = read_regular(path, None, WHAT, MAX_JSON_BYTES)  # never a FIFO or a device
     try:
         doc = parse_json(data, path, WHAT)
     except JsonFileError:
@@ -121,6 +115,7 @@ def read_results_file(path: str | os.PathLike) -> ReadResults:
             for t, members in doc.items()
             for key, snr in members.items()
         }
+    check_results(doc, str(path))  # keys are names, never patterns (results/key_grammar.py)
     usable, skipped = {}, []
     for key, info in doc.items():
         snr = info["snr"]

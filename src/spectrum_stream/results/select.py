@@ -15,6 +15,7 @@ from pathlib import Path
 from ..layout.trainer_names import PER_EXPERT_LAYOUTS, TrainerNames
 from ..modes import check_top_percent
 from ..source.jsonfile import mapping, number, obj, string
+from .key_grammar import check_results
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 from .published import ReadResults, read_results_file, skipped_line
 
@@ -105,6 +106,7 @@ def _chosen_outside_head(
     results: dict[str, dict], top_percent: float, grouping: str | None, fused_experts: bool = False
 ) -> tuple[list[str], dict[str, list[str]]]:
     """(embedding/head patterns, {type: selected patterns not already among them})."""
+    check_results(results, "results")  # a dict handed in through the Python API too
     head = always_unfrozen(results)
     chosen = select(results, top_percent, grouping)
     seen = set(head)

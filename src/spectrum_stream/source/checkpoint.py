@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import CheckpointError, SpectrumError
 from .header import ShardHeader, TensorEntry, read_header
 from .jsonfile import anything, mapping, obj, read_json, string
+from .safe_files import check_name, exists, in_hf_snapshot
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `org/name` or `name`, never a path
 INDEX_NAME = "model.safetensors.index.json"
@@ -82,10 +83,8 @@ def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
         raise CheckpointError(f"{path}: cannot resolve ({exc})") from None
     if real.is_relative_to(inside):
         return path
-    snapshot = inside.parent
-    if snapshot.name == "snapshots" and snapshot.parent.name.startswith(("models--", "datasets--")):
-        if real.is_relative_to(snapshot.parent / "blobs"):
-            return path
+    if in_hf_snapshot(inside, real):
+        return path
     raise CheckpointError(
         f"{where}: shard {shard!r} is a symlink to {real}, outside the "
         "checkpoint folder; refused (copy the file into the folder, or scan "
@@ -95,7 +94,7 @@ def shard_path(folder: Path, shard: str, where: str | Path) -> Path:
 
 def load_index(index_path: Path) -> dict[str, str]:
     """The weight_map of an index file: tensor name -> shard file name (each name checked)."""
-    doc = read_json(index_path, "a safetensors index", INDEX_SCHEMA)
+    doc = read_json(index_path, "a safetensors index", INDEX_SCHEMA, folder=index_path.parent)
     weight_map = doc["weight_map"]
     for shard in sorted(set(weight_map.values())):
         check_shard_name(shard, index_path)
@@ -113,22 +112,22 @@ def assemble(
                 tensors[tname] = (shard, entry)
     else:
         for tname, shard in weight_map.items():
-            entry = headers[shard].tensors.get(tname)
-            if entry is None:
+            found = headers[shard].tensors.get(tname)
+            if found is None:
                 raise CheckpointError(
                     f"{headers[shard].path}: the index places tensor {tname!r} here but the "
                     "shard does not hold it"
                 )
-            tensors[tname] = (shard, entry)
+            tensors[tname] = (shard, found)
     return Checkpoint(name, headers, tensors, config)
 
 
 def read_config(folder: Path) -> dict:
     """config.json of a checkpoint folder (an object), or {} when there is none."""
     path = folder / "config.json"
-    if not path.is_file():
+    if not exists(path):
         return {}
-    return read_json(path, "a model config", CONFIG_SCHEMA)
+    return read_json(path, "a model config", CONFIG_SCHEMA, folder=folder)
 
 
 def default_name(folder: Path, config: dict) -> str:
@@ -152,7 +151,7 @@ def pickle_refusal(what: Path) -> SpectrumError:
 
 def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
     """Open a local checkpoint; returns it with the folder its shard names are relative to."""
-    path = Path(path)
+    path = check_name(path)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES or path.name.endswith(".bin.index.json"):
             raise pickle_refusal(path)
@@ -169,7 +168,7 @@ def open_local(path: str | Path) -> tuple[Checkpoint, Path]:
         raise SpectrumError(f"{path}: no such file or folder")
     config = read_config(path)
     index = path / INDEX_NAME
-    if index.is_file():
+    if exists(index):
         weight_map = load_index(index)
         headers = {}
         for shard in sorted(set(weight_map.values())):

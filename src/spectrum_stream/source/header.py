@@ -13,10 +13,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsafeFileError
 from .dtypes import DTYPE_BITS, nbytes_for
+from .safe_files import open_regular
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap on the header length
+MAX_DIM = 2**40  # one tensor dimension; a zero-sized tensor could otherwise claim [10**400, 0]
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,12 @@ def parse_header(raw: bytes, data_size: int, data_start: int, where: str) -> tup
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise fail(f"tensor {name!r}: unsupported dtype {dtype!r}")
         if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
         ):
-            raise fail(f"tensor {name!r}: shape must be a list of non-negative integers")
+            raise fail(
+                f"tensor {name!r}: shape must be a list of non-negative integers of at most "
+                f"2**{MAX_DIM.bit_length() - 1} (no real dimension is bigger)"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -155,10 +160,12 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     """Read and check the header of one .safetensors file."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, what="a shard") as f:
+            size = os.fstat(f.fileno()).st_size
             n = header_length(f.read(8), size, str(path))
             raw = f.read(n)
+    except UnsafeFileError as exc:  # a FIFO, a device: a checkpoint problem like any other
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     entries, metadata = parse_header(raw, size - 8 - n, 8 + n, str(path))

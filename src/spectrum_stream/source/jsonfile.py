@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from ..errors import JsonFileError, SchemaMismatch
+from .safe_files import open_regular
 
 MAX_JSON_BYTES = 256 * 1024**2  # no index, config or results file of a real model comes close
 Schema = Callable[[Any, str], None]
@@ -159,11 +160,14 @@ def read_json(
     what: str,
     schema: Schema | None = None,
     max_bytes: int = MAX_JSON_BYTES,
+    folder: str | os.PathLike | None = None,
 ) -> Any:
-    """Read, parse and check a JSON file; every failure is one JsonFileError line naming it."""
+    """Read, parse and check a JSON file; every failure is one JsonFileError line naming it.
+
+    The file must be a regular file (inside `folder` when given): source/safe_files.py."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, Path(folder) if folder is not None else None, what) as f:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
                 why = f"{size} bytes, more than the {max_bytes} this tool reads"

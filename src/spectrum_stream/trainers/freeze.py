@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import SpectrumError
 from ..results.patterns import parse_pattern
-from ..results.select import load_results, unfrozen_parameters
+from ..results.rank_floor import deficient_line, rank_deficient, without
+from ..results.select import load_results, select, unfrozen_parameters
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
     summary = FreezeSummary()
     for name, param in model.named_parameters():
         summary.total += param.numel()
-        hits = [p for p in compiled if p.regex.match(name)]
+        hits = [p for p in compiled if p.match(name)]
         used.update(p.raw for p in hits)
         param.requires_grad_(bool(hits))
         if not hits:
@@ -134,7 +135,11 @@ def apply_patterns(model, patterns: list[str]) -> FreezeSummary:
 
 
 def freeze(
-    model, results: dict | str | Path, top_percent: float = 25.0, grouping: str | None = None
+    model,
+    results: dict | str | Path,
+    top_percent: float = 25.0,
+    grouping: str | None = None,
+    drop_rank_deficient: bool = False,
 ) -> FreezeSummary:
     """Train only the top `top_percent`% of each type of `results` (a results file or its dict)
     in `model`, plus its embeddings and head; returns (and logs) a FreezeSummary.
@@ -142,9 +147,22 @@ def freeze(
     `grouping` None ranks within the file's types (what the scan's --expert-grouping wrote);
     `pooled` / `per-expert` regroup. Keys must name this model's parameters: scan with the
     default `--names trainer` for a model loaded with transformers 5.
+    Given a results file, the numerical ranks kept beside it (docs/spec.md, "The numerical
+    floor") are read: selecting a rank-deficient module logs a warning, and
+    `drop_rank_deficient` leaves such modules out of the ranking (as `select
+    --drop-rank-deficient`). A dict carries no ranks: nothing is checked.
     """
+    deficient: dict[str, tuple[int, int]] = {}
     if not isinstance(results, dict):
-        results = load_results(results)
+        path, results = results, load_results(results)
+        deficient = rank_deficient(path, results)
+    if drop_rank_deficient:
+        results = without(results, deficient)
+    else:
+        chosen = [k for keys in select(results, top_percent, grouping).values() for k in keys]
+        warning = deficient_line("selected", chosen, deficient)
+        if warning:
+            log.warning("%s; drop_rank_deficient=True leaves them out", warning)
     summary = apply_patterns(model, unfrozen_parameters(results, top_percent, grouping))
     for line in summary.lines():
         if summary.unmatched and line == summary.unmatched_line():
