@@ -66,7 +66,7 @@ def test_demo_finds_the_planted_modules(tmp_path):
     assert (
         f"Report: {page.relative_to(tmp_path)}" in r.stdout and page.resolve().as_uri() in r.stdout
     )
-    assert page.is_file() and '<img src="alpha_heatmap.png"' in page.read_text()
+    assert page.is_file() and "<figure class=alpha>" in page.read_text()
     assert (
         tmp_path / "model_snr_results" / "snr_results_spectrum-stream-demo-llama.json"
     ).is_file()

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import re
 import shutil
-from html import escape
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from report_page import check_page, figures
 
 from spectrum_stream.cli import main
 from spectrum_stream.metrics import compute as compute_mod
 from spectrum_stream.metrics import read_spectra, spectra_path, spectral_metrics
 from spectrum_stream.results.select import select
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # fixture, scan flags: dense; per-expert MoE keys (one tensor per expert, checkpoint names, one
 # type per expert); fused MoE (3-D expert tensors, trainer keys `...gate_up_proj(?#gate)$[N]`, pooled)
@@ -27,6 +25,8 @@ SCANS = {
     "llama_dir": [],
     "mixtral_dir": ["--names", "checkpoint", "--expert-grouping", "per-expert"],
     "fused_qwen2_moe_dir": [],
+    "qwen2_moe_dir": [],
+    "dbrx_dir": [],
 }
 
 
@@ -134,44 +134,31 @@ def test_metrics_bad_input_is_one_line(tmp_path, args, needle):
 # ---- report ------------------------------------------------------------------------------------
 
 
-def _check_page(page: Path, results: dict, selected: set[str]) -> str:
-    html = page.read_text(encoding="utf-8")
-    srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert srcs
-    for src in srcs:
-        data = (page.parent / src).read_bytes()
-        assert data[:8] == PNG_MAGIC, src
-        with Image.open(page.parent / src) as im:
-            im.verify()
-    for t in {v["type"] for v in results.values()}:
-        assert escape(t) in html, f"type {t!r} not named"
-    for key in selected:
-        assert f"<td><code>{escape(key)}</code></td>" in html, key
-    return html
-
-
-def _selected_rows(html: str) -> int:
-    """Rows of the selection tables (each ends with the module's rank within its type)."""
-    return len(re.findall(r"<td class=num>\d+ / \d+</td></tr>", html))
-
-
 @pytest.mark.parametrize(
-    "fixture, expert_figures", [("llama_dir", 0), ("mixtral_dir", 3), ("fused_qwen2_moe_dir", 3)]
+    "fixture, expert_figures",
+    [
+        ("llama_dir", 0),
+        ("mixtral_dir", 3),
+        ("fused_qwen2_moe_dir", 3),
+        ("qwen2_moe_dir", 3),
+        ("dbrx_dir", 3),
+    ],
 )
 def test_report_of_a_real_scan(scanned, tmp_path, fixture, expert_figures):
     path = scanned(fixture)
-    results = json.loads(path.read_text())
     out = tmp_path / "report"
     r = invoke("report", path, "-o", out, "--top-percent", "40", "--quiet")
     assert r.exit_code == 0, r.output
     page = out / "index.html"
     assert f"wrote {page}" in r.stdout and page.resolve().as_uri() in r.stdout
-    chosen = {k for keys in select(results, 40).values() for k in keys}
-    html = _check_page(page, results, chosen)
-    assert _selected_rows(html) == len(chosen)  # the selection and nothing else
-    assert len(re.findall(r'<img src="experts_', html)) == expert_figures
-    assert '<img src="alpha_heatmap.png"' in html and '<img src="spectra_' in html
+    selected = invoke("select", path, "--top-percent", "40", "--format", "json")
+    html = check_page(page, json.loads(selected.stdout))
+    assert figures(html).get("experts", 0) == expert_figures
+    assert figures(html)["alpha"] and figures(html)["spectra"]
     assert "No spectra" not in html
+    assert f"spectrum-stream select {path} --top-percent 40 -o unfrozen.yaml" in html
+    assert "journal last written" in html and "headers&#x27; sha256" in html
+    assert "parameters in the scanned matrices" in html
 
 
 def test_report_reads_a_metrics_table_and_pooled_grouping(scanned, tmp_path):
@@ -193,9 +180,10 @@ def test_report_reads_a_metrics_table_and_pooled_grouping(scanned, tmp_path):
     assert r.exit_code == 0, r.output
     chosen = {k for keys in select(results, 25, "pooled").values() for k in keys}
     assert chosen != {k for keys in select(results, 25).values() for k in keys}
-    html = _check_page(tmp_path / "r" / "index.html", results, chosen)
-    assert _selected_rows(html) == len(chosen)
-    assert '<img src="alpha_heatmap.png"' in html and "--expert-grouping pooled" in html
+    selected = invoke("select", path, "--expert-grouping", "pooled", "--format", "json")
+    html = check_page(tmp_path / "r" / "index.html", json.loads(selected.stdout))
+    assert figures(html)["alpha"] and "--expert-grouping pooled" in html
+    assert "(no fit)" in html
 
 
 def test_report_without_spectra_still_draws_the_snr(scanned, tmp_path):
@@ -203,13 +191,43 @@ def test_report_without_spectra_still_draws_the_snr(scanned, tmp_path):
     shutil.copy(scanned("llama_dir"), path)
     r = invoke("report", path, "-o", tmp_path / "r", "--quiet")
     assert r.exit_code == 0, r.output
-    html = _check_page(tmp_path / "r" / "index.html", json.loads(path.read_text()), set())
-    assert (
-        "snr_heatmap.png" in html
-        and '<img src="spectra_' not in html
-        and "alpha_heatmap" not in html
-    )
+    selected = invoke("select", path, "--format", "json")
+    html = check_page(tmp_path / "r" / "index.html", json.loads(selected.stdout))
+    assert figures(html)["rank"] and "spectra" not in figures(html)
+    assert "alpha" not in figures(html)
     assert "No spectra or alpha" in html and "kept no singular values" in html
+
+
+def test_every_command_reads_the_original_tools_non_finite_snrs(scanned, tmp_path, monkeypatch):
+    """A results file as Python's json writes it (bare NaN, Infinity; null too): select, report,
+    compare and metrics read it, skip those modules, and say how many and where they are listed."""
+    path = tmp_path / "snr_results_published.json"
+    results = json.loads(scanned("llama_dir").read_text())
+    keys = list(results)
+    for key, value in zip(keys[:3], (math.nan, math.inf, None)):
+        results[key]["snr"] = value
+    path.write_text(json.dumps(results))
+    assert "NaN" in path.read_text() and "Infinity" in path.read_text()
+    clean = {k: v for k, v in results.items() if k not in keys[:3]}
+    package_log = logging.getLogger("spectrum_stream")
+    shipped = [h for h in package_log.handlers if isinstance(h, logging.NullHandler)]
+    monkeypatch.setattr(package_log, "handlers", shipped)  # as in a fresh process: no CLI handler
+    r = invoke("select", path, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert "3 modules have no finite SNR" in r.stderr
+    from spectrum_stream.results.select import unfrozen_parameters
+
+    assert json.loads(r.stdout) == unfrozen_parameters(clean, 25)
+    r = invoke("select", path)
+    assert r.exit_code == 0 and "listed as comments at the end" in r.stderr
+    assert all(json.dumps(k) in r.stdout.split("# skipped")[1] for k in keys[:3])
+    r = invoke("report", path, "-o", tmp_path / "r", "--quiet")
+    assert r.exit_code == 0 and "listed on the report page" in r.stderr
+    html = check_page(tmp_path / "r" / "index.html", unfrozen_parameters(clean, 25))
+    assert "Skipped: 3 modules without a finite SNR" in html
+    r = invoke("compare", path, scanned("llama_dir"), "--format", "json")
+    assert r.exit_code == 0 and "3 modules have no finite SNR" in r.stderr
+    assert sorted(_strict_json(r.stdout)["skipped_a"]) == sorted(keys[:3])
 
 
 def test_report_refuses_a_bad_metrics_table(scanned, tmp_path):
@@ -234,6 +252,9 @@ def test_compare_identical_and_reversed_scans(scanned, tmp_path):
     results = json.loads(path.read_text())
     r = invoke("compare", path, path, "--format", "json")
     assert r.exit_code == 0, r.output
+    tiny = _strict_json(r.stdout)  # 25% of each tiny per-expert type selects nothing: no overlap
+    assert tiny["top_overlap"] is None and tiny["empty_types"]
+    r = invoke("compare", path, path, "--format", "json", "--top-percent", "50")
     same = _strict_json(r.stdout)
     assert same["spearman"] == pytest.approx(1.0) and same["top_overlap"] == 1.0
     per_type = [row["spearman"] for row in same["types"].values() if row["n_common"] >= 2]
@@ -281,8 +302,22 @@ def test_compare_reads_a_published_file_with_nan_and_null(tmp_path):
 def test_compare_bad_input_is_one_line(tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    _one_error_line(invoke("compare", deep, deep), "not JSON")
+    _one_error_line(invoke("compare", deep, deep), "invalid JSON")
     _one_error_line(invoke("compare", tmp_path / "none.json", deep), "cannot read")
     ok = tmp_path / "ok.json"
     ok.write_text("{}")
     _one_error_line(invoke("compare", ok, ok, "--top-percent", "140"), "--top-percent")
+
+
+def test_report_refuses_a_spectrum_longer_than_any_matrix(tmp_path):
+    """The fit's cost is bounded: a kept spectrum past any real matrix's k is refused, one line."""
+    from spectrum_stream.results.spectra import write_spectra
+
+    path = tmp_path / "snr_results_huge.json"
+    path.write_text(json.dumps({"model.layers.0.w": {"snr": 1.0, "type": "w"}}))
+    values = np.linspace(2.0, 1.0, 70_000, dtype=np.float32)
+    write_spectra(
+        spectra_path(path), {"model.layers.0.w": values}, {"model.layers.0.w": (10**6,) * 2}
+    )
+    r = invoke("report", path, "-o", tmp_path / "r", "--quiet")
+    _one_error_line(r, "model.layers.0.w", "70000 singular values")

@@ -16,6 +16,7 @@ from spectrum_stream.metrics import (
     load_published_results,
     spearman,
 )
+from spectrum_stream.results.select import read_results
 
 
 def _scan(seed: int, layers: int = 12) -> dict:
@@ -40,9 +41,12 @@ def test_identical_scans_agree_fully():
     assert report["top_overlap"] == 1.0
     assert report["only_in_a"] == report["only_in_b"] == [] == report["skipped_a"]
     for t, row in report["types"].items():
-        assert row["top_overlap"] == 1.0 and row["entered"] == row["left"] == []
+        assert row["entered"] == row["left"] == []
+        # lm_head: one module, 25% of it selects none on either side: no overlap to speak of
+        assert row["top_overlap"] == (None if t == "lm_head" else 1.0)
         if row["n_common"] >= 2:
             assert row["spearman"] == pytest.approx(1.0), t
+    assert report["empty_types"] == ["lm_head"]
     assert report["types"]["lm_head"]["spearman"] is None  # one module: no correlation
 
 
@@ -70,7 +74,9 @@ def test_top_overlap_is_jaccard():
     assert row["entered"] == ["model.layers.2.mlp.up_proj"] and row["left"] == [
         "model.layers.1.mlp.up_proj"
     ]
-    assert compare_results(a, b, top_percent=0)["types"]["mlp.up_proj"]["top_overlap"] == 1.0
+    nothing = compare_results(a, b, top_percent=0)
+    assert nothing["types"]["mlp.up_proj"]["top_overlap"] is None  # two empty selections
+    assert nothing["top_overlap"] is None and "n/a" in format_compare_text(nothing)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -122,9 +128,10 @@ def test_published_file_with_non_finite_entries(tmp_path):
         text = text.replace(old, f'"{key}": {{"snr": {literal}, "type": "{a[key]["type"]}"}}')
     path = tmp_path / "snr_results_published.json"
     path.write_text(text)
-    published = load_published_results(path)
-    assert math.isnan(published["model.layers.0.mlp.down_proj"]["snr"])
-    report = compare_results(a, published)
+    read = read_results(path)
+    assert "model.layers.0.mlp.down_proj" in read.skipped
+    assert load_published_results(path) == read.results
+    report = compare_results(a, read.results, skipped=([], read.skipped))
     assert len(report["skipped_b"]) == 3 and report["skipped_a"] == []
     assert report["only_in_a"] == report["only_in_b"] == []
     assert report["types"]["mlp.down_proj"]["n_common"] == 4
@@ -148,3 +155,17 @@ def test_text_report_has_a_line_per_type():
     assert "block_sparse_moe.experts.*.w1" in text and "n_ours" in text
     assert len(report["types"]) == 4
     assert -1.0 <= report["spearman"] <= 1.0
+
+
+def test_inverted_snrs_are_never_a_perfect_overlap():
+    """Every SNR inverted: no type may read as a perfect match (empty selections are n/a)."""
+    a = _scan(3)
+    b = {k: {**v, "snr": 1.0 / v["snr"]} for k, v in a.items()}
+    report = compare_results(a, b)
+    assert report["grouping"] == "types"  # the file's own types, as select ranks
+    assert report["spearman"] == pytest.approx(-1.0)
+    assert report["top_overlap"] == 0.0
+    for row in report["types"].values():
+        assert row["top_overlap"] != 1.0
+    text = format_compare_text(report)
+    assert "25% of 1 modules selects none" in text

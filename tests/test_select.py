@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 
@@ -93,6 +94,43 @@ def test_bad_results_files_are_clear_errors(tmp_path):
         load_results(tmp_path / "missing.json")
     with pytest.raises(SpectrumError):
         select(make_results(), 120)
+
+
+def test_original_tools_non_finite_snrs_are_skipped_by_one_rule(tmp_path):
+    """The original tool writes NaN / Infinity / null SNRs (Python's json); they are skipped,
+    counted in one warning, listed at the end of the YAML, and never selected."""
+    results = make_results()
+    published = dict(results)
+    published["model.layers.0.input_layernorm"] = {"snr": math.inf, "type": "input_layernorm"}
+    published["model.layers.3.mlp.down_proj"] = {"snr": math.nan, "type": "mlp.down_proj"}
+    published["model.layers.4.mlp.gate"] = {"snr": None, "type": "mlp.gate"}
+    path = tmp_path / "snr_results_published.json"
+    path.write_text(json.dumps(published))  # allow_nan: the bare tokens NaN and Infinity
+    assert "NaN" in path.read_text() and "Infinity" in path.read_text()
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    reader_log = logging.getLogger("spectrum_stream.results.select")
+    reader_log.addHandler(handler)  # its own handler: whatever the CLI installed upstream
+    try:
+        read = load_results(path)
+    finally:
+        reader_log.removeHandler(handler)
+    assert len(seen) == 1 and "3 modules have no finite SNR" in seen[0]
+    skipped = {"model.layers.0.input_layernorm", "model.layers.3.mlp.down_proj"}
+    skipped.add("model.layers.4.mlp.gate")
+    assert set(read) == set(published) - skipped
+    assert read == {k: v for k, v in results.items() if k not in skipped}
+    text = to_yaml(read, 25, skipped=sorted(skipped))
+    patterns = yaml.safe_load(text)["unfrozen_parameters"]
+    assert not skipped & set(patterns)
+    assert all(f'"{k}"' in text.split("# skipped")[1] for k in skipped)
+    # the per-type sorted layout {type: {module: snr}} reads as the same modules
+    by_type: dict[str, dict] = {}
+    for key, info in published.items():
+        by_type.setdefault(info["type"], {})[key] = info["snr"]
+    path.write_text(json.dumps(by_type))
+    assert load_results(path) == read
 
 
 @pytest.mark.parametrize(

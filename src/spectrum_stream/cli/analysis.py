@@ -53,7 +53,9 @@ def metrics(results, output, force, workers, quiet):
     from ..results.outputs import claim_output
     from ..results.select import load_results
     from ..results.spectra import spectra_path
+    from . import logs
 
+    logs.install(quiet)  # the reader's warning about skipped modules
     if output.suffix.lower() not in (".csv", ".json"):
         raise SpectrumError(f"{output}: the metrics table must end in .csv or .json")
     inputs = [results]
@@ -104,10 +106,13 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, 
     modules chosen for training."""
     from ..report.from_results import report_from_results
     from ..results.outputs import claim_report_folder, mark_report_folder
+    from . import logs
 
     claim_report_folder(out_dir, force)
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_report_folder(out_dir)
+
+    logs.install(quiet)  # the reader's warning about skipped modules
     page = report_from_results(
         results,
         out_dir,
@@ -116,8 +121,9 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, 
         metrics_file=metrics_file,
         progress=not quiet,
         workers=workers,
+        results_arg=str(results),
     )
-    click.echo(f"wrote {page}")
+    click.echo(f"wrote {page} and {page.parent / 'selection.yaml'}")
     click.echo(f"open {page.resolve().as_uri()}")
 
 
@@ -128,10 +134,8 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, 
 @click.option(
     "--expert-grouping",
     type=click.Choice(GROUPINGS),
-    default="per-expert",
-    show_default=True,
-    help="How experts are grouped before ranking, in both files "
-    "(per-expert: the original tool's types).",
+    help="Regroup experts before ranking, in both files (default: each file's own types, "
+    "as `select` and `report` rank).",
 )
 @click.option(
     "--format",
@@ -144,11 +148,20 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, 
 def compare(a, b, top_percent, expert_grouping, fmt):
     """How far two results files (e.g. ours and one the original Spectrum tool published) agree:
     rank correlation of SNRs and overlap of the top-P selections, per type."""
-    from ..metrics.compare import compare_results, format_compare_text, load_published_results
+    from ..metrics.compare import compare_results, format_compare_text
+    from ..results.select import read_results
+    from . import logs
 
+    logs.install(True)  # the reader's warning about skipped modules
     check_top_percent(top_percent)
+    where = "in the compare output (skipped_a / skipped_b)"
+    read_a, read_b = read_results(a, where), read_results(b, where)
     found = compare_results(
-        load_published_results(a), load_published_results(b), top_percent, expert_grouping
+        read_a.results,
+        read_b.results,
+        top_percent,
+        expert_grouping,
+        (read_a.skipped, read_b.skipped),
     )
     if fmt == "json":
         click.echo(json.dumps(_json_safe(found), indent=2, allow_nan=False))

@@ -367,12 +367,14 @@ def select(
     from ..results.atomic import atomic_write
     from ..results.outputs import claim_output
     from ..results.rank_floor import deficient_line, rank_deficient, without
-    from ..results.select import load_results, to_yaml, unfrozen_parameters
+    from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
     from ..results.select import select as chosen_by_type
 
     if output:
         claim_output(output, [results], force)
-    data = load_results(results)
+    logs.install(True)  # the reader's warning about skipped modules
+    read = read_results(results, LISTED_IN_YAML)
+    data = read.results
     deficient = rank_deficient(results, data, lambda line: click.echo(f"warning: {line}", err=True))
     if drop_rank_deficient:
         data = without(data, deficient)
@@ -387,7 +389,7 @@ def select(
         if warning:
             click.echo(f"warning: {warning}; --drop-rank-deficient leaves them out", err=True)
     if fmt == "yaml":
-        text = to_yaml(data, top_percent, expert_grouping, fused_experts)
+        text = to_yaml(data, top_percent, expert_grouping, fused_experts, read.skipped)
     else:
         patterns = unfrozen_parameters(data, top_percent, expert_grouping, fused_experts)
         text = json.dumps(patterns, indent=2) + "\n"

@@ -147,6 +147,10 @@ def plan_command(
         if gpus is None:
             raise SpectrumError("--fit needs --gpus N: the GPU count to fit the selection on")
     check_top_percent(top_percent)
+    if results_path:
+        from . import logs
+
+        logs.install(True)  # the reader's warning about skipped modules
     results = load_results(results_path) if results_path else None
     ckpt = _open(path, revision, token)
     view, other = (trainer_view, stored_view) if names == "trainer" else (stored_view, trainer_view)

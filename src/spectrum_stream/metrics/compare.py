@@ -8,17 +8,11 @@ Published files sometimes hold NaN, Infinity or null SNRs: such entries are skip
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpectrumError
-from ..results.key_grammar import check_type, parse_key
-from ..results.select import group, select
-from ..source.jsonfile import MAX_JSON_BYTES
-from ..source.safe_files import read_regular
+from ..results.select import group, read_results, select, top_count
 
 
 def spearman(x, y) -> float:
@@ -54,20 +48,9 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def load_published_results(path) -> dict:
-    """A flat results file as written by any Spectrum tool, non-finite SNRs allowed (compare skips them)."""
-    path = Path(path)
-    data = read_regular(path, None, "a results file", MAX_JSON_BYTES)  # never a FIFO or device
-    try:
-        doc = json.loads(data.decode("utf-8"))  # json accepts NaN and Infinity
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
-        raise SpectrumError(f"{path}: not JSON") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
-        raise SpectrumError(f"{path}: expected an object of module -> {{snr, type}}")
-    for key, info in doc.items():  # names, never regular expressions (results/key_grammar.py)
-        parse_key(key, str(path))
-        if isinstance(info.get("type"), str):
-            check_type(info["type"], key, str(path))
-    return doc
+    """A results file as written by any Spectrum tool (results/published.py): the modules with a
+    finite SNR; the skipped ones are warned about, see read_results for their keys."""
+    return read_results(path, "in the compare output").results
 
 
 def _usable(results: dict) -> tuple[dict, list[str]]:
@@ -88,10 +71,10 @@ def _usable(results: dict) -> tuple[dict, list[str]]:
     return kept, skipped
 
 
-def _jaccard(chosen_a: set, chosen_b: set) -> float:
-    """|A & B| / |A | B|; two empty selections agree (1.0)."""
+def _jaccard(chosen_a: set, chosen_b: set) -> float | None:
+    """|A & B| / |A | B|; None where both selections are empty: nothing was chosen to agree on."""
     union = chosen_a | chosen_b
-    return len(chosen_a & chosen_b) / len(union) if union else 1.0
+    return len(chosen_a & chosen_b) / len(union) if union else None
 
 
 def _nan_to_none(value: float):
@@ -99,17 +82,26 @@ def _nan_to_none(value: float):
 
 
 def compare_results(
-    a: dict, b: dict, top_percent: float = 25.0, grouping: str = "per-expert"
+    a: dict,
+    b: dict,
+    top_percent: float = 25.0,
+    grouping: str | None = None,
+    skipped: tuple[list[str], list[str]] = ([], []),
 ) -> dict:
     """Compare two results dicts {key: {"snr", "type"}} type by type (see docs/metrics.md).
 
     Per type present in both: spearman over the common keys (None below 2), top_overlap (Jaccard of
     the two top-P selections, each made from its own scan as a trainer would), entered (in B's
     selection, not A's; in B's order), left (in A's, not B's; in A's order), n_a, n_b, n_common.
-    Top level: the same statistics over all modules, only_in_a/only_in_b, and the skipped keys.
+    Top level: the same statistics over all modules, only_in_a/only_in_b, and the skipped keys
+    (`skipped`: those the file reader already left out, plus any non-finite ones in a and b).
+    `grouping` None ranks within each file's own types, as `select` and `report` do. top_overlap
+    is None where neither side selects anything (`empty_types` names the types where P% of the
+    type's size rounds down to none on a side).
     """
     clean_a, skipped_a = _usable(a)
     clean_b, skipped_b = _usable(b)
+    skipped_a, skipped_b = list(skipped[0]) + skipped_a, list(skipped[1]) + skipped_b
     groups_a, groups_b = group(clean_a, grouping), group(clean_b, grouping)
     chosen_a, chosen_b = (
         select(clean_a, top_percent, grouping),
@@ -133,23 +125,33 @@ def compare_results(
             "n_top_a": len(top_a),
             "n_top_b": len(top_b),
         }
+    empty_types = [
+        t
+        for t in types
+        if top_count(len(groups_a[t]), top_percent) == 0
+        or top_count(len(groups_b[t]), top_percent) == 0
+    ]
+    gone_a, gone_b = set(skipped_a), set(skipped_b)
     common_keys = [key for key in clean_a if key in clean_b]
     all_top_a = {k for keys in chosen_a.values() for k in keys}
     all_top_b = {k for keys in chosen_b.values() for k in keys}
     return {
         "top_percent": top_percent,
-        "grouping": grouping,
+        "grouping": grouping or "types",
         "spearman": _nan_to_none(
             spearman(
                 [clean_a[k]["snr"] for k in common_keys], [clean_b[k]["snr"] for k in common_keys]
             )
         ),
         "top_overlap": _jaccard(all_top_a, all_top_b),
+        "n_top_a": len(all_top_a),
+        "n_top_b": len(all_top_b),
+        "empty_types": empty_types,
         "n_a": len(clean_a),
         "n_b": len(clean_b),
         "n_common": len(common_keys),
-        "only_in_a": [k for k in a if k not in b],
-        "only_in_b": [k for k in b if k not in a],
+        "only_in_a": [k for k in a if k not in b and k not in gone_b],
+        "only_in_b": [k for k in b if k not in a and k not in gone_a],
         "skipped_a": skipped_a,
         "skipped_b": skipped_b,
         "types_only_in_a": [t for t in groups_a if t not in groups_b],
@@ -165,9 +167,18 @@ def format_compare_text(report: dict, names: tuple[str, str] = ("A", "B")) -> st
     lines = [
         f"Spearman rank correlation of SNR over {report['n_common']} common modules: "
         f"{_num(report['spearman'])}",
-        f"Top {p:g}% selections ({report['grouping']}): Jaccard overlap {report['top_overlap']:.3f}",
+        f"Top {p:g}% selections ({_grouping_words(report['grouping'])}): Jaccard overlap "
+        f"{_num(report['top_overlap'])} ({report['n_top_a']} selected in {name_a}, "
+        f"{report['n_top_b']} in {name_b})",
         f"Modules with a finite SNR: {name_a} {report['n_a']}, {name_b} {report['n_b']}",
     ]
+    empty = report.get("empty_types", [])
+    if empty:
+        smallest = min(min(report["types"][t]["n_a"], report["types"][t]["n_b"]) for t in empty)
+        lines.append(
+            f"warning: {len(empty)} of {len(report['types'])} types select nothing on a side: "
+            f"{p:g}% of {smallest} modules selects none (overlap n/a where both are empty)"
+        )
     types = report["types"]
     if types:
         width = max(len("type"), *(len(t) for t in types))
@@ -179,7 +190,7 @@ def format_compare_text(report: dict, names: tuple[str, str] = ("A", "B")) -> st
         for t, row in types.items():
             lines.append(
                 f"{t:<{width}}  {row['n_a']:>6} {row['n_b']:>6} {row['n_common']:>6} "
-                f"{_num(row['spearman']):>8} {row['top_overlap']:>8.3f} "
+                f"{_num(row['spearman']):>8} {_num(row['top_overlap']):>8} "
                 f"{len(row['entered']):>7} {len(row['left']):>5}"
             )
     for label, keys in (
@@ -194,6 +205,10 @@ def format_compare_text(report: dict, names: tuple[str, str] = ("A", "B")) -> st
             shown = ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
             lines.append(f"{label}: {len(keys)}: {shown}")
     return "\n".join(lines) + "\n"
+
+
+def _grouping_words(grouping: str) -> str:
+    return "within each file's types" if grouping == "types" else f"{grouping} grouping"
 
 
 def _num(value) -> str:

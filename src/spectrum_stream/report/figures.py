@@ -1,226 +1,383 @@
-"""The report's pictures, one PNG per function, drawn headless with matplotlib's Agg canvas.
+"""The report's pictures as inline SVG strings: the layer grids, the expert grids, the spectra.
 
-Every grid is one image artist (imshow on a numpy array) and every selection overlay one scatter,
-so a 20,000-module MoE draws in about the time of a small dense model. Pyplot is never imported:
-figures are built with the object API, which keeps them out of any global state and GUI backend.
+Each function takes data already shaped (grid.py) and returns one `<svg>` element. Sizes are
+capped whatever the results hold: a figure has at most MAX_COLUMNS grid columns (build.py splits
+the rest into more figures), cells shrink to a floor and the drawing to a ceiling, so a page's
+pictures are bounded in pixels, and each is written in one pass over its cells.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
+import zlib
+from html import escape
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap, LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from .grid import ExpertGrid, LayerGrid
+from .grid import Entry, ExpertGrid, LayerGrid
+from .keys import human_label
+from .svg import PLASMA, VIRIDIS, colours, fmt, gradient, log_ticks, nice_ticks, svg, text, thin
 
-DPI = 100
-_LOG_SPAN = 30.0  # log colour once the finite values span more than this ratio
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """Render and move into place, so a reader never sees half a PNG."""
-    FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
-    return path
+MAX_COLUMNS = 48  # projections per layer grid; more are split over several figures
+MAX_EXPERT_COLUMNS = 256  # experts per expert grid; more are split over several figures
+MAX_OUTSIDE = 24  # outside-the-layer modules drawn; the rest are in the tables
+ALPHA_LO, ALPHA_HI = 1.0, 8.0  # the alpha colour scale; the 2-6 band is marked on it
+FEW_TAIL = 20  # a power-law fit on fewer tail eigenvalues than this is marked as rough
+_LOG_SPAN = 30.0  # log x once a spectrum's positive values span more than this ratio
+SELECTED_RED, UNSELECTED_GREY = "#d62728", "#d9d9d9"
 
 
-def _norm(*arrays: np.ndarray) -> tuple[Normalize, bool]:
-    """Log colour where the positive values span decades (zeros clip to the bottom), else linear."""
-    vals = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.array([])
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return Normalize(0.0, 1.0), False
-    pos = vals[vals > 0]
-    if pos.size and vals.min() >= 0 and pos.max() / pos.min() > _LOG_SPAN:
-        return LogNorm(pos.min(), pos.max(), clip=True), True
-    lo, hi = float(vals.min()), float(vals.max())
-    return Normalize(lo, hi if hi > lo else lo + 1.0), False
+def _snr(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else "none"
 
 
-def _cmap(name: str = "viridis"):
-    # missing values: transparent, over the light grey axes background
-    return colormaps[name].with_extremes(bad="#ffffff00")
+def entry_title(e: Entry) -> str:
+    """The hover text of one module: raw key, SNR, rank within its type, selected or not."""
+    state = "selected" if e.selected else "not selected"
+    return (
+        f"{e.key}\nSNR {_snr(e.snr)}, rank {e.rank} of {e.size} in {e.group}\n{state}"
+        if math.isfinite(e.snr)
+        else f"{e.key}\nno SNR"
+    )
 
 
-def _thin_ticks(axis, labels: list, most: int) -> None:
-    """At most `most` integer ticks on an index axis, labelled with the real layer/expert number."""
-    axis.set_major_locator(MaxNLocator(nbins=max(1, most), integer=True, min_n_ticks=1))
-    axis.set_major_formatter(
-        FuncFormatter(
-            lambda x, _pos: str(labels[int(x)]) if 0 <= int(x) < len(labels) and x == int(x) else ""
+def _cell(x: float, y: float, w: float, h: float, fill: str, title: str = "") -> str:
+    tip = f"<title>{escape(title)}</title>" if title else ""
+    return (
+        f'<rect x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}" fill="{fill}">{tip}</rect>'
+    )
+
+
+def _colourbar(
+    x: float, y: float, height: float, ident: str, stops: list[str], label: str, ticks
+) -> str:
+    """A vertical bar with its scale named, ticks as (position 0..1, label)."""
+    parts = [
+        f"<defs>{gradient(ident, stops)}</defs>",
+        f'<rect x="{x}" y="{y}" width="14" height="{height:.1f}" fill="url(#{ident})" '
+        'stroke="#888" stroke-width="0.5"/>',
+    ]
+    for pos, label_text in ticks:
+        ty = y + height * (1 - pos)
+        parts.append(
+            f'<line x1="{x + 14}" y1="{ty:.1f}" x2="{x + 18}" y2="{ty:.1f}" stroke="#444"/>'
+        )
+        parts.append(text(x + 21, ty + 4, label_text, size=10))
+    parts.append(
+        text(
+            x - 12,
+            y + height / 2,
+            label,
+            size=11,
+            anchor="middle",
+            extra=f'transform="rotate(-90 {x - 12:.1f} {y + height / 2:.1f})"',
         )
     )
+    return "".join(parts)
 
 
-def _fix_neg_for_log(values: np.ndarray, logged: bool, norm: Normalize) -> np.ndarray:
-    """LogNorm masks zeros and negatives; show them at the bottom of the scale instead."""
-    if not logged:
-        return values
-    out = values.copy()
-    finite = np.isfinite(out)
-    out[finite] = np.maximum(out[finite], norm.vmin)
-    return out
+def _legend(x: float, y: float, items: list[tuple[str, str]]) -> str:
+    """One line of (swatch svg at the origin, words); returns the drawn group."""
+    parts, cx = [], x
+    for swatch, words in items:
+        parts.append(f'<g transform="translate({cx:.1f},{y - 9:.1f})">{swatch}</g>')
+        parts.append(text(cx + 16, y, words, size=11))
+        cx += 24 + 6.2 * len(words)
+    return "".join(parts)
 
 
-def _outside_strip(ax, grid: LayerGrid, norm: Normalize, logged: bool, cmap) -> None:
-    """The modules outside the layers (embeddings, head) as one row of cells above the grid."""
-    strip = np.array([[v for _, v, _ in grid.outside]], dtype=float)
-    ax.imshow(
-        _fix_neg_for_log(strip, logged, norm),
-        cmap=cmap,
-        norm=norm,
-        aspect="auto",
-        interpolation="nearest",
-    )
-    ax.set_xticks(range(len(grid.outside)), [n for n, _, _ in grid.outside], fontsize=8)
-    ax.set_yticks([])
-    ax.set_facecolor("#eeeeee")
-    ax.set_title("outside the layers", fontsize=8, loc="left")
-    picked = [i for i, (_, _, m) in enumerate(grid.outside) if m > 0]
-    ax.scatter(picked, [0] * len(picked), s=36, c="white", edgecolors="black", linewidths=0.8)
+DOT_SWATCH = '<circle cx="6" cy="6" r="4.5" fill="white" stroke="black" stroke-width="1"/>'
+MISSING_SWATCH = '<rect width="12" height="12" fill="url(#missing)" stroke="#999"/>'
+CROSS_SWATCH = '<path d="M2 2L10 10M10 2L2 10" stroke="black" stroke-width="1.5"/>'
+RED_SWATCH = f'<rect width="12" height="12" fill="{SELECTED_RED}"/>'
+GREY_SWATCH = f'<rect width="12" height="12" fill="{UNSELECTED_GREY}"/>'
+
+
+def _rank_ticks(top_percent: float) -> list[tuple[float, str]]:
+    ticks = [(0.0, "lowest"), (0.5, "median"), (1.0, "highest")]
+    if 0 < top_percent < 100:
+        ticks.append((1 - top_percent / 100, f"top {top_percent:g}%"))
+    return ticks
+
+
+def _alpha_position(alpha: np.ndarray) -> np.ndarray:
+    return (np.asarray(alpha, dtype=float) - ALPHA_LO) / (ALPHA_HI - ALPHA_LO)
 
 
 def layer_heatmap(
-    grid: LayerGrid, path: Path, *, label: str, title: str = "", cmap: str = "viridis"
-) -> Path:
-    """Layers x projections, selected cells marked by a dot (sized by the selected share of experts
-    where a cell pools experts); modules outside the layers get their own strip on top."""
+    grid: LayerGrid,
+    *,
+    top_percent: float,
+    alpha: dict[str, float] | None = None,
+    tails: dict[str, float] | None = None,
+    label: str = "",
+) -> str:
+    """Layers x projections. Colour: the module's rank within its type (selection is made within
+    each type), or alpha on a fixed 1-8 scale with the 2-6 band marked. Dots: selected (area =
+    share of the cell's experts); hatched: no such module; x: alpha fitted on few tail values."""
     rows, cols = grid.values.shape
-    colours = _cmap(cmap)
-    norm, logged = _norm(grid.values, np.array([v for _, v, _ in grid.outside]))
-    width = max(6.5, 2.8 + 0.42 * max(cols, len(grid.outside)))
-    body = min(14.0, max(3.0, 1.6 + 0.13 * rows))
-    strip = 0.45 if grid.outside else 0.0
-    fig = Figure(figsize=(width, body + strip + 1.9), layout="constrained")
-    if rows == 0 or cols == 0:  # nothing inside layers: the strip alone, or a note
-        fig.set_size_inches(width, 2.8)
-        ax = fig.subplots()
-        if grid.outside:
-            _outside_strip(ax, grid, norm, logged, colours)
-            fig.colorbar(ax.images[0], ax=ax, label=label, orientation="horizontal")
-        else:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, f"no {label} values to show", ha="center", va="center")
-        fig.suptitle(f"{title}: {label}" if title else label, fontsize=10)
-        return _save(fig, path)
-    if grid.outside:
-        top, ax = fig.subplots(2, 1, height_ratios=[strip, body])
-        _outside_strip(top, grid, norm, logged, colours)
+    is_alpha = alpha is not None
+    heads = [human_label(c) for c in grid.columns]
+    longest = max((len(h) for h in heads), default=4)
+    cw = min(64.0, max(22.0, 760.0 / max(cols, 1)))
+    rh = min(24.0, max(5.0, 560.0 / max(rows, 1)))
+    left, top = 62.0, 34.0 + min(longest, 48) * 6.0 * 0.5 + 10
+    gw, gh = cw * cols, rh * rows
+    width = left + gw + max(210.0, min(longest, 48) * 6.0 * 0.87 - gw + 40)
+    bar_h = max(170.0, min(gh, 260.0))
+    height = top + max(gh, bar_h) + 30
+    fills = colours(
+        _alpha_position(grid.values) if is_alpha else grid.values, PLASMA if is_alpha else VIRIDIS
+    )
+    parts = []
+    if is_alpha:
+        legend = [
+            (MISSING_SWATCH, "no alpha for that module"),
+            (CROSS_SWATCH, f"fit on < {FEW_TAIL} tail values"),
+        ]
     else:
-        ax = fig.subplots()
-    image = ax.imshow(
-        _fix_neg_for_log(grid.values, logged, norm),
-        cmap=colours,
-        norm=norm,
-        aspect="auto",
-        interpolation="nearest",
+        legend = [
+            (DOT_SWATCH, "selected" + (" (area: share of experts)" if any(grid.pooled) else "")),
+            (MISSING_SWATCH, "no such module"),
+        ]
+    parts.append(_legend(left, 14, legend))
+    for j, head in enumerate(heads):
+        x = left + (j + 0.5) * cw
+        short = head if len(head) <= 48 else "..." + head[-45:]
+        parts.append(
+            f'<text x="{x:.1f}" y="{top - 6:.1f}" font-size="11" transform="rotate(-30 {x:.1f} '
+            f'{top - 6:.1f})"><title>{escape(grid.columns[j])}</title>{escape(short)}</text>'
+        )
+    every = thin(rows, rh, 13)
+    for i, layer in enumerate(grid.layers):
+        if i % every == 0 or i == rows - 1 and rows <= 40:
+            parts.append(
+                text(left - 6, top + (i + 0.5) * rh + 4, str(layer), size=10, anchor="end")
+            )
+    parts.append(
+        text(
+            14,
+            top + gh / 2,
+            "layer",
+            size=11,
+            anchor="middle",
+            extra=f'transform="rotate(-90 14 {top + gh / 2:.1f})"',
+        )
     )
-    ax.set_facecolor("#eeeeee")
-    ax.set_xticks(
-        range(cols), grid.columns, rotation=35, ha="right", rotation_mode="anchor", fontsize=8
-    )
-    _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 24))
-    ax.set_ylabel("layer")
-    marks = np.nan_to_num(grid.marks, nan=0.0)
-    yy, xx = np.nonzero(marks > 0)
-    cell = min(1.0, 16.0 / max(rows, 1)) * 40
-    ax.scatter(
-        xx, yy, s=cell * np.sqrt(marks[yy, xx]), c="white", edgecolors="black", linewidths=0.6
-    )
-    fig.colorbar(
-        image, ax=ax, label=label + (" (log scale)" if logged else ""), shrink=0.9, aspect=30
-    )
-    pooled = any(grid.pooled)
-    ax.set_title(
-        "dot: selected"
-        + (
-            "; expert columns: median over experts, dot area = share of experts selected"
-            if pooled
-            else ""
-        ),
-        fontsize=8,
-        loc="left",
-    )
-    fig.suptitle(f"{title}: {label}" if title else f"{label} by layer and module", fontsize=10)
-    return _save(fig, path)
-
-
-_SELECTION = ListedColormap(["#e6e6e6", "#d62728"]).with_extremes(bad="#ffffff00")
-DOTS_UP_TO = 64  # experts per row (and layers) up to which selected cells get dots, not a panel
-
-
-def expert_heatmap(grid: ExpertGrid, path: Path, *, label: str = "SNR") -> Path:
-    """Layers x experts for one projection. Selected experts are dots while cells are big enough to
-    hold one; past that, a second panel below shows the selection, red on grey, cell for cell."""
-    rows, cols = grid.values.shape
-    norm, logged = _norm(grid.values)
-    dots = cols <= DOTS_UP_TO and rows <= DOTS_UP_TO
-    width = min(14.0, max(6.5, 3.0 + 0.045 * cols))
-    panel = min(5.0, max(2.0, 0.6 + 0.06 * rows))
-    fig = Figure(figsize=(width, (panel if dots else 2 * panel) + 1.2), layout="constrained")
-    axes = [fig.subplots()] if dots else list(fig.subplots(2, 1, sharex=True))
-    n_sel = int(grid.selected.sum())
-    image = axes[0].imshow(
-        _fix_neg_for_log(grid.values, logged, norm),
-        cmap=_cmap(),
-        norm=norm,
-        aspect="auto",
-        interpolation="nearest",
-    )
-    fig.colorbar(
-        image, ax=axes[0], label=label + (" (log scale)" if logged else ""), shrink=0.9, aspect=30
-    )
+    dots = []
+    for i in range(rows):
+        for j in range(cols):
+            members = grid.members.get((i, j), [])
+            x, y = left + j * cw, top + i * rh
+            fill = fills[i * cols + j]
+            parts.append(
+                _cell(
+                    x, y, cw, rh, fill, _cell_title(grid.layers[i], grid.columns[j], members, alpha)
+                )
+            )
+            share = grid.marks[i, j]
+            if not is_alpha and share > 0:
+                r = max(1.6, min(cw, rh) * 0.34 * math.sqrt(share))
+                dots.append(f'<circle cx="{x + cw / 2:.2f}" cy="{y + rh / 2:.2f}" r="{r:.2f}"/>')
+            if is_alpha and tails is not None and members:
+                few = [tails.get(e.key, math.inf) < FEW_TAIL for e in members if e.key in tails]
+                if few and sum(few) * 2 > len(few):
+                    s = min(cw, rh) * 0.3
+                    cx, cy = x + cw / 2, y + rh / 2
+                    dots.append(
+                        f'<path d="M{cx - s:.1f} {cy - s:.1f}L{cx + s:.1f} {cy + s:.1f}M{cx + s:.1f} {cy - s:.1f}L{cx - s:.1f} {cy + s:.1f}" stroke="black" stroke-width="1.3"/>'
+                    )
     if dots:
-        yy, xx = np.nonzero(grid.selected)
-        axes[0].scatter(
-            xx,
-            yy,
-            s=min(30.0, 900.0 / max(rows, cols)),
-            c="white",
-            edgecolors="black",
-            linewidths=0.5,
+        parts.append(
+            f'<g fill="white" stroke="black" stroke-width="0.8" pointer-events="none">{"".join(dots)}</g>'
         )
-        axes[0].set_title(
-            f"{rows} layers x {cols} experts; dot: selected ({n_sel})", fontsize=8, loc="left"
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{gw:.1f}" height="{gh:.1f}" fill="none" stroke="#888" stroke-width="0.6"/>'
+    )
+    bx = left + gw + 40
+    if is_alpha:
+        ticks = [(float(_alpha_position(np.array([a]))[0]), f"{a:g}") for a in (1, 2, 4, 6, 8)]
+        ticks[-1] = (1.0, ">= 8")
+        parts.append(
+            _colourbar(bx, top, bar_h, "alpha-bar", PLASMA, "alpha (power-law exponent)", ticks)
+        )
+        lo, hi = (float(_alpha_position(np.array([v]))[0]) for v in (2.0, 6.0))
+        y_hi, y_lo = top + bar_h * (1 - hi), top + bar_h * (1 - lo)
+        parts.append(
+            f'<path d="M{bx + 50} {y_hi:.1f}h4v{y_lo - y_hi:.1f}h-4" fill="none" stroke="black" stroke-width="1.2"/>'
+        )
+        parts.append(text(bx + 58, (y_hi + y_lo) / 2 + 4, "2-6: typical", size=10))
+    else:
+        parts.append(
+            _colourbar(
+                bx,
+                top,
+                bar_h,
+                "rank-bar",
+                VIRIDIS,
+                "SNR rank within its type",
+                _rank_ticks(top_percent),
+            )
+        )
+    return svg(width, height, "".join(parts), label or "heatmap")
+
+
+def _cell_title(
+    layer: int, column: str, members: list[Entry], alpha: dict[str, float] | None
+) -> str:
+    if not members:
+        return f"layer {layer}, {column}: no such module"
+    if len(members) == 1:
+        e = members[0]
+        extra = f"\nalpha {_snr(alpha.get(e.key, math.nan))}" if alpha is not None else ""
+        return entry_title(e) + extra
+    chosen = sum(e.selected for e in members)
+    return (
+        f"layer {layer}, {column}: {len(members)} experts, {chosen} selected\n"
+        "colour: the median over its experts"
+    )
+
+
+def outside_strip(entries: list[Entry]) -> str:
+    """The modules outside the layers (embeddings, head), which `select` always trains: their SNR
+    written out, on their own log colour scale (they are not ranked against anything)."""
+    shown = entries[:MAX_OUTSIDE]
+    vals = np.array([e.snr for e in shown], dtype=float)
+    pos = vals[np.isfinite(vals) & (vals > 0)]
+    if pos.size and pos.max() > pos.min():
+        scaled = (np.log(np.where(vals > 0, vals, pos.min())) - math.log(pos.min())) / math.log(
+            pos.max() / pos.min()
         )
     else:
-        mask = np.where(np.isfinite(grid.values), grid.selected.astype(float), np.nan)
-        sel = axes[1].imshow(
-            mask, cmap=_SELECTION, vmin=0, vmax=1, aspect="auto", interpolation="nearest"
+        scaled = np.where(np.isfinite(vals), 0.5, np.nan)
+    fills = colours(scaled, PLASMA)
+    cw, per_row = 150.0, 7
+    rows = math.ceil(len(shown) / per_row) if shown else 1
+    parts = [
+        text(10, 14, "colour: SNR on a log scale over these modules only (not ranked)", size=11)
+    ]
+    for i, (e, fill) in enumerate(zip(shown, fills)):
+        x, y = 10 + (i % per_row) * (cw + 6), 24 + (i // per_row) * 52
+        parts.append(_cell(x, y, cw, 24, fill, entry_title(e)))
+        dark = fill == "url(#missing)" or scaled[i] > 0.55
+        parts.append(
+            text(
+                x + cw / 2,
+                y + 16,
+                f"SNR {_snr(e.snr)}",
+                size=11,
+                anchor="middle",
+                extra=f'fill="{"black" if dark else "white"}" pointer-events="none"',
+            )
         )
-        bar = fig.colorbar(sel, ax=axes[1], ticks=[0.25, 0.75], shrink=0.9)
-        bar.ax.set_yticklabels(["not\nselected", "selected"], fontsize=8)
-        axes[0].set_title(f"{rows} layers x {cols} experts", fontsize=8, loc="left")
-        axes[1].set_title(
-            f"selected: {n_sel} of {int(np.isfinite(grid.values).sum())}", fontsize=8, loc="left"
+        name = human_label(e.key)
+        parts.append(
+            text(
+                x + cw / 2,
+                y + 38,
+                name if len(name) <= 24 else "..." + name[-21:],
+                size=10,
+                anchor="middle",
+            )
         )
-    for ax in axes:
-        ax.set_facecolor("#eeeeee")
-        _thin_ticks(ax.xaxis, grid.experts, most=min(cols, 32))
-        _thin_ticks(ax.yaxis, grid.layers, most=min(rows, 12 if not dots else 20))
-        ax.set_ylabel("layer")
-    axes[-1].set_xlabel("expert")
-    fig.suptitle(f"{grid.projection}: {label} per expert", fontsize=10)
-    return _save(fig, path)
+    width = 20 + min(len(shown), per_row) * (cw + 6)
+    return svg(max(width, 420), 24 + rows * 52, "".join(parts), "outside the layers")
 
 
-def _plain_log_ticks(axis) -> None:
-    """Log-axis ticks at 1, 2, 5 x 10^k written as plain numbers: matplotlib's default labels
-    one power of ten per decade, or, under two decades, minor labels that overlap."""
-    lo, hi = sorted(v for v in axis.get_view_interval() if v > 0) or (1.0, 1.0)
-    few_decades = hi / lo < 1e3  # wider: one tick per decade, as 1, 2, 5 would crowd
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if few_decades else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-    axis.set_minor_formatter(NullFormatter())
+def expert_heatmap(grid: ExpertGrid, *, top_percent: float, label: str = "") -> str:
+    """Layers x experts for one projection, colour = rank within its type. Big cells carry a dot
+    when selected; small ones get a second panel, selected red on grey, cell for cell; missing
+    modules are hatched in both, as the legend says."""
+    rows, cols = grid.values.shape
+    cw = min(40.0, max(3.0, 1000.0 / max(cols, 1)))
+    rh = min(18.0, max(3.0, 600.0 / max(rows, 1)))
+    dots = cw >= 9 and rh >= 9
+    left, top = 54.0, 30.0
+    gw, gh = cw * cols, rh * rows
+    fills = colours(grid.values)
+    legend = (
+        [(DOT_SWATCH, "selected")]
+        if dots
+        else [(RED_SWATCH, "selected"), (GREY_SWATCH, "not selected")]
+    )
+    legend.append((MISSING_SWATCH, "no such module"))
+    parts = [_legend(left, 14, legend)]
+    panels = [top] if dots else [top, top + gh + 44]
+    missing = ~np.isfinite(grid.values)
+    for p, y0 in enumerate(panels):
+        cells = []
+        for i in range(rows):
+            for j in range(cols):
+                x, y = left + j * cw, y0 + i * rh
+                e = grid.members.get((i, j))
+                if p == 0:
+                    title = (
+                        entry_title(e)
+                        if e
+                        else f"layer {grid.layers[i]}, expert {grid.experts[j]}: no such module"
+                    )
+                    cells.append(_cell(x, y, cw, rh, fills[i * cols + j], title))
+                elif missing[i, j]:
+                    cells.append(_cell(x, y, cw, rh, "url(#missing)"))
+                elif grid.selected[i, j]:
+                    cells.append(_cell(x, y, cw, rh, SELECTED_RED))
+        if p == 1:
+            parts.append(
+                f'<rect x="{left}" y="{y0}" width="{gw:.1f}" height="{gh:.1f}" fill="{UNSELECTED_GREY}"/>'
+            )
+        parts.append("".join(cells))
+        if dots and p == 0:
+            yy, xx = np.nonzero(grid.selected)
+            r = min(cw, rh) * 0.3
+            parts.append(
+                '<g fill="white" stroke="black" stroke-width="0.8" pointer-events="none">'
+                + "".join(
+                    f'<circle cx="{left + (j + 0.5) * cw:.1f}" cy="{y0 + (i + 0.5) * rh:.1f}" r="{r:.1f}"/>'
+                    for i, j in zip(yy, xx)
+                )
+                + "</g>"
+            )
+        parts.append(
+            f'<rect x="{left}" y="{y0}" width="{gw:.1f}" height="{gh:.1f}" fill="none" stroke="#888" stroke-width="0.6"/>'
+        )
+        every_row = thin(rows, rh, 13)
+        for i, layer in enumerate(grid.layers):
+            if i % every_row == 0:
+                parts.append(
+                    text(left - 5, y0 + (i + 0.5) * rh + 4, str(layer), size=10, anchor="end")
+                )
+        every_col = thin(cols, cw, 26)
+        for j, expert in enumerate(grid.experts):
+            if j % every_col == 0:
+                parts.append(
+                    text(left + (j + 0.5) * cw, y0 + gh + 13, str(expert), size=10, anchor="middle")
+                )
+        parts.append(
+            text(
+                14,
+                y0 + gh / 2,
+                "layer",
+                size=11,
+                anchor="middle",
+                extra=f'transform="rotate(-90 14 {y0 + gh / 2:.1f})"',
+            )
+        )
+        parts.append(text(left + gw / 2, y0 + gh + 27, "expert", size=11, anchor="middle"))
+    bar_h = max(150.0, min(gh, 220.0))
+    parts.append(
+        _colourbar(
+            left + gw + 34,
+            top,
+            bar_h,
+            f"xbar{zlib.crc32(grid.projection.encode()):08x}",
+            VIRIDIS,
+            "SNR rank within its type",
+            _rank_ticks(top_percent),
+        )
+    )
+    width = left + gw + 140
+    height = max(panels[-1] + gh + 36, top + bar_h + 20)
+    return svg(width, height, "".join(parts), label or grid.projection)
 
 
 def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
@@ -231,47 +388,166 @@ def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
     return float((q3 - q1) / 1.349 * (1.0 + math.sqrt(min(m, n) / max(m, n))))
 
 
-def spectra_figure(
-    projection: str,
-    panels: list[tuple[str, str, float, np.ndarray, tuple[int, int] | None]],
-    path: Path,
-) -> Path:
-    """Histograms of singular values, one panel per (tag, key, snr, values, shape), with the
-    Marchenko-Pastur threshold where the shape is known: values right of it count as signal."""
-    width, height = 5.2 * len(panels), 3.4
-    fig = Figure(figsize=(width, height))  # fixed margins: constrained layout doubled the time
-    fig.subplots_adjust(
-        left=0.65 / width,
-        right=1 - 0.2 / width,
-        bottom=0.5 / height,
-        top=1 - 0.75 / height,
-        wspace=0.7 / (width / len(panels) - 0.85),
-    )
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (tag, key, snr, s, shape) in zip(axes, panels):
+def power_law_counts(s: np.ndarray, edges: np.ndarray, alpha: float, xmin: float) -> np.ndarray:
+    """Expected counts per singular-value bin under the fitted power law of the eigenvalues
+    lam = s^2: p(lam) ~ lam^-alpha for lam >= xmin, scaled to the tail's size; NaN for a bin that
+    starts below xmin (a partial bin would draw a dip that is not in the fit)."""
+    n_tail = int(np.sum(np.asarray(s, dtype=np.float64) ** 2 >= xmin))
+    lo = np.maximum(edges[:-1] ** 2, xmin)
+    hi = edges[1:] ** 2
+
+    def survival(lam: np.ndarray) -> np.ndarray:
+        return (lam / xmin) ** (1.0 - alpha)
+
+    counts = n_tail * (survival(lo) - survival(hi))
+    return np.where(edges[:-1] ** 2 >= xmin, counts, np.nan)
+
+
+class Panel:
+    """One histogram: tag (best, worst, only), the module, its values and what to draw on them."""
+
+    def __init__(self, tag: str, entry: Entry, s: np.ndarray, shape, fit) -> None:
+        self.tag, self.entry, self.shape, self.fit = tag, entry, shape, fit
         s = np.asarray(s, dtype=np.float64)
-        s = s[np.isfinite(s)]
-        nbins = int(min(80, max(10, s.size // 6)))
-        pos = s[s > 0]
-        if pos.size == s.size and s.size and pos.max() / pos.min() > _LOG_SPAN:
-            ax.set_xscale("log")  # a bulk near zero and a few large values: both stay visible
-            nbins = np.geomspace(pos.min(), pos.max(), nbins + 1)
-        ax.hist(s, bins=nbins, color="#4c72b0")
-        if ax.get_xscale() == "log":
-            _plain_log_ticks(ax.xaxis)
-        ax.set_yscale("log")  # the few values past the bulk stay visible
-        _plain_log_ticks(ax.yaxis)
-        ax.set_xlabel("singular value")
-        ax.set_ylabel("count")
-        name = key if len(key) <= 60 else "..." + key[-57:]
-        text = f"{tag}: {name}\nSNR {snr:.4g}, k = {s.size}"
-        if shape is not None and s.size:
-            cut = mp_threshold(s, shape)
-            ax.axvline(cut, color="#c44e52", linestyle="--", label=f"MP threshold {cut:.3g}")
-            ax.legend(fontsize=8, loc="upper right")
-            text += f", {int((s > cut).sum())} above threshold"
+        self.s = s[np.isfinite(s)]
+
+
+def spectra_figure(projection: str, panels: list[Panel]) -> str:
+    """Histograms of singular values, side by side on one x range: linear counts with headroom,
+    log x where the values span decades, the Marchenko-Pastur threshold (values right of it are
+    signal) and, where the metrics give one, the fitted power law with its xmin."""
+    allv = np.concatenate([p.s for p in panels]) if panels else np.array([1.0])
+    pos = allv[allv > 0]
+    logx = pos.size == allv.size and pos.size > 0 and pos.max() / pos.min() > _LOG_SPAN
+    lo, hi = (
+        (float(pos.min()), float(pos.max())) if logx else (float(allv.min()), float(allv.max()))
+    )
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    nbins = 48
+    edges = np.geomspace(lo, hi, nbins + 1) if logx else np.linspace(lo, hi, nbins + 1)
+    pw, ph, gap = 440.0, 200.0, 60.0
+    left, top = 58.0, 74.0
+    width = left + len(panels) * (pw + gap)
+    height = top + ph + 46
+    parts = []
+
+    def xpos(v: float) -> float:
+        if logx:
+            return pw * (math.log(max(v, lo)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return pw * (v - lo) / (hi - lo)
+
+    for n, panel in enumerate(panels):
+        ox = left + n * (pw + gap)
+        counts, _ = np.histogram(panel.s, bins=edges)
+        ymax_data = max(1, int(counts.max()) if counts.size else 1)
+        ticks = [t for t in nice_ticks(0, ymax_data * 1.15, 5) if float(t).is_integer()]
+        ymax = max(ymax_data * 1.15, ticks[-1] if ticks else 1)
+
+        def ypos(c: float, ymax: float = ymax) -> float:
+            return top + ph * (1 - c / ymax)
+
+        bars = "".join(
+            f"M{ox + xpos(edges[b]):.1f} {top + ph:.1f}V{ypos(c):.1f}H{ox + xpos(edges[b + 1]):.1f}V{top + ph:.1f}Z"
+            for b, c in enumerate(counts)
+            if c > 0
+        )
+        parts.append(f'<path d="{bars}" fill="#4c72b0"/>')
+        parts.append(
+            f'<rect x="{ox}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>'
+        )
+        for t in ticks:
+            y = ypos(t)
+            parts.append(f'<line x1="{ox - 4}" y1="{y:.1f}" x2="{ox}" y2="{y:.1f}" stroke="#444"/>')
+            parts.append(text(ox - 6, y + 4, f"{int(t)}", size=10, anchor="end"))
+        xt = log_ticks(lo, hi) if logx else nice_ticks(lo, hi, 6)
+        for t in xt:
+            x = ox + xpos(t)
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#444"/>'
+            )
+            parts.append(text(x, top + ph + 16, fmt(t), size=10, anchor="middle"))
+        parts.append(
+            text(
+                ox + pw / 2,
+                top + ph + 34,
+                "singular value" + (" (log scale)" if logx else ""),
+                size=11,
+                anchor="middle",
+            )
+        )
+        parts.append(
+            text(
+                ox - 40,
+                top + ph / 2,
+                "count",
+                size=11,
+                anchor="middle",
+                extra=f'transform="rotate(-90 {ox - 40:.1f} {top + ph / 2:.1f})"',
+            )
+        )
+        e = panel.entry
+        name = human_label(e.key)
+        name = name if len(name) <= 64 else "..." + name[-61:]
+        parts.append(
+            f'<text x="{ox}" y="16" font-size="11" font-weight="600"><title>{escape(e.key)}</title>{escape(f"{panel.tag}: {name}")}</text>'
+        )
+        line2 = f"SNR {_snr(e.snr)}, rank {e.rank} of {e.size}, k = {panel.s.size}"
+        legend = []
+        if panel.shape is not None and panel.s.size:
+            cut = mp_threshold(panel.s, panel.shape)
+            above = int((panel.s > cut).sum())
+            line2 += f", {above} above the threshold"
+            x = ox + xpos(cut)
+            if lo <= cut <= hi:
+                parts.append(
+                    f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#c44e52" stroke-width="1.5" stroke-dasharray="5 3"/>'
+                )
+            legend.append(
+                (
+                    '<path d="M0 6H12" stroke="#c44e52" stroke-width="1.5" stroke-dasharray="4 2"/>',
+                    f"MP threshold {fmt(cut)}",
+                )
+            )
         else:
-            text += " (shape unknown: no threshold)"
-        ax.set_title(text, fontsize=8, loc="left")
-    fig.suptitle(f"{projection}: singular values, best and worst module by SNR", fontsize=10)
-    return _save(fig, path)
+            line2 += " (shape unknown: no threshold)"
+        parts.append(text(ox, 32, line2, size=11))
+        alpha, xmin = panel.fit if panel.fit else (math.nan, math.nan)
+        if math.isfinite(alpha) and math.isfinite(xmin) and xmin > 0:
+            expected = power_law_counts(panel.s, edges, alpha, xmin)
+            pts = [
+                f"{ox + xpos(math.sqrt(edges[b] * edges[b + 1]) if logx else (edges[b] + edges[b + 1]) / 2):.1f},{ypos(min(c, ymax)):.1f}"
+                for b, c in enumerate(expected)
+                if np.isfinite(c) and c > 0
+            ]
+            if pts:
+                clip = f"clip{zlib.crc32(panel.entry.key.encode()):08x}-{n}"
+                parts.append(
+                    f'<clipPath id="{clip}"><rect x="{ox}" y="{top}" width="{pw}" '
+                    f'height="{ph}"/></clipPath>'
+                )
+                parts.append(
+                    f'<polyline clip-path="url(#{clip})" points="{" ".join(pts)}" fill="none" stroke="#dd8452" stroke-width="2"/>'
+                )
+            xs = math.sqrt(xmin)
+            if lo <= xs <= hi:
+                x = ox + xpos(xs)
+                parts.append(
+                    f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#dd8452" stroke-width="1.2" stroke-dasharray="1 3"/>'
+                )
+            legend.append(
+                (
+                    '<path d="M0 6H12" stroke="#dd8452" stroke-width="2"/>',
+                    f"power law, alpha {alpha:.2f}",
+                )
+            )
+            legend.append(
+                (
+                    '<path d="M0 6H12" stroke="#dd8452" stroke-dasharray="1 3"/>',
+                    f"its xmin {fmt(xs)}",
+                )
+            )
+        else:
+            legend.append(("", "no power-law fit"))
+        parts.append(_legend(ox, 54, legend))
+    return svg(width, height, "".join(parts), f"{projection}: singular values")

@@ -1,7 +1,8 @@
 """Results arranged as numpy grids, ready to draw: layers x projections and layers x experts.
 
 Kept apart from drawing so that the shaping (which cell a key lands in, how experts pool into one
-cell) is testable without matplotlib and costs one pass over the keys, not one artist per module.
+cell, where a module ranks within its type) is testable without drawing and costs one pass over
+the keys.
 """
 
 from __future__ import annotations
@@ -18,102 +19,119 @@ from .keys import ModuleKey
 
 @dataclass(frozen=True)
 class Entry:
-    """One results row with its coordinates."""
+    """One results row with its coordinates and its place in the ranking `select` makes.
+
+    group: the type it is ranked in (the file's type, or its regrouping); rank: 1 = highest SNR
+    of its group of `size`; percentile: (size - rank) / (size - 1), 1 = highest, 0 = lowest (1 for
+    a group of one)."""
 
     key: str
     type: str
     where: ModuleKey
     snr: float
     selected: bool
+    group: str = ""
+    rank: int = 1
+    size: int = 1
+
+    @property
+    def percentile(self) -> float:
+        return 1.0 if self.size <= 1 else (self.size - self.rank) / (self.size - 1)
 
 
 @dataclass
 class LayerGrid:
-    """values[i, j]: the module at layers[i] x columns[j] (median over experts where pooled),
-    NaN where there is none; marks[i, j]: the fraction of that cell's modules that are selected.
-    `outside` holds the modules outside the layers (embeddings, head) as (name, value, mark)."""
+    """values[i, j]: the colour value at layers[i] x columns[j] (the median over a cell's modules
+    where it pools experts), NaN where there is none; marks[i, j]: the fraction of the cell's
+    modules that are selected; members[(i, j)]: the cell's entries, for its hover text.
+    `outside` holds the modules outside the layers (embeddings, head)."""
 
     layers: list[int]
     columns: list[str]
     values: np.ndarray
     marks: np.ndarray
     pooled: list[bool]
-    outside: list[tuple[str, float, float]]
+    members: dict[tuple[int, int], list[Entry]]
+    outside: list[Entry]
 
 
 @dataclass
 class ExpertGrid:
-    """One projection's layers x experts values (NaN where missing) and selection mask."""
+    """One projection's layers x experts: colour values (NaN where missing), selection mask and
+    the entry of each cell."""
 
     projection: str
     layers: list[int]
     experts: list[int]
     values: np.ndarray
     selected: np.ndarray
+    members: dict[tuple[int, int], Entry]
 
 
 def finite(x: object) -> float:
     """A finite number as float, anything else (None, NaN, inf, a string) as NaN: missing."""
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else math.nan
+    return (
+        float(x)
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        else math.nan
+    )
 
 
 def layer_grid(entries: Iterable[Entry], value_of: dict[str, float] | None = None) -> LayerGrid:
-    """Pool entries into layers x projections; value_of overrides the SNR (e.g. alpha per key)."""
-    cells: dict[tuple[int, str], list[tuple[float, bool]]] = defaultdict(list)
-    outside: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    """Pool entries into layers x projections. The colour value is the entry's percentile within
+    its type, or value_of[key] (e.g. alpha) where given."""
+    cells: dict[tuple[int, str], list[Entry]] = defaultdict(list)
+    outside: list[Entry] = []
     columns: dict[str, bool] = {}  # projection -> has experts (insertion order = first seen)
     for e in entries:
-        v = e.snr if value_of is None else finite(value_of.get(e.key))
         if e.where.layer is None:
-            outside[e.where.projection].append((v, e.selected))
+            outside.append(e)
             continue
         columns[e.where.projection] = columns.get(e.where.projection, False) or (
             e.where.expert is not None
         )
-        cells[(e.where.layer, e.where.projection)].append((v, e.selected))
+        cells[(e.where.layer, e.where.projection)].append(e)
     layers = sorted({layer for layer, _ in cells})
     cols = list(columns)
     row = {layer: i for i, layer in enumerate(layers)}
     col = {c: j for j, c in enumerate(cols)}
     values = np.full((len(layers), len(cols)), np.nan)
     marks = np.full_like(values, np.nan)
+    members: dict[tuple[int, int], list[Entry]] = {}
     for (layer, proj), items in cells.items():
-        vals = np.array([v for v, _ in items], dtype=float)
+        if value_of is None:
+            vals = np.array([e.percentile for e in items if math.isfinite(e.snr)], dtype=float)
+        else:
+            vals = np.array([finite(value_of.get(e.key)) for e in items], dtype=float)
         vals = vals[np.isfinite(vals)]
         i, j = row[layer], col[proj]
         values[i, j] = np.median(vals) if vals.size else np.nan
-        marks[i, j] = sum(s for _, s in items) / len(items)
-    out = []
-    for name, items in outside.items():
-        vals = np.array([v for v, _ in items], dtype=float)
-        vals = vals[np.isfinite(vals)]
-        out.append(
-            (
-                name,
-                float(np.median(vals)) if vals.size else math.nan,
-                sum(s for _, s in items) / len(items),
-            )
-        )
-    return LayerGrid(layers, cols, values, marks, [columns[c] for c in cols], out)
+        marks[i, j] = sum(e.selected for e in items) / len(items)
+        members[(i, j)] = items
+    return LayerGrid(layers, cols, values, marks, [columns[c] for c in cols], members, outside)
 
 
 def expert_grids(entries: Iterable[Entry]) -> list[ExpertGrid]:
-    """One layers x experts grid per projection that has experts in the layers."""
+    """One layers x experts grid per projection that has experts in the layers; colour value:
+    the module's percentile within its type."""
     by_proj: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
         if e.where.expert is not None and e.where.layer is not None:
             by_proj[e.where.projection].append(e)
     grids = []
     for proj, items in by_proj.items():
-        layers = sorted({e.where.layer for e in items})
-        experts = sorted({e.where.expert for e in items})
+        layers = sorted({e.where.layer for e in items if e.where.layer is not None})
+        experts = sorted({e.where.expert for e in items if e.where.expert is not None})
         row = {layer: i for i, layer in enumerate(layers)}
         col = {x: j for j, x in enumerate(experts)}
         values = np.full((len(layers), len(experts)), np.nan)
         selected = np.zeros(values.shape, dtype=bool)
+        members: dict[tuple[int, int], Entry] = {}
         for e in items:
+            assert e.where.layer is not None and e.where.expert is not None
             i, j = row[e.where.layer], col[e.where.expert]
-            values[i, j] = e.snr
+            values[i, j] = e.percentile if math.isfinite(e.snr) else np.nan
             selected[i, j] = e.selected
-        grids.append(ExpertGrid(proj, layers, experts, values, selected))
+            members[(i, j)] = e
+        grids.append(ExpertGrid(proj, layers, experts, values, selected, members))
     return grids

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..results.names import pooled_type
 
@@ -55,6 +56,7 @@ def _expert_from_name(key: str) -> int | None:
     return int(m["e"]) if m else None
 
 
+@lru_cache(maxsize=65536)  # a type recurs in every layer: one regex pass per type, not per key
 def projection_of(type_: str) -> str:
     """The type without its expert index: `mlp.experts.5.up_proj` -> `mlp.experts.*.up_proj`,
     `mlp.experts.down_proj$[5]` -> `mlp.experts.down_proj`; other types are returned unchanged.
@@ -68,3 +70,25 @@ def parse_key(key: str, type: str) -> ModuleKey:
     if expert is None and not _ROWS.search(key):
         expert = _expert_from_name(key)
     return ModuleKey(_layer(key), projection_of(type), expert)
+
+
+_FUSED_PART = re.compile(r"\(\?#(?P<part>[A-Za-z_]+)\)")
+
+
+def human_label(name: str) -> str:
+    """A projection, type or key as a reader says it: `experts.gate_up_proj(?#gate)` ->
+    `experts.gate_up_proj, gate rows`; `down_proj$[5]` -> `down_proj, expert 5`;
+    `w1$[512:768]` -> `w1, rows 512-767`. The raw key stays on hover and in the tables."""
+    parts = []
+    m = _ROWS.search(name)
+    if m is not None:
+        name = name[: m.start()]
+        if m["b"] is None:
+            parts.append(f"expert {m['a']}")
+        else:
+            parts.append(f"rows {m['a']}-{int(m['b']) - 1}")
+    f = _FUSED_PART.search(name)
+    if f is not None:
+        name = name[: f.start()] + name[f.end() :]
+        parts.insert(0, f"{f['part']} rows")
+    return ", ".join([name, *parts])

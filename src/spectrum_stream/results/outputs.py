@@ -71,7 +71,7 @@ def claim_report_folder(out_dir: Path, force: bool) -> Path:
         return out_dir
     raise WouldOverwrite(
         f"{printable(str(out_dir))}: a folder that holds files but no earlier report; its "
-        "index.html and pictures would be replaced: pass --force, or choose an empty folder"
+        "index.html and selection.yaml would be replaced: pass --force, or choose an empty folder"
     )
 
 

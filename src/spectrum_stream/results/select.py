@@ -7,33 +7,46 @@ are kept, computed exactly (no float rounding at the boundary).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from fractions import Fraction
 from pathlib import Path
 
 from ..layout.trainer_names import PER_EXPERT_LAYOUTS, TrainerNames
 from ..modes import check_top_percent
-from ..source.jsonfile import mapping, number, obj, read_json, string
+from ..source.jsonfile import mapping, number, obj, string
 from .key_grammar import check_results
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
+from .published import ReadResults, read_results_file, skipped_line
 
 _FUSED = TrainerNames(PER_EXPERT_LAYOUTS, "select --fused-experts")
 
+log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA = mapping(obj({"snr": number, "type": string}))
 SORTED_SCHEMA = mapping(mapping(number))  # the per-type sorted file: {type: {key: snr}}
 
 
-def load_results(path: str | Path) -> dict[str, dict]:
-    """Read a flat results file ({key: {"snr", "type"}}), checked: size, depth, finite numbers.
+LISTED_IN_YAML = "as comments at the end of `spectrum-stream select`'s YAML"
 
-    The reader for every command that takes a results file (select, and any later one); a bad
-    file is one SpectrumError line naming it and the key that is wrong. Every key must be a
-    module name (results/key_grammar.py), never a regular expression.
+
+def load_results(path: str | Path, listed: str = LISTED_IN_YAML) -> dict[str, dict]:
+    """Read a results file ({key: {"snr", "type"}}), checked: size, depth, numbers.
+
+    The reader for every command that takes a results file; a bad file is one SpectrumError line
+    naming it and the key that is wrong. The original tool's files are read too (results/
+    published.py): modules whose SNR is NaN, Infinity or null are skipped, with one warning that
+    counts them and says where they are `listed` (read_results gives the keys themselves).
     """
-    results = read_json(path, "a results file ({module: {snr, type}})", RESULTS_SCHEMA)
-    check_results(results, str(path))
-    return results
+    return read_results(path, listed).results
+
+
+def read_results(path: str | Path, listed: str = LISTED_IN_YAML) -> ReadResults:
+    """load_results with the skipped keys kept, for commands that list them."""
+    read = read_results_file(path)
+    if read.skipped:
+        log.warning(skipped_line(path, read.skipped, listed))
+    return read
 
 
 def fused_param_pattern(key: str) -> str:
@@ -128,8 +141,10 @@ def to_yaml(
     top_percent: float,
     grouping: str | None = None,
     fused_experts: bool = False,
+    skipped: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type."""
+    """axolotl YAML: `unfrozen_parameters:` then one quoted pattern per line, grouped by type;
+    `skipped` (modules without a finite SNR, results/published.py) as comments at the end."""
     head, chosen = _chosen_outside_head(results, top_percent, grouping, fused_experts)
     names = ", names for fused experts" if fused_experts else ""
     how = grouping or "the file's types"
@@ -142,4 +157,7 @@ def to_yaml(
         if keys:
             lines.append(f"# {t}")
             lines += [f"- {json.dumps(k)}" for k in keys]
+    if skipped:
+        lines.append(f"# skipped, SNR not a finite number (NaN, Infinity or null): {len(skipped)}")
+        lines += [f"#   {json.dumps(k)}" for k in skipped]
     return "\n".join(lines) + "\n"
