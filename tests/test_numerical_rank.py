@@ -156,6 +156,15 @@ def test_a_scan_journals_the_numerical_rank_and_flags_what_is_deficient(tmp_path
     assert dropped.exit_code == 0, dropped.output
     assert "warning" not in dropped.stderr
     assert sorted(json.loads(dropped.stdout)) == sorted(k for k in mats if ".layers.1." in k)
+    # the report marks them at the top, beside the selection
+    page_dir = tmp_path / "page"
+    shown = CliRunner().invoke(
+        main, ["report", str(report.paths.results), "-o", str(page_dir), "--top-percent", "100"]
+    )
+    assert shown.exit_code == 0, shown.output
+    html = (page_dir / "index.html").read_text()
+    assert "<dt>rank deficient</dt>" in html
+    assert "6 module(s), 6 of them selected" in html
     # freeze() warns the same way
     # (on its own logger: the CLI's handler, once installed, stops propagation to caplog's)
     seen: list[logging.LogRecord] = []

@@ -169,6 +169,25 @@ def _params(keys: list[str], shapes: dict[str, tuple[int, int]]) -> tuple[int, i
     return sum(int(m) * int(n) for m, n in known), len(keys) - len(known)
 
 
+def _deficient_words(entries: list[Entry], deficient: dict[str, tuple[int, int]]) -> str:
+    """The summary row for numerically rank-deficient modules ("" when there are none)."""
+    hits = [e for e in entries if e.key in deficient]
+    if not hits:
+        return ""
+    chosen = [e for e in hits if e.selected]
+    shown = ", ".join(
+        f"{e.key} (rank {deficient[e.key][0]} of {deficient[e.key][1]}"
+        + (", selected)" if e.selected else ")")
+        for e in (chosen + [e for e in hits if not e.selected])[:8]
+    )
+    more = f" and {len(hits) - 8} more" if len(hits) > 8 else ""
+    return (
+        f"{len(hits)} module(s), {len(chosen)} of them selected: singular values at or below the "
+        "float32 floor, so part of the noise their SNR divides by is rounding error (docs/spec.md, "
+        f"'The numerical floor'; select --drop-rank-deficient leaves them out): {shown}{more}"
+    )
+
+
 def build_report(
     results: dict[str, dict],
     out_dir: str | Path,
@@ -183,6 +202,7 @@ def build_report(
     scanned: list[tuple[str, str]] | None = None,
     skipped: list[str] | None = None,
     results_arg: str = "RESULTS.json",
+    deficient: dict[str, tuple[int, int]] | None = None,
 ) -> Path:
     """Write out_dir/index.html and out_dir/selection.yaml; return the page's path.
 
@@ -192,7 +212,8 @@ def build_report(
     {key: (rows, cols)} for the Marchenko-Pastur threshold and the parameter count; metrics:
     {key: {"alpha", "xmin", "num_pl_spikes"}} for the alpha grid and the fitted power laws;
     scanned: (label, value) lines saying what was scanned; results_arg: the results path as the
-    user typed it, for the commands the page suggests.
+    user typed it, for the commands the page suggests; deficient: {key: (numerical rank,
+    min(m, n))} of the modules whose SNR is partly rounding error (results/rank_floor.py).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +363,7 @@ def build_report(
         selection_file=SELECTION_FILE,
         has_alpha=any(math.isfinite(v) for v in alpha.values()),
         dense=dense,
+        deficient=_deficient_words(entries, deficient or {}),
     )
     path = out / "index.html"
     tmp = out / ".index.html.tmp"

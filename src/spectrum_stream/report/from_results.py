@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import SpectrumError
 from ..results.kept_spectra import load_kept_spectra
 from ..results.paths import RESULTS_PREFIX, ResultPaths
+from ..results.rank_floor import rank_deficient
 from ..results.select import read_results
 from .build import build_report
 
@@ -129,6 +130,7 @@ def report_from_results(
         spectra, shapes = {}, {}
         reason = f"{results_path.name} is not named {RESULTS_PREFIX}<model>.json as a scan names it"
     _check_lengths(spectra, shapes)
+    deficient = rank_deficient(results_path, results) if spectra else {}
     notes = [] if reason is None else [f"No spectra or alpha: {reason.replace('`', '')}."]
     facts, journal_shapes = scan_facts(results_path, results)
     metrics = None
@@ -155,4 +157,5 @@ def report_from_results(
         scanned=facts,
         skipped=read.skipped,
         results_arg=results_arg or str(results_path),
+        deficient=deficient,
     )

@@ -87,6 +87,9 @@ class PageData:
     selection_file: str = "selection.yaml"
     has_alpha: bool = False
     dense: bool = True
+    deficient: str = (
+        ""  # the rank-deficient modules, in words (docs/spec.md, "The numerical floor")
+    )
 
 
 def _num(x: float) -> str:
@@ -235,6 +238,8 @@ def render(page: PageData) -> str:
         ),
         ("size", page.size),
     ]
+    if page.deficient:
+        summary.append(("rank deficient", page.deficient))
     figures = "\n".join(
         f"<h2 id=fig{i}>{escape(f.heading)}</h2>\n<figure class={f.kind or 'picture'}>{f.svg}"
         f"<figcaption>{escape(f.caption)}</figcaption></figure>"

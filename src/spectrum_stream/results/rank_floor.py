@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import SpectrumError
 from ..source.header import MAX_HEADER_BYTES
+from ..source.safe_files import open_regular
 from .paths import ResultPaths
 from .spectra import FORMAT, RANKS_METADATA
 
@@ -29,7 +30,7 @@ def _header(path: Path) -> dict:
     """The JSON header of a safetensors file, read without its data; SpectrumError if it is bad."""
     bad = SpectrumError(f"{path}: not a spectrum-stream spectra file (no safetensors header)")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, path.parent, "a spectra file") as f:
             size = int.from_bytes(f.read(8), "little")
             if size > MAX_HEADER_BYTES or size > path.stat().st_size - 8:
                 raise bad
