@@ -22,3 +22,11 @@ class AlreadyReported(SpectrumError):
     def __init__(self, message: str = "reported by another rank", code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+class PeerFailed(SpectrumError):
+    """Under torchrun: another rank failed and printed why; this one stops (rank 0 names it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..driver import ScanSetup, in_job_order, prepare_scan
-from ..errors import AlreadyReported, SpectrumError
+from ..errors import AlreadyReported, PeerFailed, SpectrumError
 from ..journal.journal import Journal, read_journal
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
@@ -63,6 +63,18 @@ class RanksInterrupted(ScanInterrupted):
 
 def _ok(records: dict[str, dict]) -> set[str]:
     return {k for k, r in records.items() if r.get("status") == "ok"}
+
+
+def _stopped_by(group: Group, failure: str) -> None:
+    """This rank stops because another failed (that rank printed its own line): rank 0 says
+    which and why, in its log; every rank exits 1."""
+    if group.rank == 0:
+        log.warning(
+            "stopped: %s; every rank's finished modules are journaled, run the same command "
+            "again to resume",
+            failure if failure.startswith("rank ") else f"a rank failed: {failure}",
+        )
+    raise AlreadyReported(code=1)
 
 
 def _remove_journals(main) -> None:
@@ -131,7 +143,10 @@ def scan_ranked(
                 raise KeyboardInterrupt
             group.wait_for_peers()
         except KeyboardInterrupt:
-            if r != 0 or group.peer_failure() is not None:
+            failure = group.peer_failure()
+            if failure is not None:  # torchrun stopped this rank because a peer failed
+                _stopped_by(group, failure)
+            if r != 0:
                 raise AlreadyReported(code=130) from None
             raise RanksInterrupted(
                 report,
@@ -141,19 +156,22 @@ def scan_ranked(
                     f"{w - 1} more); run the same command again to resume"
                 ),
             ) from None
+        except PeerFailed as exc:
+            _stopped_by(group, exc.message)
         except AlreadyReported:
             raise
         except Exception as exc:
-            group.mark_failed(f"rank {r}: {exc}")
-            if isinstance(exc, (SpectrumError, HubDownloadError, OSError)):
-                what = getattr(exc, "reason", None) or str(exc)
-                if "run the same command again" not in what:
-                    what += (
-                        "; every rank's finished modules are journaled, run the same command "
-                        "again to resume"
-                    )
-                raise SpectrumError(f"rank {r}: {what}") from None
-            raise
+            if not isinstance(exc, (SpectrumError, HubDownloadError, OSError)):
+                group.mark_failed(f"rank {r}: {type(exc).__name__}: {exc}")
+                raise
+            what = getattr(exc, "reason", None) or str(exc)
+            group.mark_failed(f"rank {r}: {what}")
+            if "run the same command again" not in what:
+                what += (
+                    "; every rank's finished modules are journaled, run the same command "
+                    "again to resume"
+                )
+            raise SpectrumError(f"rank {r}: {what}") from None
         finally:
             journal.close()
         mine = dict(journal.records)
@@ -209,6 +227,10 @@ def scan_ranked(
 
             result = write
         results = group.agree(result or (lambda: None))
+        # rank 0's main journal now holds every record this rank sent: its own journal can go,
+        # also from a node whose out-dir rank 0 does not see
+        with contextlib.suppress(OSError):
+            remove_journal(journal.path)
         group.agree(lambda: _tidy(p.paths.journal), only=group.ranks.local_rank == 0)
     if r != 0:
         return report
@@ -217,7 +239,11 @@ def scan_ranked(
     total.planned = p.matrices
     total.skipped = sum(1 for j in p.jobs for s in j.matrices if s.key in finished)
     total.scanned = sum(part["scanned"] for part in gathered)
-    total.failed = [tuple(f) for part in gathered for f in part["failed"]]
+    total.failed = [
+        (key, f"{reason} (rank {rank})")
+        for rank, part in enumerate(gathered)
+        for key, reason in part["failed"]
+    ]
     total.results = results
     total.seconds = time.perf_counter() - started
     return total
