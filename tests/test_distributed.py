@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -332,3 +333,49 @@ def test_bad_input_on_one_rank_is_one_line_for_all(ckpt, reference, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not a spectrum-stream journal" in errors[0], r.stderr
     assert not (out / f"{BASE}.json").exists()
+
+
+def rank_exit_codes(torchrun_stderr: str) -> dict[int, int]:
+    """Each failed rank's exit code, from torchrun's failure report."""
+    found = re.findall(
+        r"rank\s+: (\d+) \(local_rank: \d+\)\n\s+exitcode\s+: (-?\d+)", torchrun_stderr
+    )
+    return {int(rank): int(code) for rank, code in found}
+
+
+def test_ctrl_c_twice_exits_130_on_every_rank(ckpt, reference, tmp_path):
+    """The terminal's SIGINT, then torchrun's forwarded one: every rank exits 130 (not killed
+    by SIGINT, not aborted in C++), rank 0 says how to resume, and the rerun does."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        torchrun(ckpt, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    deadline = time.monotonic() + TIMEOUT
+    count = lambda: sum(max(0, p.read_bytes().count(b"\n") - 1) for p in rank_journals(out))
+    try:
+        while count() < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, "the scan ended before the interrupt"
+        ranks = [p for p in _descendants(proc.pid) if _rank_of(p) is not None]
+        assert len(ranks) == 2
+        for _ in range(2):
+            for pid in ranks:
+                os.kill(pid, signal.SIGINT)
+            time.sleep(0.01)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+    assert "terminate called" not in stderr, stderr
+    assert rank_exit_codes(stderr) == {0: 130, 1: 130}, stderr
+    no_traceback_of_ours(stderr)
+    ours = [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted:"))]
+    assert len(ours) == 1 and ours[0].startswith("interrupted: every rank's"), stderr
+    kept = journaled(out)
+    r = run(torchrun(ckpt, out))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(kept)} resumed from the journal" in r.stdout
+    same_results(out, reference)

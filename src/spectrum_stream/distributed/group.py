@@ -84,10 +84,14 @@ def _store(timeout: float) -> dist.Store:
 
 
 _LIVE: list[Group] = []  # groups not yet torn down, for lingering()
+_JOINED: list[Group] = []  # groups this process has joined: only then can torch linger
 
 
 def lingering() -> list[str]:
-    """What of torch (or any thread) is still alive: if anything, leave through `os._exit`."""
+    """What of torch (or any thread) is still alive in a process that joined a group: if
+    anything, it leaves through `os._exit` (a process that never joined one exits normally)."""
+    if not _JOINED:
+        return []
     alive = [f"group of rank {g.rank}" for g in _LIVE]
     if dist.is_initialized():
         alive.append("process group")
@@ -140,6 +144,7 @@ class Group:
         """Join the job: NCCL for GPUs (each rank on its own), gloo on CPU; then the store
         clients and the heartbeat. A failure leaves what was built for `close`."""
         self.signals.install()
+        _JOINED.append(self)
         backend = "nccl" if device.startswith("cuda") else "gloo"
         try:
             if backend == "nccl":
