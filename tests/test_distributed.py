@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +382,132 @@ def test_ctrl_c_twice_exits_130_on_every_rank(ckpt, reference, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"{len(kept)} resumed from the journal" in r.stdout
     same_results(out, reference)
+
+
+# -- two nodes that share nothing but the rendezvous ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _agents(nodes: list[Path], *more: str) -> list[subprocess.Popen]:
+    """One torchrun agent per node folder (one rank each), c10d rendezvous on 127.0.0.1 hosted
+    by the first; each node scans its own copy of the checkpoint into its own out-dir.
+
+    The rendezvous port is picked free and released before the first agent binds it: if another
+    process takes it meanwhile, the first agent fails at once and a new port is tried."""
+    for _ in range(3):
+        port, run_id = _free_port(), f"spectrum-test-{uuid.uuid4().hex}"
+        procs = []
+        for i, node in enumerate(nodes):
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                str(len(nodes)),
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(i),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                run_id,
+                "--rdzv-conf",
+                f"is_host={1 if i == 0 else 0}",
+                "--local-addr",
+                "127.0.0.1",
+                "-m",
+                "spectrum_stream",
+                "scan",
+                NAME,
+                "--out-dir",
+                "out",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--peer-timeout",
+                "15",
+                *more,
+            ]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=node,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=ENV,
+                )
+            )
+            if i == 0:
+                time.sleep(0.5)  # the host's store first
+                if procs[0].poll() is not None:
+                    break
+        if procs[0].poll() is None or procs[0].returncode == 0:
+            return procs
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+    raise AssertionError("no free rendezvous port in three tries")
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    done = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=2 * TIMEOUT)
+            done.append((proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                for pid in _descendants(proc.pid):
+                    os.kill(pid, signal.SIGKILL)
+                proc.kill()
+                proc.communicate()
+    return done
+
+
+def test_two_nodes_with_their_own_folders_then_killing_one_resumes(ckpt, reference, tmp_path):
+    nodes = [tmp_path / f"node{i}" for i in range(2)]
+    for node in nodes:
+        shutil.copytree(ckpt, node / NAME)  # each node its own copy: nothing shared on disk
+    procs = _agents(nodes)
+    deadline = time.monotonic() + TIMEOUT
+    count = lambda: sum(
+        max(0, p.read_bytes().count(b"\n") - 1)
+        for node in nodes
+        for p in rank_journals(node / "out")
+    )
+    while count() < 6 and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert all(p.poll() is None for p in procs), "the scan ended before the kill"
+    victims = [*_descendants(procs[1].pid), procs[1].pid]  # the whole second node
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    (rc0, out0, err0), (rc1, _, _) = _finish(procs)
+    assert rc0 != 0 and rc1 != 0
+    assert "terminate called" not in err0, err0
+    no_traceback_of_ours(err0 + out0)
+    ours = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "gave no sign of life" in ours[0], err0
+    assert "run the same command again" in ours[0]
+    kept = {k for node in nodes for k in journaled(node / "out")}
+    assert kept and not (nodes[0] / "out" / f"{BASE}.json").exists()
+
+    done = _finish(_agents(nodes))
+    assert [rc for rc, _, _ in done] == [0, 0], [err for _, _, err in done]
+    (main,) = [i for i, (_, stdout, _) in enumerate(done) if "Scanned " in stdout]  # rank 0
+    stdout = done[main][1]
+    assert f"{len(kept)} resumed from the journal" in stdout, stdout
+    same_results(nodes[main] / "out", reference)  # every record and value came over the wire
+    assert not [p for node in nodes for p in rank_journals(node / "out")]  # all gathered
+    assert not (nodes[1 - main] / "out" / f"{BASE}.json").exists()
+    for _, _, stderr in done:
+        assert "terminate called" not in stderr
