@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -278,4 +278,4 @@ class Group:
                     else f"rank {r}: {message}"
                 )
             raise AlreadyReported()
-        return value
+        return cast(T, value)

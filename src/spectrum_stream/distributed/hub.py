@@ -56,7 +56,7 @@ def scan_hub_ranked(
             if group.rank == 0:
                 for line in needs_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
                     log.info("%s", line)  # the CLI's log lines say whose (rank 0's share)
-                if max_disk is not None:
+                if max_disk is not None and budget is not None:
                     log.info(
                         "--max-disk %s is per node: each of its %d ranks keeps within %s",
                         human_bytes(max_disk),

@@ -85,8 +85,8 @@ def _remove_journals(main) -> None:
 def _tidy(main) -> None:
     """Remove rank journals whose every finished module is in the main journal (best effort)."""
     try:
-        _, done, _ = read_journal(main)
-        done = _ok(done)
+        _, main_records, _ = read_journal(main)
+        done = _ok(main_records)
         for path in rank_journals(main):
             _, records, _ = read_journal(path)
             if _ok(records) <= done:
@@ -234,6 +234,7 @@ def scan_ranked(
         group.agree(lambda: _tidy(p.paths.journal), only=group.ranks.local_rank == 0)
     if r != 0:
         return report
+    assert gathered is not None  # rank 0 gathers
     devices = sorted({part["device"] for part in gathered})
     total = ScanReport(p.name, p.paths, f"{w} ranks ({', '.join(devices)})")
     total.planned = p.matrices

@@ -11,6 +11,7 @@ split islands' shards are opened by two ranks (each reading only its own tensors
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ..layout.specs import TensorJob
@@ -18,7 +19,7 @@ from ..layout.specs import TensorJob
 TOLERANCE = 0.02
 
 
-def job_cost(job: TensorJob, finished: set[str] = frozenset()) -> float:
+def job_cost(job: TensorJob, finished: AbstractSet[str] = frozenset()) -> float:
     """Flops of the matrices of `job` still to do (m*n*k each)."""
     return float(
         sum(
@@ -64,7 +65,7 @@ def _islands(jobs: list[TensorJob], todo: list[int]) -> list[list[int]]:
 def split(
     jobs: list[TensorJob],
     world: int,
-    finished: set[str] = frozenset(),
+    finished: AbstractSet[str] = frozenset(),
     *,
     allow_split: bool = True,
     tolerance: float = TOLERANCE,
