@@ -30,9 +30,8 @@ def _leave(code: int) -> NoReturn:
     """Every exit of the CLI with `code`: at once (output flushed) if a worker thread is still
     inside a decomposition nobody will journal (the interpreter would wait for it, minutes on a
     big matrix), or if torch is still alive under torchrun; else the normal way."""
-    from ..kernel.workers import workers_busy
-
-    if workers_busy() or _lingering():
+    workers = sys.modules.get("spectrum_stream.kernel.workers")  # never imported just for this
+    if (workers is not None and workers.workers_busy()) or _lingering():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
