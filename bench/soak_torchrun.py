@@ -15,7 +15,7 @@ then runs the same command again until it ends (at most three reruns):
 It counts per cycle: aborts (a rank's "terminate called" from torch's C++, or exit 134 / -6 in
 torchrun's report), hangs (a run past --timeout), mismatches (a journaled value that differs
 from the one-process scan, or final results files that differ byte for byte, or spectra that
-differ), and reruns that fail. Prints one line per cycle and a table at the end; exit 1 if any
+differ), reruns that fail, and (apart) cycles whose interrupted run journaled a module twice. Prints one line per cycle and a table at the end; exit 1 if any
 count is not 0. Results go in bench/RESULTS.md with the machine line this prints.
 """
 
@@ -67,6 +67,7 @@ class Counts:
     hangs: int = 0
     mismatches: int = 0
     failed_reruns: int = 0
+    duplicates: int = 0  # cycles where a module was journaled twice (harmless: keyed; counted)
     seconds: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -163,6 +164,18 @@ def interrupted_run(
     return finish(proc, timeout)
 
 
+def duplicate_lines(out: Path) -> int:
+    """Journal lines, over every journal in `out`, whose module another line already holds."""
+    keys: list[str] = []
+    for path in out.glob(f"{BASE}*.journal.jsonl"):
+        for line in path.read_bytes().split(b"\n")[1:]:
+            try:
+                keys.append(json.loads(line)["key"])
+            except (ValueError, KeyError):
+                continue  # a torn last line
+    return len(keys) - len(set(keys))
+
+
 def journal_values(out: Path) -> dict[str, float]:
     values: dict[str, float] = {}
     for path in out.glob(f"{BASE}*.journal.jsonl"):
@@ -217,6 +230,10 @@ def main() -> int:
         code, stderr = interrupted_run(cmd, out, mode, point, rng, args.timeout)
         runs = [(code, stderr)]
         cycle_notes = []
+        twice = duplicate_lines(out)
+        if twice:
+            c.duplicates += 1
+            cycle_notes.append(f"{twice} module(s) journaled twice")
         try:
             kept = journal_values(out)
             bad = [k for k, v in kept.items() if v != ref_values.get(k)]
@@ -266,12 +283,15 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
 
     print()
-    print("| ranks | cycles | aborts | hangs | mismatches | failed reruns | s per cycle |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| ranks | cycles | aborts | hangs | mismatches | failed reruns | journaled twice "
+        "| s per cycle |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     mean = sum(c.seconds) / len(c.seconds) if c.seconds else 0.0
     print(
         f"| {args.ranks} | {c.cycles} | {c.aborts} | {c.hangs} | {c.mismatches} | "
-        f"{c.failed_reruns} | {mean:.1f} |"
+        f"{c.failed_reruns} | {c.duplicates} | {mean:.1f} |"
     )
     for note in c.notes:
         print(note)
