@@ -24,7 +24,7 @@ import numpy as np
 
 from ..driver import ScanSetup, in_job_order, prepare_scan
 from ..errors import AlreadyReported, PeerFailed, SpectrumError
-from ..journal.journal import Journal, read_journal
+from ..journal.journal import Journal
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
     merge_records,
@@ -82,17 +82,12 @@ def _remove_journals(main) -> None:
         remove_journal(path)
 
 
-def _tidy(main) -> None:
-    """Remove rank journals whose every finished module is in the main journal (best effort)."""
-    try:
-        _, main_records, _ = read_journal(main)
-        done = _ok(main_records)
-        for path in rank_journals(main):
-            _, records, _ = read_journal(path)
-            if _ok(records) <= done:
-                remove_journal(path)
-    except (OSError, SpectrumError):
-        pass
+def _remove_gathered(paths: list) -> None:
+    """Remove rank journals whose records rank 0 has gathered into its main journal (best
+    effort): those this node read at the start, whose headers all matched this scan."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            remove_journal(path)
 
 
 def scan_ranked(
@@ -113,6 +108,7 @@ def scan_ranked(
         group.agree(lock)
         if opts.fresh:  # every node's first rank clears the journals it sees, before any opens one
             group.agree(lambda: _remove_journals(p.paths.journal), only=group.ranks.local_rank == 0)
+        earlier = rank_journals(p.paths.journal)  # read below: every record in them is sent
         seen = group.agree(lambda: read_all(p.paths.journal, p.header))
         everyone = group.all_gather(sorted(_ok(seen)))
         finished = set().union(*map(set, everyone))
@@ -227,11 +223,11 @@ def scan_ranked(
 
             result = write
         results = group.agree(result or (lambda: None))
-        # rank 0's main journal now holds every record this rank sent: its own journal can go,
-        # also from a node whose out-dir rank 0 does not see
-        with contextlib.suppress(OSError):
-            remove_journal(journal.path)
-        group.agree(lambda: _tidy(p.paths.journal), only=group.ranks.local_rank == 0)
+        # rank 0's main journal now holds every record sent: this rank's journal and those this
+        # node read at the start can go, also on a node whose out-dir rank 0 does not see
+        _remove_gathered([journal.path])
+        if group.ranks.local_rank == 0:
+            _remove_gathered(earlier)
     if r != 0:
         return report
     assert gathered is not None  # rank 0 gathers
