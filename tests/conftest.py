@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the trainer-name rules cache (layout/rules_cache.py) of this run, not the user's
+os.environ["SPECTRUM_STREAM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-stream-cache-")
 # Scan subprocesses (`python -m spectrum_stream`, some with another cwd) run the package under
 # test, not whatever a relative PYTHONPATH=src or an editable install elsewhere would find.
 _SRC = str(Path(spectrum_stream.__file__).resolve().parents[1])
@@ -129,3 +132,21 @@ def planted_dir(request, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp(f"planted-{shards}-shards") / "planted"
     write_planted_llama(folder, shards=shards, **PLANTED)
     return folder
+
+
+@pytest.fixture
+def scan_with():
+    """scan(path, opts) with some of the loop's steps replaced (scanloop/steps.py): a test wraps
+    decode, decompose_each, streamed_gram or bind_thread by passing its own, no module patched."""
+    import dataclasses
+
+    from spectrum_stream.driver import scan_checkpoint
+    from spectrum_stream.scanloop import STEPS
+    from spectrum_stream.source.checkpoint import open_local
+    from spectrum_stream.source.shards import LocalSource
+
+    def run(path, opts, **steps):
+        ckpt, folder = open_local(path)
+        return scan_checkpoint(ckpt, LocalSource(folder), opts, dataclasses.replace(STEPS, **steps))
+
+    return run

@@ -129,14 +129,13 @@ def test_max_gpu_mem_is_a_cap(tall_dir, tmp_path, method, prefetch):
     _close(gpu.results, cpu.results)
 
 
-def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch):
-    scan_mod = sys.modules["spectrum_stream.loop"]
+def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, scan_with):
+    from spectrum_stream.read.decode import decode
+
     cap = 12 * 1024**2
     cpu = scan(tall_dir, ScanOptions(out_dir=tmp_path / "cpu", progress=False, device="cpu"))
     decoded = []
-    real = scan_mod.decode
-    monkeypatch.setattr(scan_mod, "decode", lambda job, *a: decoded.append(job) or real(job, *a))
-    gpu = scan(
+    gpu = scan_with(
         tall_dir,
         ScanOptions(
             out_dir=tmp_path / "gpu",
@@ -146,6 +145,7 @@ def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch
             max_gpu_mem=cap,
             prefetch=False,
         ),
+        decode=lambda job, *a: decoded.append(job) or decode(job, *a),
     )
     streamed = [
         s for s in ((640, 2048), (2048, 640)) if memory.place(s, "gram", cap).where == "stream"
@@ -155,12 +155,13 @@ def test_streamed_gram_really_streams_on_the_gpu(tall_dir, tmp_path, monkeypatch
     _close(gpu.results, cpu.results)
 
 
-def test_prefetch_overlaps_a_decomposition(tall_dir, tmp_path, monkeypatch):
+def test_prefetch_overlaps_a_decomposition(tall_dir, tmp_path, scan_with):
     """The second tensor is read while the first is being decomposed (waits have deadlines:
     without overlap this fails after 60 s instead of hanging)."""
-    scan_mod = sys.modules["spectrum_stream.loop"]
+    from spectrum_stream.scanloop import STEPS
+
     in_svd, read_during = threading.Event(), threading.Event()
-    real_decode, real_each = scan_mod.decode, scan_mod.decompose_each
+    real_decode, real_each = STEPS.decode, STEPS.decompose_each
     loads = []
 
     def decode(job, *a):
@@ -175,9 +176,8 @@ def test_prefetch_overlaps_a_decomposition(tall_dir, tmp_path, monkeypatch):
         in_svd.clear()
         return real_each(*a, **k)
 
-    monkeypatch.setattr(scan_mod, "decode", decode)
-    monkeypatch.setattr(scan_mod, "decompose_each", decompose_each)
-    scan(tall_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cuda", prefetch=True))
+    opts = ScanOptions(out_dir=tmp_path, progress=False, device="cuda", prefetch=True)
+    scan_with(tall_dir, opts, decode=decode, decompose_each=decompose_each)
     assert read_during.is_set()
 
 

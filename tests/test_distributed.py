@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectrum_stream.distributed.split import imbalance, job_cost, shared_shards, split
+from spectrum_stream.distributed.split import imbalance, shared_shards, split
 from spectrum_stream.examples.synthetic import write_planted_llama
 from spectrum_stream.journal.journal import read_journal
+from spectrum_stream.layout.cost import job_cost
 from spectrum_stream.layout.specs import MatrixSpec, TensorJob, TensorRef
 from spectrum_stream.results.spectra import read_spectra
 from spectrum_stream.source.header import TensorEntry

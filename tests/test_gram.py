@@ -4,7 +4,6 @@ its block-streamed path for matrices past the memory budget, and the prefetch th
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -100,53 +99,53 @@ def test_fallback_is_written_to_the_journal(tmp_path):
     assert "fallback" not in by_key["model.layers.1.mlp.up_proj"]
 
 
-def routes_taken(monkeypatch) -> dict[str, list[str]]:
-    """Instruments the runner: tensors decoded whole (`decode`) and matrices summed from blocks
-    read straight from the file (`streamed_gram`), by tensor name."""
-    scan_mod = sys.modules["spectrum_stream.loop"]
+def routes_taken() -> tuple[dict[str, list[str]], dict]:
+    """Steps that record the routes taken: tensors decoded whole (`decode`) and matrices summed
+    from blocks read straight from the file (`streamed_gram`), by tensor name."""
+    from spectrum_stream.scanloop import STEPS
+
     taken: dict[str, list[str]] = {"whole": [], "streamed": []}
-    real_decode, real_streamed = scan_mod.decode, scan_mod.streamed_gram
 
     def decode(job, *args):
         taken["whole"].append(job.main.name)
-        return real_decode(job, *args)
+        return STEPS.decode(job, *args)
 
     def streamed_gram(path, entry, *args):
         taken["streamed"].append(entry.name)
-        return real_streamed(path, entry, *args)
+        return STEPS.streamed_gram(path, entry, *args)
 
-    monkeypatch.setattr(scan_mod, "decode", decode)
-    monkeypatch.setattr(scan_mod, "streamed_gram", streamed_gram)
-    return taken
+    return taken, {"decode": decode, "streamed_gram": streamed_gram}
 
 
 def reference_snrs(folder) -> dict[str, float]:
     return {key: reference_snr(w.numpy()) for key, w in all_matrices(folder).items()}
 
 
-def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch):
+def test_whole_and_streamed_gram_routes_agree(planted_dir, tmp_path, monkeypatch, scan_with):
     """The same checkpoint through both gram routes, each one checked to be the route taken:
     whole (a float32 copy, as on a GPU for a matrix within the budget, forced here) and streamed
     (float64 blocks from the file: always on CPU, here with a budget smaller than any matrix)."""
     from spectrum_stream.kernel.memory import Placement
-    from spectrum_stream.loop import _Runner
+    from spectrum_stream.scanloop.placement import DevicePolicy
 
-    taken = routes_taken(monkeypatch)
+    taken, steps = routes_taken()
     with monkeypatch.context() as m:
-        m.setattr(_Runner, "placement", lambda self, job: Placement("whole", 0))
-        whole = scan(
+        m.setattr(DevicePolicy, "place", lambda self, job: Placement("whole", 0))
+        whole = scan_with(
             planted_dir,
             ScanOptions(out_dir=tmp_path / "a", progress=False, device="cpu", method="gram"),
+            **steps,
         )
     tensors = [name + ".weight" for name in whole.results]
     assert sorted(taken["whole"]) == sorted(tensors) and taken["streamed"] == []
     taken["whole"].clear()
 
-    streamed = scan(
+    streamed = scan_with(
         planted_dir,
         ScanOptions(
             out_dir=tmp_path / "b", progress=False, device="cpu", method="gram", batch_bytes=1024
         ),
+        **steps,
     )
     assert taken["whole"] == [], "a matrix past the budget was read whole"
     assert sorted(taken["streamed"]) == sorted(tensors)
@@ -166,13 +165,12 @@ def test_which_plain_matrices_the_runner_streams():
     quantized or empty matrices. (On a GPU device memory decides: tests/test_gpu_plan.py.)"""
     from types import SimpleNamespace
 
-    from spectrum_stream.loop import _Runner
+    from spectrum_stream.scanloop.placement import DevicePolicy
 
     def streams(method: str, shape, decode: str = "plain") -> bool:
-        opts = ScanOptions(method=method, workers=1, progress=False)
-        runner = _Runner(None, None, None, torch.device("cpu"), opts, None)
+        policy = DevicePolicy(torch.device("cpu"), ScanOptions(method=method, progress=False))
         job = SimpleNamespace(decode=decode, matrices=[SimpleNamespace(shape=shape, index=None)])
-        return runner.placement(job).where == "stream"
+        return policy.place(job).where == "stream"
 
     assert streams("gram", (100, 80))
     assert not streams("exact", (100, 80))

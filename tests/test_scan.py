@@ -111,20 +111,17 @@ def test_cuda_requested_without_cuda_is_a_clear_error(llama_dir, tmp_path):
 
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_a_tensor_that_cannot_be_loaded_fails_only_its_module(
-    llama_dir, tmp_path, monkeypatch, prefetch
+    llama_dir, tmp_path, scan_with, prefetch
 ):
-    import sys
-
-    scan_mod = sys.modules["spectrum_stream.loop"]
-    real = scan_mod.decode
+    from spectrum_stream.read.decode import decode
 
     def flaky(job, *args):
         if job.main.name == "model.layers.1.mlp.up_proj.weight":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(job, *args)
+        return decode(job, *args)
 
-    monkeypatch.setattr(scan_mod, "decode", flaky)
-    report = scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, prefetch=prefetch))
+    opts = ScanOptions(out_dir=tmp_path, progress=False, prefetch=prefetch)
+    report = scan_with(llama_dir, opts, decode=flaky)
     assert [k for k, _ in report.failed] == ["model.layers.1.mlp.up_proj"]
     assert "out of memory" in report.failed[0][1]
     assert len(report.results) == 3 * 7 + 2 - 1

@@ -93,3 +93,29 @@ def test_bad_results_files_are_clear_errors(tmp_path):
         load_results(tmp_path / "missing.json")
     with pytest.raises(SpectrumError):
         select(make_results(), 120)
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"),
+    [
+        (
+            "mixtral",
+            [f"model.layers.1.block_sparse_moe.experts.3.{p}" for p in ("w1", "w2", "w3")]
+            + ["model.layers.1.block_sparse_moe.gate", "model.layers.1.self_attn.q_proj"],
+        ),
+        (
+            "qwen2_moe",
+            [f"model.layers.0.mlp.experts.12.{p}_proj" for p in ("gate", "up", "down")]
+            + ["model.layers.0.mlp.shared_expert.gate_proj"],
+        ),
+    ],
+)
+def test_fused_names_are_the_scans(family: str, keys: list[str]) -> None:
+    """select --fused-experts names a per-expert key as the scan's trainer key for that family."""
+    from spectrum_stream.layout.trainer_names import TrainerNames
+    from spectrum_stream.results.select import fused_param_pattern
+
+    scan_names = TrainerNames.for_config({"model_type": family}, use_transformers=False)
+    for key in keys:
+        assert fused_param_pattern(key) == scan_names.key(key, key + ".weight")
+    assert "$[" in fused_param_pattern(keys[0])

@@ -5,14 +5,12 @@ out-of-memory fallback, and the float64 warning."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from spectrum_stream import scan
 from spectrum_stream.kernel import calibrate, route
 from spectrum_stream.options import ScanOptions
 from spectrum_stream.read import device as device_mod
@@ -127,13 +125,13 @@ def test_the_prefetch_thread_binds_before_it_reads(fake_cuda):
     assert fake_cuda and all(name.startswith("spectrum-read") and d == dev for name, d in fake_cuda)
 
 
-def test_scan_binds_the_read_thread_to_its_device(llama_dir, tmp_path, monkeypatch):
-    scan_mod = sys.modules["spectrum_stream.loop"]
+def test_scan_binds_the_read_thread_to_its_device(llama_dir, tmp_path, scan_with):
     bound = []
-    monkeypatch.setattr(
-        scan_mod, "bind_thread", lambda d: bound.append((threading.current_thread().name, d))
+    scan_with(
+        llama_dir,
+        ScanOptions(out_dir=tmp_path, progress=False, device="cpu", prefetch=True),
+        bind_thread=lambda d: bound.append((threading.current_thread().name, d)),
     )
-    scan(llama_dir, ScanOptions(out_dir=tmp_path, progress=False, device="cpu", prefetch=True))
     assert bound and all(n.startswith("spectrum-read") and d == CPU for n, d in bound)
 
 

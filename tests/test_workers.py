@@ -234,9 +234,9 @@ def test_cli_takes_workers(llama_dir, tmp_path):
 @pytest.mark.parametrize("planted_dir", [1], indirect=True)
 def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_path, monkeypatch):
     """One shard, so nothing settles at a shard's end: the error must wait for the work handed out."""
-    from spectrum_stream.loop import _Runner
+    from spectrum_stream.scanloop.runner import Runner
 
-    real, calls = _Runner.consume, []
+    real, calls = Runner.consume, []
 
     def consume_then_fail(self, job, todo, *rest):
         calls.append(todo[0].key)
@@ -244,7 +244,7 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_
             raise OSError("the disk went away")
         return real(self, job, todo, *rest)
 
-    monkeypatch.setattr(_Runner, "consume", consume_then_fail)
+    monkeypatch.setattr(Runner, "consume", consume_then_fail)
     with pytest.raises(OSError, match="went away"):
         scan(
             planted_dir,
@@ -258,9 +258,8 @@ def test_an_error_mid_scan_still_journals_what_the_workers_had(planted_dir, tmp_
 
 BUSY_FIRST_MATRIX = """
 import sys, threading, time, torch
-import spectrum_stream.driver
-S = sys.modules["spectrum_stream.loop"]
-real, calls = S._Runner.stream_gram, []
+from spectrum_stream.scanloop.placement import DevicePolicy
+real, calls = DevicePolicy.exact_fits, []
 main = threading.main_thread()
 
 def say_busy_once_the_main_thread_waits():
@@ -278,7 +277,7 @@ def say_busy_once_the_main_thread_waits():
                 return
         time.sleep(0.001)
 
-def busy_first(self, *args):
+def busy_first(self, *args):  # the first thing a streamed matrix's worker asks
     calls.append(1)
     if len(calls) == 1:  # torch C++ work in this worker thread, longer than the test waits
         x = torch.randn(600, 600, dtype=torch.float64)
@@ -287,7 +286,7 @@ def busy_first(self, *args):
         while time.monotonic() < end:
             torch.linalg.eigvalsh(x @ x.T)
     return real(self, *args)
-S._Runner.stream_gram = busy_first
+DevicePolicy.exact_fits = busy_first
 from spectrum_stream.cli import main as cli
 cli(sys.argv[1:])
 """
@@ -377,16 +376,16 @@ def test_a_delivery_cut_short_stops_later_deliveries():
 
 def test_batches_waiting_in_memory_are_bounded_by_the_workers(llama_dir, tmp_path, monkeypatch):
     """Same-shape batches hold float32 matrices: at most one per worker is handed out."""
-    from spectrum_stream.loop import _Runner
+    from spectrum_stream.scanloop.batcher import Batcher
 
     most = []
-    real = _Runner.decompose_batch
+    real = Batcher.flush
 
-    def watching(self, batch):
+    def watching(self):  # each batch handed out: how many are in memory with it
+        real(self)
         most.append(len(self.pool.inflight))
-        return real(self, batch)
 
-    monkeypatch.setattr(_Runner, "decompose_batch", watching)
+    monkeypatch.setattr(Batcher, "flush", watching)
     scan(
         llama_dir,
         ScanOptions(

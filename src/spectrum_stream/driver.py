@@ -1,4 +1,4 @@
-"""A scan from start to end: set it up once, run the loop (loop.py) under the results lock, and
+"""A scan from start to end: set it up once, run the loop (scanloop/) under the results lock, and
 write the results files from the journal at the end (docs/architecture.md walks through it).
 
 `prepare_scan` makes the setup once (jobs, result paths, the journal's finished modules); a Hub
@@ -20,11 +20,11 @@ from .journal.lock import ScanLock
 from .journal.ranks import finished_everywhere, fold_rank_journals
 from .layout.jobs import plan_jobs
 from .layout.specs import TensorJob
-from .loop import run_jobs
-from .options import ScanInterrupted, ScanOptions, ScanReport
+from .options import ScanOptions, ScanReport
 from .read.device import resolve_device
 from .results.files import write_results
 from .results.paths import ResultPaths
+from .scanloop import STEPS, Steps, run_jobs
 from .source.checkpoint import Checkpoint, open_local
 from .source.shards import LocalSource, ShardSource
 
@@ -69,8 +69,11 @@ def in_job_order(records: dict[str, dict], jobs: list[TensorJob]) -> list[dict]:
     return sorted((r for r in records.values() if r["key"] in order), key=lambda r: order[r["key"]])
 
 
-def run_setup(p: ScanSetup, source: ShardSource, opts: ScanOptions) -> ScanReport:
-    """Carry out a plan with shards from `source`; resumes from the journal unless fresh."""
+def run_setup(
+    p: ScanSetup, source: ShardSource, opts: ScanOptions, steps: Steps = STEPS
+) -> ScanReport:
+    """Carry out a plan with shards from `source`; resumes from the journal unless fresh.
+    Ctrl-C or SIGTERM: ScanInterrupted, once the results files hold what finished."""
     device = resolve_device(opts.device)
     opts.check(device.type)
     report = ScanReport(p.name, p.paths, str(device))
@@ -85,7 +88,7 @@ def run_setup(p: ScanSetup, source: ShardSource, opts: ScanOptions) -> ScanRepor
             raise
         finished = journal.finished()  # under the lock: what is on disk now
         try:
-            run_jobs(p.name, p.jobs, journal, finished, source, device, opts, report)
+            run_jobs(p.name, p.jobs, journal, finished, source, device, opts, report, steps=steps)
         finally:
             journal.close()
             report.seconds = time.perf_counter() - started
@@ -97,14 +100,14 @@ def run_setup(p: ScanSetup, source: ShardSource, opts: ScanOptions) -> ScanRepor
             except SpectrumError:
                 if pending is None:
                     raise
-    if report.interrupted:
-        raise ScanInterrupted(report)
     return report
 
 
-def scan_checkpoint(ckpt: Checkpoint, source: ShardSource, opts: ScanOptions) -> ScanReport:
-    """Plan and scan a checkpoint whose shards `source` provides."""
-    return run_setup(prepare_scan(ckpt, opts), source, opts)
+def scan_checkpoint(
+    ckpt: Checkpoint, source: ShardSource, opts: ScanOptions, steps: Steps = STEPS
+) -> ScanReport:
+    """Plan and scan a checkpoint whose shards `source` provides (`steps`: scanloop/steps.py)."""
+    return run_setup(prepare_scan(ckpt, opts), source, opts, steps)
 
 
 def scan(path: str | Path, opts: ScanOptions | None = None, **overrides) -> ScanReport:

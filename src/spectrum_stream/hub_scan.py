@@ -15,11 +15,13 @@ fetching only shards that still hold unscanned modules.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .driver import ScanSetup, prepare_scan, run_setup
 from .errors import SpectrumError
@@ -33,6 +35,9 @@ from .source.hub.errors import HubDownloadError
 from .source.hub.headers import open_hub
 from .source.hub.repo import HubRepo
 from .units import human_bytes, human_seconds
+
+if TYPE_CHECKING:
+    from .distributed.group import Group
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +177,59 @@ def scan_hub(
     endpoint: str | None = None,
     cache_dir: str | Path | None = None,
     estimate: bool = True,
+    **overrides: Any,
 ) -> ScanReport:
     """Scan a Hub model repo shard by shard; resumes from the journal like a local scan.
 
     `max_disk` (bytes) implies `delete_shards`. `endpoint` and `cache_dir` default to
     huggingface_hub's (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE); `token` to HF_TOKEN or the saved login.
     The plan is logged at INFO level (logger `spectrum_stream`), warnings at WARNING.
-    Under torchrun the CLI calls distributed.hub.scan_hub_ranked instead.
+    Other keyword arguments override fields of `opts`, as in `scan`: `scan_hub(r, opts, device="cpu")`.
     """
-    opts = opts or ScanOptions()
+    return scan_hub_group(
+        repo_id,
+        dataclasses.replace(opts or ScanOptions(), **overrides),
+        None,
+        revision=revision,
+        token=token,
+        delete_shards=delete_shards,
+        max_disk=max_disk,
+        endpoint=endpoint,
+        cache_dir=cache_dir,
+        estimate=estimate,
+    )
+
+
+def scan_hub_group(
+    repo_id: str,
+    opts: ScanOptions,
+    group: Group | None,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    delete_shards: bool = False,
+    max_disk: int | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+    estimate: bool = True,
+) -> ScanReport:
+    """`scan_hub` for one rank of a torchrun job (the CLI's): with `group`, this rank scans its
+    share of whole shards, downloading only those (distributed/hub.py); `max_disk` is then per
+    node, split evenly between its ranks. Without one, the plain scan."""
+    if group is not None:
+        from .distributed.hub import scan_hub_ranked
+
+        return scan_hub_ranked(
+            repo_id,
+            opts,
+            group,
+            revision=revision,
+            token=token,
+            delete_shards=delete_shards,
+            max_disk=max_disk,
+            endpoint=endpoint,
+            cache_dir=cache_dir,
+        )
     delete = delete_shards or max_disk is not None
     with quiet_library_logs():
         device = resolve_device(opts.device)

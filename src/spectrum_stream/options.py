@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ScanInterrupted as ScanInterrupted  # raised with a ScanReport
 from .errors import SpectrumError
-from .kernel.route import METHODS
-from .kernel.snr import APPROXIMATE_DRIVERS
+from .modes import APPROXIMATE_DRIVERS, METHODS, SVD_DRIVERS, Grouping, Method, Names, SvdDriver
 
 if TYPE_CHECKING:
     from .results.paths import ResultPaths
@@ -29,31 +29,43 @@ class ScanOptions:
     device: str = "auto"
     include: str | None = None
     exclude: str | None = None
-    method: str = "exact"
+    method: Method = "exact"
     fresh: bool = False
     batch_bytes: int = DEFAULT_BATCH_BYTES
     progress: bool = True
     prefetch: bool | None = None  # read the next tensor during the current SVD; None: on for CUDA
-    svd_driver: str | None = None  # CUDA only: gesvd | gesvdj (None: gesvd for k >= 512)
+    svd_driver: SvdDriver | None = None  # CUDA only: gesvd | gesvdj (None: gesvd for k >= 512)
     max_gpu_mem: int | None = None  # CUDA only: cap on device bytes (None: 90% of free memory)
     workers: int | None = None  # CPU only: matrices decomposed at once (None: 2 for gram, else 1)
-    names: str = "trainer"  # results keys: trainer (transformers 5 parameters) | checkpoint
-    grouping: str = "pooled"  # results types: pooled | per-expert (docs/moe.md)
+    names: Names = "trainer"  # results keys: trainer (transformers 5 parameters) | checkpoint
+    grouping: Grouping = "pooled"  # results types: pooled | per-expert (docs/moe.md)
 
-    def check(self, device_type: str) -> None:
-        """Refuse settings that cannot work together on this device, with one line."""
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a mode outside its Literal's values, on construction: one SpectrumError line."""
         from .results.names import check_grouping, check_names
 
         check_names(self.names)
         check_grouping(self.grouping)
         if self.method not in METHODS:
             raise SpectrumError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.svd_driver is not None and self.svd_driver not in SVD_DRIVERS:
+            raise SpectrumError(
+                f"--svd-driver {self.svd_driver!r}: expected one of {', '.join(SVD_DRIVERS)}"
+            )
         if self.svd_driver in APPROXIMATE_DRIVERS:
             raise SpectrumError(
                 f"--svd-driver {self.svd_driver}: cuSOLVER's approximate driver "
                 "(no accuracy guarantee), so its values could not be journaled as "
                 "exact; use gesvd or gesvdj"
             )
+
+    def check(self, device_type: str) -> None:
+        """Refuse settings that cannot work together on this device, with one line (the modes
+        again too: a field may have been changed since construction)."""
+        self.validate()
         if self.svd_driver and device_type != "cuda":
             raise SpectrumError(
                 f"--svd-driver {self.svd_driver}: only for CUDA devices, not {device_type}"
@@ -81,11 +93,3 @@ class ScanReport:
     seconds: float = 0.0
     results: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
-
-
-class ScanInterrupted(SpectrumError):
-    """Ctrl-C or SIGTERM: finished modules are kept; the report says how far it got."""
-
-    def __init__(self, report: ScanReport):
-        super().__init__("scan interrupted")
-        self.report = report

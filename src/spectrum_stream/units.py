@@ -27,8 +27,8 @@ _UNITS = {
 def parse_size(text: str, flag: str = "--max-disk") -> int:
     """`40GB`, `1.5TB`, `500MiB` or a plain byte count -> bytes (K/M/G/T are powers of 1000)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = m and _UNITS.get(m.group(2).lower())
-    if not unit or int(float(m.group(1)) * unit) <= 0:
+    unit = _UNITS.get(m.group(2).lower()) if m else None
+    if m is None or not unit or int(float(m.group(1)) * unit) <= 0:
         raise SpectrumError(f"{flag} {text!r}: expected a size such as 40GB, 500MiB or 2000000000")
     return int(float(m.group(1)) * unit)
 

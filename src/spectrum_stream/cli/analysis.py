@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import SpectrumError
+from ..modes import GROUPINGS, TEXT_FORMATS, check_top_percent
 
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers = click.option(
@@ -73,7 +74,7 @@ def metrics(results, output, workers, quiet):
 @_top
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["pooled", "per-expert"]),
+    type=click.Choice(GROUPINGS),
     help="Rank experts together (pooled) or per expert index, as `select` does "
     "(default: the file's own types).",
 )
@@ -110,7 +111,7 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 @_top
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     default="per-expert",
     show_default=True,
     help="How experts are grouped before ranking, in both files "
@@ -119,7 +120,7 @@ def report(results, out_dir, top_percent, expert_grouping, metrics_file, workers
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(TEXT_FORMATS),
     default="text",
     show_default=True,
     help="text: a readable summary; json: every number (NaN as null).",
@@ -129,8 +130,7 @@ def compare(a, b, top_percent, expert_grouping, fmt):
     rank correlation of SNRs and overlap of the top-P selections, per type."""
     from ..metrics.compare import compare_results, format_compare_text, load_published_results
 
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     found = compare_results(
         load_published_results(a), load_published_results(b), top_percent, expert_grouping
     )

@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from tqdm.auto import tqdm
-
 
 class _BarFriendly(logging.Handler):
     def __init__(self, rank: str = ""):
@@ -22,6 +20,8 @@ class _BarFriendly(logging.Handler):
                 message = f"error: {message}"
             elif record.levelno >= logging.WARNING:
                 message = f"warning: {message}"
+            from tqdm.auto import tqdm  # imported by the first line logged, not by --help
+
             tqdm.write(self.rank + message, file=sys.stderr)
         except Exception:  # a log line must never end a scan
             self.handleError(record)

@@ -11,11 +11,14 @@ from typing import NoReturn
 
 import click
 
-from ..errors import AlreadyReported, SpectrumError
+from ..errors import AlreadyReported, ScanInterrupted, SpectrumError
+from ..modes import GROUPINGS, METHODS, NAMES, SELECT_FORMATS, SVD_DRIVERS
 from . import logs
+from .lazy import LazyGroup
 
 
 def _on_sigterm(signum, frame):
+    """SIGTERM is Ctrl-C: the scan loop turns either into ScanInterrupted (errors.py)."""
     raise KeyboardInterrupt
 
 
@@ -38,13 +41,11 @@ def _leave(code: int) -> NoReturn:
     sys.exit(code)
 
 
-class _Cli(click.Group):
+class _Cli(LazyGroup):
     """Turns expected failures into one line on stderr instead of a traceback."""
 
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _on_sigterm)
-        from ..options import ScanInterrupted
-
         try:
             done = super().invoke(ctx)
         except AlreadyReported as quiet:  # another rank printed the line
@@ -64,7 +65,7 @@ class _Cli(click.Group):
         except SpectrumError as exc:
             click.echo(f"error: {exc}", err=True)
             _leave(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # outside a scan's loop (e.g. while reading headers)
             click.echo("error: interrupted", err=True)
             _leave(130)
         except OSError as exc:
@@ -76,7 +77,15 @@ class _Cli(click.Group):
         return done
 
 
-@click.group(cls=_Cli)
+@click.group(
+    cls=_Cli,
+    lazy={  # commands in their own modules, imported when named (or listed by --help)
+        "metrics": ".analysis:metrics",
+        "report": ".analysis:report",
+        "compare": ".analysis:compare",
+        "plan": ".plan_cmd:plan_command",
+    },
+)
 @click.version_option(package_name="spectrum-stream")
 def main():
     """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
@@ -98,7 +107,7 @@ _out_dir = click.option(
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _names = click.option(
     "--names",
-    type=click.Choice(["trainer", "checkpoint"]),
+    type=click.Choice(NAMES),
     default="trainer",
     show_default=True,
     help="Results keys: trainer = the parameters of the model as transformers 5 "
@@ -107,7 +116,7 @@ _names = click.option(
 )
 _grouping = click.option(
     "--expert-grouping",
-    type=click.Choice(["pooled", "per-expert"]),
+    type=click.Choice(GROUPINGS),
     default="pooled",
     show_default=True,
     help="Results types: pooled = all experts of a projection rank together; "
@@ -128,7 +137,7 @@ _grouping = click.option(
 @click.option("--exclude", metavar="REGEX", help="Skip modules whose type or name matches.")
 @click.option(
     "--method",
-    type=click.Choice(["exact", "gram"]),
+    type=click.Choice(METHODS),
     default="exact",
     show_default=True,
     help="exact: torch.linalg.svdvals in float32 (the original tool). gram: eigenvalues "
@@ -152,7 +161,7 @@ _grouping = click.option(
 )
 @click.option(
     "--svd-driver",
-    type=click.Choice(["gesvd", "gesvdj", "gesvda"]),
+    type=click.Choice(SVD_DRIVERS),
     help="CUDA only: cuSOLVER driver for --method exact (default: gesvd for matrices of "
     "512+ columns, torch's choice below). gesvda is approximate and refused.",
 )
@@ -249,7 +258,7 @@ def scan(
         life = joined(ranks, device, peer_timeout)
     with life as group:  # under torchrun the group's whole life: built, used, torn down
         logs.install(quiet, rank=f"[rank {ranks.rank}/{ranks.world}] " if ranks else "")
-        from ..hub_scan import scan_hub
+        from ..hub_scan import scan_hub_group
         from ..source.hub.repo import is_hub_id
         from ..units import parse_size
 
@@ -298,22 +307,20 @@ def scan(
             names=names,
             grouping=expert_grouping,
         )
-        hub_args = dict(
-            revision=revision,
-            token=token,
-            delete_shards=delete_shards,
-            max_disk=parse_size(max_disk) if max_disk is not None else None,
-        )
-        if group is not None:
-            from ..distributed.hub import scan_hub_ranked
+        if hub:
+            report = scan_hub_group(
+                path,
+                opts,
+                group,
+                revision=revision,
+                token=token,
+                delete_shards=delete_shards,
+                max_disk=parse_size(max_disk) if max_disk is not None else None,
+            )
+        elif group is not None:
             from ..distributed.ranked import scan_local_ranked
 
-            if hub:
-                report = scan_hub_ranked(path, opts, group, **hub_args)
-            else:
-                report = scan_local_ranked(path, opts, group)
-        elif hub:
-            report = scan_hub(path, opts, **hub_args)
+            report = scan_local_ranked(path, opts, group)
         else:
             report = driver.scan(path, opts)
         if group is None or group.rank == 0:
@@ -331,7 +338,7 @@ def scan(
 )
 @click.option(
     "--expert-grouping",
-    type=click.Choice(["per-expert", "pooled"]),
+    type=click.Choice(GROUPINGS),
     help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
     "experts of a projection together (default: the file's types, which `scan "
     "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).",
@@ -345,7 +352,7 @@ def scan(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["yaml", "json"]),
+    type=click.Choice(SELECT_FORMATS),
     default="yaml",
     show_default=True,
     help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
@@ -413,11 +420,3 @@ def demo(device, out_dir, keep, quiet):
     click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
     if hits != len(verdicts):
         sys.exit(1)
-
-
-# metrics, report, compare (cli/analysis.py); plan (cli/plan_cmd.py)
-from .analysis import compare, metrics, report  # noqa: E402
-from .plan_cmd import plan_command  # noqa: E402
-
-for _command in (metrics, report, compare, plan_command):
-    main.add_command(_command)

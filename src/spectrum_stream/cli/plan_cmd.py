@@ -8,6 +8,7 @@ import json
 import click
 
 from ..errors import SpectrumError
+from ..modes import NAMES, OPTIMIZERS, TEXT_FORMATS, check_top_percent
 
 
 def _open(path: str, revision: str | None, token: str | None):
@@ -73,13 +74,11 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
 )
 @click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--optimizer", type=click.Choice(["adamw", "adamw-8bit"]), default="adamw", show_default=True
-)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
 @click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--names",
-    type=click.Choice(["trainer", "checkpoint"]),
+    type=click.Choice(NAMES),
     default="trainer",
     show_default=True,
     help="trainer = the model as transformers 5 loads it (fused "
@@ -89,7 +88,7 @@ def _measured_rates(ckpt, device: str, calibrate: bool | None) -> dict[str, floa
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(TEXT_FORMATS),
     default="text",
     show_default=True,
     help="json: the plan document of docs/planner.md.",
@@ -127,8 +126,7 @@ def plan_command(
     from ..units import parse_size
 
     mem = parse_size(gpu_mem, "--gpu-mem")
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent:g}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     results = load_results(results_path) if results_path else None
     ckpt = _open(path, revision, token)
     view, other = (trainer_view, stored_view) if names == "trainer" else (stored_view, trainer_view)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from ..driver import prepare_scan
 from ..hub_scan import check_disk, hub_needs, needs_lines, quiet_library_logs
@@ -33,7 +34,7 @@ def scan_hub_ranked(
     delete_shards: bool = False,
     max_disk: int | None = None,
     endpoint: str | None = None,
-    cache_dir: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> ScanReport:
     """This rank's share of whole shards (the split never cuts one), only those downloaded;
     `max_disk` is per node, split evenly between its ranks (`node_share`)."""

@@ -23,8 +23,15 @@ from collections.abc import Callable
 import numpy as np
 
 from ..driver import ScanSetup, in_job_order, prepare_scan
-from ..errors import AlreadyReported, PeerFailed, SpectrumError
-from ..journal.journal import Journal
+from ..errors import (
+    AlreadyReported,
+    HubDownloadError,
+    PeerFailed,
+    RanksInterrupted,
+    ScanInterrupted,
+    SpectrumError,
+)
+from ..journal.journal import Journal, finished_keys
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
     merge_records,
@@ -37,12 +44,11 @@ from ..journal.ranks import (
 )
 from ..journal.spectra_log import SpectraLog, read_spectrum, relocate
 from ..layout.specs import TensorJob
-from ..loop import run_jobs
-from ..options import ScanInterrupted, ScanOptions, ScanReport
+from ..options import ScanOptions, ScanReport
 from ..read.device import resolve_device
 from ..results.files import write_results
+from ..scanloop import run_jobs
 from ..source.checkpoint import open_local
-from ..source.hub.errors import HubDownloadError
 from ..source.shards import LocalSource, ShardSource
 from ..units import human_bytes
 from .group import Group
@@ -51,18 +57,6 @@ from .split import share_lines, split
 log = logging.getLogger(__name__)
 
 SourceFor = Callable[[list[TensorJob], set[str]], ShardSource]
-
-
-class RanksInterrupted(ScanInterrupted):
-    """Ctrl-C or SIGTERM under torchrun: what to tell the user is about every rank's journal."""
-
-    def __init__(self, report: ScanReport, line: str):
-        super().__init__(report)
-        self.line = line
-
-
-def _ok(records: dict[str, dict]) -> set[str]:
-    return {k for k, r in records.items() if r.get("status") == "ok"}
 
 
 def _stopped_by(group: Group, failure: str) -> None:
@@ -110,7 +104,7 @@ def scan_ranked(
             group.agree(lambda: _remove_journals(p.paths.journal), only=group.ranks.local_rank == 0)
         earlier = rank_journals(p.paths.journal)  # read below: every record in them is sent
         seen = group.agree(lambda: read_all(p.paths.journal, p.header))
-        everyone = group.all_gather(sorted(_ok(seen)))
+        everyone = group.all_gather(sorted(finished_keys(seen)))
         finished = set().union(*map(set, everyone))
         owner = {}
         for rank, keys in reversed(list(enumerate(everyone))):
@@ -135,10 +129,8 @@ def scan_ranked(
                 report,
                 desc=f"scan {p.name} [rank {r} of {w}]",
             )
-            if report.interrupted:
-                raise KeyboardInterrupt
             group.wait_for_peers()
-        except KeyboardInterrupt:
+        except (ScanInterrupted, KeyboardInterrupt):  # the loop's, or Ctrl-C while waiting
             failure = group.peer_failure()
             if failure is not None:  # torchrun stopped this rank because a peer failed
                 _stopped_by(group, failure)

@@ -1,8 +1,7 @@
 """Splitting a plan between ranks by estimated cost, keeping shards whole where balance allows.
 
-The cost of a matrix is its decomposition, about m*n*k flops (k = min(m, n)) for `svdvals` and
-for the Gram route alike; reading is cheap beside it. Work moves in islands: the shards tied
-together by jobs that read from several (an FP8 scale in another shard), so a whole island is
+The cost of a job is layout/cost.job_cost (m*n*k flops a matrix), the measure the progress bar
+uses too. Work moves in islands: the shards tied together by jobs that read from several (an FP8 scale in another shard), so a whole island is
 read (or downloaded) by one rank. Islands go largest first to the least loaded rank; then, if the
 heaviest rank is still more than `tolerance` above the mean and splitting is allowed, a run of
 jobs at the end of one of its islands moves to the lightest rank, one island at a time. Only the
@@ -11,24 +10,12 @@ split islands' shards are opened by two ranks (each reading only its own tensors
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+from ..layout.cost import job_cost
 from ..layout.specs import TensorJob
 
 TOLERANCE = 0.02
-
-
-def job_cost(job: TensorJob, finished: AbstractSet[str] = frozenset()) -> float:
-    """Flops of the matrices of `job` still to do (m*n*k each)."""
-    return float(
-        sum(
-            m * n * min(m, n)
-            for spec in job.matrices
-            if spec.key not in finished
-            for m, n in [spec.shape]
-        )
-    )
 
 
 @dataclass
@@ -65,7 +52,7 @@ def _islands(jobs: list[TensorJob], todo: list[int]) -> list[list[int]]:
 def split(
     jobs: list[TensorJob],
     world: int,
-    finished: AbstractSet[str] = frozenset(),
+    finished: set[str] | frozenset[str] = frozenset(),
     *,
     allow_split: bool = True,
     tolerance: float = TOLERANCE,

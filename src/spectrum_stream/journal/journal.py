@@ -21,7 +21,7 @@ import orjson
 from ..errors import ResumeError, SpectrumError
 from ..source.jsonfile import (
     JsonFileError,
-    Mismatch,
+    SchemaMismatch,
     anything,
     integer,
     list_of,
@@ -220,7 +220,7 @@ def read_journal(path: Path) -> tuple[dict | None, dict[str, dict], int]:
             doc = parse_json(line, path, "a journal line", RECORD_SCHEMA, MAX_LINE_BYTES)
             if doc["status"] == "ok":
                 OK_RECORD_SCHEMA(doc, "")
-        except (JsonFileError, Mismatch):
+        except (JsonFileError, SchemaMismatch):
             continue  # a garbled line (disk corruption): its module is simply redone
         records[doc["key"]] = doc
     return header, records, end

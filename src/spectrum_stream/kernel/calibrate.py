@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..read.device import on_device
+from ..read.device import is_cuda, on_device
 from .route import decompose
 
 WEAK_FLOAT64 = 8  # float64 this many times slower than float32: gram is likely slower than exact
@@ -34,11 +34,11 @@ def svd_rate(device: torch.device, size: int = 1024, method: str = "exact") -> f
 def _best_of(times: int, fn, device: torch.device) -> float:
     best = math.inf
     for _ in range(times):
-        if device.type == "cuda":
+        if is_cuda(device):
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         fn()
-        if device.type == "cuda":
+        if is_cuda(device):
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return best

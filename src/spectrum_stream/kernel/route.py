@@ -7,22 +7,21 @@ bound exceeds GRAM_TOLERANCE, or whose SNR is not finite, is redone exactly and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from ..errors import SpectrumError
+from ..errors import ModuleFailed
 from ..read.loader import block_len, iter_col_blocks, iter_row_blocks, staged_blocks
 from ..source.header import TensorEntry
 from .gram import accumulate_gram, gram_matrix, gram_spectrum, singular_values_from_gram
 from .snr import SpectrumStats, exact_singular_values, snr_from_singular_values
 
-METHODS = ("exact", "gram")
 GRAM_TOLERANCE = 1e-5  # worst-case relative SNR error allowed on the gram route (contract: 1e-4)
 
 
@@ -34,10 +33,6 @@ class Decomposed:
     method: str  # the route that produced `stats`: exact | gram
     note: str | None = None  # why gram fell back to exact, when it did
     values: torch.Tensor | None = None  # singular values, float32 on the CPU, descending
-
-
-class BadMatrix(SpectrumError):
-    """A matrix with no usable spectrum (NaN or Inf values): this module fails, the scan goes on."""
 
 
 def _values(s: torch.Tensor) -> torch.Tensor:
@@ -92,42 +87,59 @@ def decompose(
         return exact(mats, driver)
     m, n = mats[0].shape
     grams = torch.stack([gram_matrix(w) for w in mats])
-    return _from_grams(grams, m, n, [lambda w=w: w for w in mats], driver)
+    return _from_grams(grams, m, n, [_held(w) for w in mats], driver)
+
+
+def _held(w: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The exact fallback's reader for a matrix already in memory."""
+    return lambda: w
 
 
 ON_CPU_NOTE = "out of GPU memory: decomposed on the CPU"
+CPU = torch.device("cpu")
+T = TypeVar("T")
 
 
 def with_note(d: Decomposed, note: str) -> Decomposed:
     return dataclasses.replace(d, note=f"{d.note}; {note}" if d.note else note)
 
 
-def _alone(
-    mat: torch.Tensor, method: str, driver: str | None, error: RuntimeError | None = None
-) -> Decomposed | str:
-    """One matrix (`error`: what its batch-of-one call already raised); out of memory on the
-    device, it is decomposed on the CPU, never retried at the same size."""
+def or_on_cpu(on_device: Callable[[], T], on_cpu: Callable[[], T]) -> tuple[T, bool]:
+    """The one out-of-memory policy: `on_device()`; out of device memory, the cache is freed and
+    the same work is done once by `on_cpu()`, never retried at the same size on the device.
+    Returns the answer and whether it came from the CPU."""
     try:
-        if error is not None:
-            raise error
-        return decompose([mat], method, driver)[0]
+        return on_device(), False
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        try:
-            return with_note(decompose([mat.to("cpu")], method)[0], ON_CPU_NOTE)
-        except RuntimeError as exc:
-            return f"SVD failed ({exc})"
+        return on_cpu(), True
+
+
+def _alone(
+    mat: torch.Tensor, method: str, driver: str | None, error: RuntimeError | None = None
+) -> Decomposed | ModuleFailed:
+    """One matrix (`error`: what its batch-of-one call already raised); out of memory on the
+    device, it is decomposed on the CPU (or_on_cpu)."""
+
+    def on_device() -> Decomposed:
+        if error is not None:
+            raise error
+        return decompose([mat], method, driver)[0]
+
+    try:
+        done, on_cpu = or_on_cpu(on_device, lambda: decompose([mat.to(CPU)], method)[0])
     except RuntimeError as exc:
-        return f"SVD failed ({exc})"
+        return ModuleFailed(f"SVD failed ({exc})")
+    return with_note(done, ON_CPU_NOTE) if on_cpu else done
 
 
 def decompose_each(
     mats: list[torch.Tensor], method: str, driver: str | None = None
-) -> list[Decomposed | str]:
+) -> list[Decomposed | ModuleFailed]:
     """decompose() of a batch; if the batch fails, each matrix alone, so that one bad matrix fails
-    only itself (its entry is then the reason, a string). A matrix out of GPU memory on its own
-    goes to the CPU (the same route there)."""
+    only itself (its entry is then a ModuleFailed with the reason). A matrix out of GPU memory on
+    its own goes to the CPU (the same route there)."""
     try:
         return list(decompose(mats, method, driver))
     except RuntimeError as exc:
@@ -152,9 +164,14 @@ def streamed_gram(
         blocks, k = iter_row_blocks(path, entry, block_len(n, block_bytes)), n
     else:
         blocks, k = iter_col_blocks(path, entry, block_len(m, block_bytes)), m
-    with contextlib.closing(iter(staged_blocks(blocks, device))) as staged:
+    staged = iter(staged_blocks(blocks, device))
+    try:
         g = accumulate_gram(staged, k, m >= n, device)
+    finally:
+        close = getattr(staged, "close", None)  # a read-ahead thread's generator
+        if close is not None:
+            close()
     # a NaN or Inf anywhere in W makes its row's or column's squares, a diagonal entry, non-finite
     if not bool(torch.isfinite(g.diagonal()).all()):
-        raise BadMatrix("holds NaN or Inf values")
+        raise ModuleFailed("holds NaN or Inf values")
     return _from_grams(g[None], m, n, [lambda: whole().reshape(shape)], driver)[0]

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modes import APPROXIMATE_DRIVERS  # noqa: F401  (re-exported: never journaled as exact)
+from ..read.device import is_cuda
+
 MP_IQR_TO_SIGMA = 1.349  # interquartile range of a unit normal
 
 
@@ -55,7 +58,6 @@ def spectrum_stats(batch: torch.Tensor) -> list[SpectrumStats]:
 QR_MIN_RATIO = 2  # a matrix at least this tall is decomposed through its QR's R factor (on CUDA)
 GESVD_MIN_K = 512  # CUDA: gesvd from this k up (gesvdj, torch's default, allocates U and is
 # called possibly unstable for large matrices by torch's docs); bench/bench_kernels.py measures it
-APPROXIMATE_DRIVERS = ("gesvda",)  # cuSOLVER's approximate driver: never journaled as exact
 
 
 def default_driver(device_type: str, k: int) -> str | None:
@@ -78,7 +80,7 @@ def exact_singular_values(
     used on CUDA only (a CPU fallback ignores it; default: `default_driver`)."""
     if batch.shape[-2] < batch.shape[-1]:
         batch = batch.mT
-    cuda = batch.device.type == "cuda"
+    cuda = is_cuda(batch.device)
     if (cuda if qr is None else qr) and batch.shape[-2] >= QR_MIN_RATIO * batch.shape[-1]:
         batch = r_factor(batch)
     driver = (driver or default_driver("cuda", batch.shape[-1])) if cuda else None

@@ -116,8 +116,11 @@ def fused_dbrx(name: str, shape: tuple[int, ...], config: dict) -> _Fused:
             "a DBRX fused expert tensor; config.json must give "
             "ffn_config.moe_num_experts and ffn_config.ffn_hidden_size to split it",
         )
-    experts = experts or rows // ffn
-    ffn = ffn or rows // experts
+    if experts is None:
+        assert ffn is not None  # one of the two is given (checked above)
+        experts = rows // ffn
+    if ffn is None:
+        ffn = rows // experts
     if experts * ffn != rows:
         raise layout_error(
             name,

@@ -66,7 +66,7 @@ def tensor_jobs(ckpt: Checkpoint, name: str) -> list[TensorJob]:
         return fused_jobs(main, aux, decode, fused_3d(name, name, shape, ckpt), True)
 
     job = plain_job(ckpt, name)
-    return [replace(job, decode=decode, aux=aux)]
+    return [] if job is None else [replace(job, decode=decode, aux=aux)]
 
 
 def plan_jobs(

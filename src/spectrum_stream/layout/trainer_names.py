@@ -11,6 +11,11 @@ parameter (docs/moe.md, "Names"): a renamed module, or `<fused param>$[e]` /
 own conversion mapping when it has one, so keys follow that version; without transformers, from
 the built-in copy below (what transformers 5.24 does for the families it lists). A conversion that
 rows of dim 0 cannot express keeps the checkpoint key, with a warning.
+
+Importing transformers costs seconds, so its mapping is read once per installed version and the
+rules of every model type it lists are kept in a small cache file (layout/rules_cache.py). Without
+that file, a model of a dense family the mapping does not convert (DENSE_FAMILIES) takes the
+legacy renames at once, and transformers is imported only for the others.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from . import rules_cache
 from .naming import module_name
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,10 @@ _QWEN3_VL_MOE = Rules(
         Fuse(("mlp.experts.down_proj",), "mlp.experts.down_proj", "rows"),
     ),
 )
+# A results file does not say which family wrote it: `select --fused-experts` names per-expert
+# keys by the two per-expert layouts the table converts (Mixtral's w1/w3/w2 under
+# block_sparse_moe, and gate/up/down_proj under mlp.experts), without the families' other renames.
+PER_EXPERT_LAYOUTS = Rules(_MIXTRAL.renames, _MIXTRAL.fuses + _QWEN2_MOE.fuses)
 _LEGACY = (  # applied to every model type
     Rename("LayerNorm.gamma", "LayerNorm.weight"),
     Rename("LayerNorm.beta", "LayerNorm.bias"),
@@ -131,6 +141,52 @@ BUILTIN: dict[str, Rules] = {
 }
 
 
+# Dense families whose model type and architectures transformers 5's mapping does not list: their
+# rules are the legacy renames alone (tests/test_trainer_names.py checks this against the installed
+# transformers). The value is the class-name prefix of their architectures.
+DENSE_FAMILIES: dict[str, str] = {
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "gemma": "Gemma",
+    "gemma2": "Gemma2",
+    "phi": "Phi",
+    "phi3": "Phi3",
+    "gpt2": "GPT2",
+    "olmo": "Olmo",
+    "olmo2": "Olmo2",
+    "granite": "Granite",
+    "starcoder2": "Starcoder2",
+    "falcon": "Falcon",
+    "cohere": "Cohere",
+    "stablelm": "StableLm",
+    "smollm3": "SmolLM3",
+    "bert": "Bert",
+}
+
+
+def _dense_family(config: dict) -> bool:
+    """Whether every model type of `config` and every architecture it names is of a dense family
+    (e.g. `LlamaForCausalLM`, `LlamaModel`; not `GPTNeoXForCausalLM`, which the mapping lists)."""
+    types = _types(config)
+    prefixes = [DENSE_FAMILIES.get(t) for t in types]
+    if not types or None in prefixes:
+        return False
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        return False
+    return all(
+        isinstance(a, str)
+        and any(
+            a.startswith(p) and (a[len(p) :].startswith("For") or a[len(p) :] in ("Model",))
+            for p in prefixes
+            if p
+        )
+        for a in architectures
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers' own mapping, read into the same Rules.
 
@@ -164,7 +220,7 @@ def rules_from_transformers(mapping) -> Rules:
         kind, concat = _fuse_kind(ops)
         if kind == "stack" and (len(targets) != 1 or (len(sources) > 1) != concat):
             kind = "opaque"
-        parts = ()
+        parts: tuple[str, ...] = ()
         if kind == "stack" and len(sources) > 1:
             parts = (
                 ("gate", "up")
@@ -175,24 +231,81 @@ def rules_from_transformers(mapping) -> Rules:
     return Rules(tuple(renames), tuple(fuses))
 
 
-def transformers_rules(config: dict) -> tuple[Rules, str] | None:
-    """(rules, where from) from the installed transformers, or None without transformers 5."""
+def installed_transformers() -> str | None:
+    """The installed transformers' version, from its metadata (no import), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import transformers
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        return version("transformers")
+    except (PackageNotFoundError, ValueError):
+        return None
+
+
+def _major(version: str) -> int:
+    m = re.match(r"\d+", version)
+    return int(m.group(0)) if m else 0
+
+
+def derive_table() -> tuple[Rules, dict[str, Rules]] | None:
+    """(legacy rules, {model type or architecture: rules}) read from the installed transformers'
+    mapping (an import of seconds), or None when it has no load-time conversion."""
+    try:
+        from transformers import conversion_mapping
     except Exception:  # not installed, or transformers < 5 (no conversion at load)
-        try:
-            import transformers
-        except Exception:
-            return None
-        return Rules(), f"transformers {transformers.__version__} (no load-time conversion)"
-    found = None
+        return None
+    legacy = rules_from_transformers(
+        list(conversion_mapping.get_checkpoint_conversion_mapping("legacy") or [])
+    )
+    names: set[str] = set()
+    try:  # every entry, to cache them all; a private name, so fall back to the known families
+        names |= set(conversion_mapping._build_checkpoint_conversion_mapping())
+    except Exception:
+        names |= set(BUILTIN)
+    names.discard("legacy")
+    types = {}
+    for name in sorted(names):
+        found = conversion_mapping.get_checkpoint_conversion_mapping(name)
+        if found is not None:
+            types[name] = rules_from_transformers(list(found))
+    return legacy, types
+
+
+def _table(version: str, config: dict) -> tuple[Rules, dict[str, Rules]] | None:
+    """The rules table of `version`: the cache file's, else derived (and cached) unless the model
+    is of a dense family, where the legacy renames are known without transformers."""
+    table = rules_cache.load(version)
+    if table is not None:
+        return table
+    if _dense_family(config):
+        return Rules(_LEGACY), {}
+    table = derive_table()
+    if table is not None:
+        rules_cache.store(version, *table)
+    return table
+
+
+def transformers_rules(config: dict) -> tuple[Rules, str] | None:
+    """(rules, where from) following the installed transformers, or None without transformers.
+
+    Matches the first of the config's architectures, then its model types, that the mapping lists
+    (as transformers' `from_pretrained` does), plus the legacy renames every model gets."""
+    version = installed_transformers()
+    if version is None:
+        return None
+    if _major(version) < 5:
+        return Rules(), f"transformers {version} (no load-time conversion)"
+    table = _table(version, config)
+    if table is None:
+        return Rules(), f"transformers {version} (no load-time conversion)"
+    legacy, types = table
+    found = Rules()
     for name in [*(config.get("architectures") or []), *_types(config)]:
-        if isinstance(name, str) and (found := get_checkpoint_conversion_mapping(name)) is not None:
+        if isinstance(name, str) and name in types:
+            found = types[name]
             break
-    legacy = get_checkpoint_conversion_mapping("legacy") or []
-    rules = rules_from_transformers(list(found or []) + list(legacy))
-    return rules, f"transformers {transformers.__version__}"
+    return Rules(found.renames + legacy.renames, found.fuses + legacy.fuses), (
+        f"transformers {version}"
+    )
 
 
 def _types(config: dict) -> list[str]:
@@ -269,7 +382,7 @@ class TrainerNames:
         if fuse.kind == "rows" and suffix:
             return renamed + suffix
         if fuse.kind == "stack" and not suffix and expert is not None:
-            part = f"(?#{fuse.parts[source]})" if fuse.parts else ""
+            part = f"(?#{fuse.parts[source]})" if fuse.parts and source is not None else ""
             return f"{renamed}{part}$[{expert}]"
         if fuse.target not in self._warned:
             self._warned.add(fuse.target)

@@ -32,11 +32,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise SpectrumError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
 
 
+def is_cuda(device: torch.device) -> bool:
+    """The one test for a CUDA device: device memory, streams and cuSOLVER apply only there."""
+    return device.type == "cuda"
+
+
 def bind_thread(device: torch.device) -> None:
     """Make `device` the calling thread's current CUDA device (each thread has its own, GPU 0
     by default): without it a thread's pinned allocations, streams and solver handles land on
     GPU 0 even when the scan runs on cuda:1. Every thread that touches CUDA calls this first."""
-    if device.type == "cuda":
+    if is_cuda(device):
         torch.cuda.set_device(device)
 
 
@@ -44,7 +49,7 @@ def bind_thread(device: torch.device) -> None:
 def on_device(device: torch.device) -> Iterator[None]:
     """bind_thread for the caller's own thread, restoring its current device afterwards
     (torch.cuda.device restores without creating a context on the previous GPU)."""
-    if device.type != "cuda":
+    if not is_cuda(device):
         yield
         return
     with torch.cuda.device(device):

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SpectrumError
+from ..errors import ModuleFailed
 from ..source.dtypes import torch_dtype
 from ..source.header import TensorEntry
-from .device import bind_thread
+from .device import bind_thread, is_cuda
 from .staging import StagingPool, copy_through, read_ahead
 
 
@@ -24,7 +24,7 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
     """The tensor as stored (its own dtype and shape), backed by a private mapping of its bytes."""
     dtype = torch_dtype(entry.dtype)
     if dtype is None:
-        raise SpectrumError(
+        raise ModuleFailed(
             f"{path}: tensor {entry.name!r} has dtype {entry.dtype}, which torch "
             f"{torch.__version__} cannot hold"
         )
@@ -35,7 +35,7 @@ def read_raw(path: Path, entry: TensorEntry) -> torch.Tensor:
             path, dtype=np.uint8, mode="c", offset=entry.start, shape=(entry.nbytes,)
         )
     except (OSError, ValueError) as exc:
-        raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
+        raise ModuleFailed(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
     return torch.from_numpy(mapped).view(dtype).view(entry.shape)
 
 
@@ -46,7 +46,7 @@ def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
     side stream, so that a copy started by a reading thread overlaps the decomposition running
     on the default stream, and page-locked memory stays bounded.
     """
-    if device.type != "cuda":
+    if not is_cuda(device):
         return raw.to(device)
     return copy_through(raw, device, staging_pool(device), _copy_stream(device))
 
@@ -54,7 +54,7 @@ def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
 def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Iterable[torch.Tensor]:
     """Blocks of a matrix streamed to `device`: on a GPU, each read and copied by a thread one
     block ahead of the caller (bound to the device first); on CPU, as they are."""
-    if device.type != "cuda":
+    if not is_cuda(device):
         return blocks
     return read_ahead(
         (to_device(b, device) for b in blocks), depth=1, init=lambda: bind_thread(device)
@@ -63,7 +63,7 @@ def staged_blocks(blocks: Iterable[torch.Tensor], device: torch.device) -> Itera
 
 def to_float32(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
     """float32 copy on `device` (never a view of the mapping, so the file can be let go)."""
-    if device.type == "cuda":
+    if is_cuda(device):
         return to_device(raw, device).to(torch.float32)
     if raw.device == device and raw.dtype == torch.float32:
         return raw.clone()
@@ -101,6 +101,8 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
     Resident memory stays at one block however large the tensor is (a 152064 x 8192 embedding).
     """
     dtype = torch_dtype(entry.dtype)
+    if dtype is None:
+        raise ModuleFailed(f"{path}: tensor {entry.name!r}: this torch has no dtype {entry.dtype}")
     n_rows = entry.shape[0]
     row_bytes = entry.nbytes // max(1, n_rows)
     cols = int(np.prod(entry.shape[1:]))
@@ -115,7 +117,7 @@ def iter_row_blocks(path: Path, entry: TensorEntry, rows: int):
                 shape=((r1 - r0) * row_bytes,),
             )
         except (OSError, ValueError) as exc:
-            raise SpectrumError(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
+            raise ModuleFailed(f"{path}: cannot map tensor {entry.name!r} ({exc})") from None
         yield torch.from_numpy(part).view(dtype).view(r1 - r0, cols)
         del part
 

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ..errors import SpectrumError
+from ..errors import ModuleFailed
 
 T = TypeVar("T")
 
 
-def _timed(load: Callable[[T], object], item: T) -> tuple[object, SpectrumError | None, float]:
+def _timed(load: Callable[[T], object], item: T) -> tuple[object, ModuleFailed | None, float]:
     t0 = time.perf_counter()
     try:
         return load(item), None, time.perf_counter() - t0
-    except SpectrumError as exc:
+    except ModuleFailed as exc:  # this item's modules fail; anything else stops the scan
         return None, exc, time.perf_counter() - t0
     except RuntimeError as exc:  # torch: out of memory, a failed pinned copy: this module fails
-        return None, SpectrumError(f"cannot load ({exc})"), time.perf_counter() - t0
+        return None, ModuleFailed(f"cannot load ({exc})"), time.perf_counter() - t0
 
 
 def prefetched(
@@ -32,7 +32,7 @@ def prefetched(
     load: Callable[[T], object],
     ahead: bool = True,
     init: Callable[[], None] | None = None,
-) -> Iterator[tuple[T, object, SpectrumError | None, float]]:
+) -> Generator[tuple[T, object, ModuleFailed | None, float], None, None]:
     """Yield (item, load(item), error, seconds) in order; with `ahead`, item i+1 loads during i.
 
     `init` runs first on the reading thread (read/device.bind_thread: its CUDA device)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import SpectrumError
+from ..errors import ModuleFailed
 from ..source.quant_formats import (
     FP4_E2M1_VALUES,
     FP8_BLOCK,
@@ -30,7 +30,7 @@ def dequant_fp8_block(
 ) -> torch.Tensor:
     """float32 W from an FP8 weight [.., M, N] and its 128x128 block scales (on weight's device)."""
     if weight.dim() < 2 or tuple(scale_inv.shape) != fp8_scale_shape(tuple(weight.shape)):
-        raise SpectrumError(
+        raise ModuleFailed(
             f"{name}: FP8 weight of shape {list(weight.shape)} needs a _scale_inv of shape "
             f"{list(fp8_scale_shape(tuple(weight.shape))) if weight.dim() >= 2 else '?'}, "
             f"got {list(scale_inv.shape)}"
@@ -64,7 +64,7 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
 def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     """float32 [.., R, G * 32] from MXFP4 `_blocks` [.., R, G, 16] and `_scales` [.., R, G]."""
     if blocks.element_size() != 1 or scales.element_size() != 1:
-        raise SpectrumError(
+        raise ModuleFailed(
             f"{name}: MXFP4 blocks and scales must be bytes, got {blocks.dtype} and {scales.dtype}"
         )
     blocks, scales = _as_bytes(blocks), _as_bytes(scales)
@@ -73,7 +73,7 @@ def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, name: str = "tenso
         or blocks.shape[-1] != MXFP4_GROUP // 2
         or scales.shape != blocks.shape[:-1]
     ):
-        raise SpectrumError(
+        raise ModuleFailed(
             f"{name}: MXFP4 _blocks {list(blocks.shape)} need shape [.., R, G, 16] and _scales "
             f"[.., R, G]; got _scales {list(scales.shape)}"
         )

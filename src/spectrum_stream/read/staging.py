@@ -12,9 +12,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+
+from .device import is_cuda
 
 STAGING_BYTES = 64 * 1024**2  # one buffer (a power of two: the host allocator wastes nothing)
 STAGING_COUNT = 2  # buffers per device: one being filled while the other is copied
@@ -71,12 +73,12 @@ def copy_through(
     is waited for before this call waits on the pool, so two threads never hold each other's.
     """
     raw = raw.contiguous()
-    cuda = device.type == "cuda"
+    cuda = is_cuda(device)
     ctx = torch.cuda.stream(stream) if cuda and stream is not None else _nullcontext()
     with ctx:
         out = torch.empty(raw.shape, dtype=raw.dtype, device=device)
     src, dst = _as_bytes(raw), _as_bytes(out)
-    pending: list[tuple[torch.Tensor, object]] = []  # (buffer, event marking its copy done)
+    pending: list[tuple[torch.Tensor, Any]] = []  # (buffer, event marking its copy done)
 
     def reclaim_oldest() -> None:
         buf, event = pending.pop(0)

@@ -15,11 +15,12 @@ import re
 
 from ..errors import SpectrumError
 from ..layout.naming import module_type
+from ..modes import GROUPINGS, NAMES, Grouping, Names
 
-NAMES = ("trainer", "checkpoint")
-GROUPINGS = ("pooled", "per-expert")
-DEFAULT_NAMES = "trainer"
-DEFAULT_GROUPING = "pooled"
+__all__ = ["DEFAULT_GROUPING", "DEFAULT_NAMES", "GROUPINGS", "NAMES"]  # and the functions below
+
+DEFAULT_NAMES: Names = "trainer"
+DEFAULT_GROUPING: Grouping = "pooled"
 
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 _ROW_RANGE = re.compile(r"\$\[[0-9]*(:[0-9]*)?\]$")

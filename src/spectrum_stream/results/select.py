@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from fractions import Fraction
 from pathlib import Path
 
-from ..errors import SpectrumError
+from ..layout.trainer_names import PER_EXPERT_LAYOUTS, TrainerNames
+from ..modes import check_top_percent
 from ..source.jsonfile import mapping, number, obj, read_json, string
 from .names import GROUPINGS, pooled_type, result_type  # noqa: F401  (re-exported)
 
-_PER_EXPERT_KEY = re.compile(
-    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$"
-)
-_FUSED_PROJ = {
-    "w1": "gate_up_proj(?#gate)",
-    "gate_proj": "gate_up_proj(?#gate)",
-    "w3": "gate_up_proj(?#up)",
-    "up_proj": "gate_up_proj(?#up)",
-    "w2": "down_proj",
-    "down_proj": "down_proj",
-}
+_FUSED = TrainerNames(PER_EXPERT_LAYOUTS, "select --fused-experts")
 
 
 RESULTS_SCHEMA = mapping(obj({"snr": number, "type": string}))
@@ -49,13 +39,10 @@ def fused_param_pattern(key: str) -> str:
     per layer, `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I], and renames
     Mixtral's `block_sparse_moe` to `mlp`. Expert N is row N of those: `...gate_up_proj(?#gate)$[N]`.
     Gate and up of one expert share that row, so either one unfreezes both. Other keys are returned
-    unchanged (after the `block_sparse_moe` rename).
+    unchanged (after the `block_sparse_moe` rename). The names come from the scan's own rules
+    (layout/trainer_names.py, PER_EXPERT_LAYOUTS), so select and scan cannot disagree.
     """
-    key = key.replace(".block_sparse_moe.", ".mlp.")
-    m = _PER_EXPERT_KEY.match(key)
-    if m is None:
-        return key
-    return f"{m['experts']}.{_FUSED_PROJ[m['proj']]}$[{m['e']}]"
+    return _FUSED.key(key, key + ".weight")
 
 
 def group(
@@ -82,8 +69,7 @@ def select(
     results: dict[str, dict], top_percent: float, grouping: str | None = None
 ) -> dict[str, list[str]]:
     """{type: [selected keys]}: the top P percent of each type by SNR."""
-    if not 0 <= top_percent <= 100:
-        raise SpectrumError(f"--top-percent {top_percent}: expected a number from 0 to 100")
+    check_top_percent(top_percent)
     return {
         t: [key for key, _ in items[: top_count(len(items), top_percent)]]
         for t, items in group(results, grouping).items()

@@ -11,7 +11,7 @@ Use: `read_json(path, "a results file", schema)` for a file, `parse_json(data, w
 for bytes already in hand (one journal line, a Hub response). Both raise `JsonFileError`, a
 SpectrumError whose message is `<where>: not <what>: <why>`. Schemas are built from the helpers
 below (`obj`, `mapping`, `list_of`, `string`, `number`, `integer`, `anything`) or any callable
-`check(value, at)` that raises `Mismatch(at, "must be ...")`.
+`check(value, at)` that raises `SchemaMismatch(at, "must be ...")`.
 """
 
 from __future__ import annotations
@@ -24,28 +24,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import SpectrumError
+from ..errors import JsonFileError, SchemaMismatch
 
 MAX_JSON_BYTES = 256 * 1024**2  # no index, config or results file of a real model comes close
 Schema = Callable[[Any, str], None]
-
-
-class JsonFileError(SpectrumError):
-    """A JSON file (or line) that cannot be read, is not JSON, or does not fit its schema.
-
-    str() is the whole line (`<where>: not <what>: <why>`); `why` is the last part alone.
-    """
-
-    def __init__(self, message: str, why: str = ""):
-        super().__init__(message)
-        self.why = why or message
-
-
-class Mismatch(Exception):
-    """Raised by a schema check: `at` is the key path (e.g. `["weight_map"]["lm_head.weight"]`)."""
-
-    def __init__(self, at: str, problem: str):
-        super().__init__(f"{at or 'the top level'} {problem}")
 
 
 def _kind(value: Any) -> str:
@@ -77,21 +59,21 @@ def anything(value: Any, at: str) -> None:
 
 def string(value: Any, at: str) -> None:
     if not isinstance(value, str):
-        raise Mismatch(at, f"must be a string, not {_kind(value)}")
+        raise SchemaMismatch(at, f"must be a string, not {_kind(value)}")
 
 
 def number(value: Any, at: str) -> None:
     """A finite number (orjson never yields NaN/Inf, but a float past 1e308 is refused too)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Mismatch(at, f"must be a finite number, not {_kind(value)}")
+        raise SchemaMismatch(at, f"must be a finite number, not {_kind(value)}")
 
 
 def integer(minimum: int | None = None) -> Schema:
     def check(value: Any, at: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise Mismatch(at, f"must be an integer, not {_kind(value)}")
+            raise SchemaMismatch(at, f"must be an integer, not {_kind(value)}")
         if minimum is not None and value < minimum:
-            raise Mismatch(at, f"must be at least {minimum}, not {value}")
+            raise SchemaMismatch(at, f"must be at least {minimum}, not {value}")
 
     return check
 
@@ -99,7 +81,7 @@ def integer(minimum: int | None = None) -> Schema:
 def list_of(item: Schema) -> Schema:
     def check(value: Any, at: str) -> None:
         if not isinstance(value, list):
-            raise Mismatch(at, f"must be a list, not {_kind(value)}")
+            raise SchemaMismatch(at, f"must be a list, not {_kind(value)}")
         for i, v in enumerate(value):
             item(v, _key(at, i))
 
@@ -111,7 +93,7 @@ def mapping(values: Schema) -> Schema:
 
     def check(value: Any, at: str) -> None:
         if not isinstance(value, dict):
-            raise Mismatch(at, f"must be an object, not {_kind(value)}")
+            raise SchemaMismatch(at, f"must be an object, not {_kind(value)}")
         for k, v in value.items():
             values(v, _key(at, k))
 
@@ -126,10 +108,10 @@ def obj(
 
     def check(value: Any, at: str) -> None:
         if not isinstance(value, dict):
-            raise Mismatch(at, f"must be an object, not {_kind(value)}")
+            raise SchemaMismatch(at, f"must be an object, not {_kind(value)}")
         for k, schema in required.items():
             if k not in value:
-                raise Mismatch(_key(at, k), "is missing")
+                raise SchemaMismatch(_key(at, k), "is missing")
             schema(value[k], _key(at, k))
         for k, schema in optional.items():
             if k in value:
@@ -167,7 +149,7 @@ def parse_json(
     if schema is not None:
         try:
             schema(doc, "")
-        except Mismatch as exc:
+        except SchemaMismatch as exc:
             raise fail(str(exc)) from None
     return doc
 

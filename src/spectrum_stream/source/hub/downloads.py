@@ -109,52 +109,37 @@ class HubSource:
             self._thread.start()
 
     def _drop(self, shard: str) -> None:
-        """Delete a released shard from the cache (snapshot link and blob) if asked to."""
+        """Forget a released shard; delete it from the cache (link and blob) if asked to."""
         if self.delete:
             link = self.paths.get(shard)
             if link is not None:
-                blob = link.resolve()
-                for path in (link, blob):
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError as exc:
-                        log.warning(f"could not delete {path} ({exc.strerror or exc})")
+                delete_cached(link)
             self.held.pop(shard, None)
             self.paths.pop(shard, None)
 
     def _next(self) -> str | None:
         """The shard to fetch now, or None to wait."""
-        if not self.queue:
-            return None
-        wanted = [s for s in self.queue if s in self.asked]
-        if wanted:
-            shard = wanted[0]
-        else:
-            if any(st == "ready" and s not in self.asked for s, st in self.state.items()):
-                return None  # one shard ahead is enough
-            shard = self.queue[0]
-        size = self.ckpt.shards[shard].size
-        if self.max_disk is not None and sum(self.held.values()) + size > self.max_disk:
-            asker = self.asked.get(shard)
-            if asker is None or asker != self._releaser:
-                return None  # a prefetch (ours, or the scan's read-ahead) waits for a release
+        sizes = {s: self.ckpt.shards[s].size for s in self.queue}
+        shard, over = pick_next(
+            self.queue, self.state, self.asked, self.held, sizes, self.max_disk, self._releaser
+        )
+        if over and not self._warned and shard is not None and self.max_disk is not None:
             # The thread that releases shards is blocked on this one: waiting would hang.
-            # make_plan refuses budgets below what the scan needs at once, so this is rare.
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    f"--max-disk {human_bytes(self.max_disk)}: the scan needs "
-                    f"{', '.join(sorted({*self.held, shard}))} at once; going over the budget"
-                )
+            # The Hub scan refuses budgets below what it needs at once, so this is rare.
+            self._warned = True
+            log.warning(
+                f"--max-disk {human_bytes(self.max_disk)}: the scan needs "
+                f"{', '.join(sorted({*self.held, shard}))} at once; going over the budget"
+            )
         return shard
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                shard = None
+                shard: str | None = None
                 while not self._stop and (shard := self._next()) is None:
                     self._cond.wait(0.5)
-                if self._stop:
+                if self._stop or shard is None:
                     return
                 self.queue.remove(shard)
                 self.state[shard] = "downloading"
@@ -163,7 +148,7 @@ class HubSource:
                 self.downloads.append(shard)
             t0 = time.perf_counter()
             try:
-                path = self._fetch(shard)
+                path = fetch_checked(self.repo, self.ckpt, shard)
             except BaseException as exc:  # whatever it was, the scan waiting on it must hear
                 if not isinstance(exc, HubDownloadError):
                     exc = HubDownloadError(shard, f"download failed ({type(exc).__name__}: {exc})")
@@ -188,24 +173,65 @@ class HubSource:
                 time.perf_counter() - t0,
             )
 
-    def _fetch(self, shard: str) -> Path:
-        """Download (or find in the cache) one shard and check it is the one that was planned."""
+
+def pick_next(
+    queue: list[str],
+    state: dict[str, str],
+    asked: dict[str, int],
+    held: dict[str, int],
+    sizes: dict[str, int],
+    max_disk: int | None,
+    releaser: int | None,
+) -> tuple[str | None, bool]:
+    """The queued shard to fetch now (None: wait), and whether it goes over `max_disk`.
+
+    A shard the scan waits for comes first; otherwise one shard ahead is enough. Over the budget a
+    prefetch waits for a release, unless the thread that releases shards is the one waiting.
+    """
+    if not queue:
+        return None, False
+    wanted = [s for s in queue if s in asked]
+    if wanted:
+        shard = wanted[0]
+    else:
+        if any(st == "ready" and s not in asked for s, st in state.items()):
+            return None, False
+        shard = queue[0]
+    if max_disk is None or sum(held.values()) + sizes[shard] <= max_disk:
+        return shard, False
+    asker = asked.get(shard)
+    if asker is None or asker != releaser:
+        return None, False
+    return shard, True
+
+
+def delete_cached(link: Path) -> None:
+    """Delete a cached shard: the snapshot's link and the blob it points to."""
+    blob = link.resolve()
+    for path in (link, blob):
         try:
-            path = self.repo.download(shard)
-        except Exception as exc:
-            raise HubDownloadError(
-                shard,
-                explain(exc, self.repo.repo_id, shard, self.repo.revision, self.repo.endpoint),
-            ) from None
-        planned = self.ckpt.shards[shard]
-        try:
-            got = read_header(path)
-        except SpectrumError as exc:
-            raise HubDownloadError(
-                shard, f"the downloaded file is not the planned shard ({exc})"
-            ) from exc
-        if (got.size, got.header_sha256) != (planned.size, planned.header_sha256):
-            raise HubDownloadError(
-                shard, "the downloaded file differs from the header read when planning; run again"
-            )
-        return path
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(f"could not delete {path} ({exc.strerror or exc})")
+
+
+def fetch_checked(repo: HubRepo, ckpt: Checkpoint, shard: str) -> Path:
+    """Download (or find in the cache) one shard and check it is the one that was planned."""
+    try:
+        path = repo.download(shard)
+    except Exception as exc:
+        raise HubDownloadError(
+            shard, explain(exc, repo.repo_id, shard, repo.revision, repo.endpoint)
+        ) from None
+    planned = ckpt.shards[shard]
+    try:
+        got = read_header(path)
+    except SpectrumError as exc:
+        raise HubDownloadError(
+            shard, f"the downloaded file is not the planned shard ({exc})"
+        ) from exc
+    if (got.size, got.header_sha256) != (planned.size, planned.header_sha256):
+        raise HubDownloadError(
+            shard, "the downloaded file differs from the header read when planning; run again"
+        )
+    return path

@@ -5,14 +5,7 @@ from __future__ import annotations
 import errno
 import importlib
 
-
-class HubDownloadError(Exception):
-    """A shard download failed mid-scan. Deliberately not a SpectrumError, so that the scan loop
-    does not record the shard's modules as failed: the scan stops and the journal keeps its work."""
-
-    def __init__(self, shard: str, reason: str):
-        super().__init__(f"{shard}: {reason}")
-        self.shard, self.reason = shard, reason
+from ...errors import HubDownloadError  # noqa: F401  (raised by downloads.py)
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
