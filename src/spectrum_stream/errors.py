@@ -7,6 +7,8 @@
   The signal arrives as KeyboardInterrupt (SIGTERM's handler raises the same) and the loop turns
   it into this, once; the CLI prints how to resume and exits 130.
 - `HubDownloadError`: a shard download failed mid-scan: stop, keeping the journal's work.
+- Under torchrun: `AlreadyReported` (another rank printed the line: exit with its code, silently)
+  and `PeerFailed` (another rank failed: stop; rank 0 logs which and why, distributed/ranked.py).
 """
 
 from __future__ import annotations
