@@ -7,6 +7,8 @@
   The signal arrives as KeyboardInterrupt (SIGTERM's handler raises the same) and the loop turns
   it into this, once; the CLI prints how to resume and exits 130.
 - `HubDownloadError`: a shard download failed mid-scan: stop, keeping the journal's work.
+- Under torchrun: `AlreadyReported` (another rank printed the line: exit with its code, silently)
+  and `PeerFailed` (another rank failed: stop; rank 0 logs which and why, distributed/ranked.py).
 """
 
 from __future__ import annotations
@@ -100,3 +102,11 @@ class UnsafeFileError(SpectrumError):
 
 class WouldOverwrite(SpectrumError):
     """An output that would replace a file the tool did not write, or the command's own input."""
+
+
+class PeerFailed(SpectrumError):
+    """Under torchrun: another rank failed and printed why; this one stops (rank 0 names it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

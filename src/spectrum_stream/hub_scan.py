@@ -153,7 +153,7 @@ def needs_lines(
 
 
 @contextmanager
-def _quiet_library_logs():
+def quiet_library_logs():
     """huggingface_hub logs retries and warnings itself; this tool reports failures in one line."""
     from huggingface_hub.utils import logging as hf_logging  # its import sets the level
 
@@ -214,18 +214,28 @@ def scan_hub_group(
     estimate: bool = True,
 ) -> ScanReport:
     """`scan_hub` for one rank of a torchrun job (the CLI's): with `group`, this rank scans its
-    share of whole shards, downloading only those; `max_disk` is then per node, split evenly
-    between its ranks. Without one, the plain scan."""
+    share of whole shards, downloading only those (distributed/hub.py); `max_disk` is then per
+    node, split evenly between its ranks. Without one, the plain scan."""
+    if group is not None:
+        from .distributed.hub import scan_hub_ranked
+
+        return scan_hub_ranked(
+            repo_id,
+            opts,
+            group,
+            revision=revision,
+            token=token,
+            delete_shards=delete_shards,
+            max_disk=max_disk,
+            endpoint=endpoint,
+            cache_dir=cache_dir,
+        )
     delete = delete_shards or max_disk is not None
-    with _quiet_library_logs():
-        if group is not None:
-            return _scan_ranked(
-                repo_id, opts, group, revision, token, endpoint, cache_dir, delete, max_disk
-            )
+    with quiet_library_logs():
         device = resolve_device(opts.device)
         ckpt, repo = open_hub(repo_id, revision, token, endpoint, cache_dir)
         p = hub_needs(prepare_scan(ckpt, opts), repo)
-        _check_disk(p, ckpt, max_disk)
+        check_disk(p, ckpt, max_disk)
         rate = None
         if estimate and p.flops:
             rate = svd_rate(device, calibration_size(p.scan.jobs), opts.method)
@@ -244,7 +254,7 @@ def scan_hub_group(
             source.close()
 
 
-def _check_disk(p: HubNeeds, ckpt: Checkpoint, max_disk: int | None, what: str = "") -> None:
+def check_disk(p: HubNeeds, ckpt: Checkpoint, max_disk: int | None, what: str = "") -> None:
     """Refuse a --max-disk budget the scan cannot keep (`what` says whose budget it is)."""
     if max_disk is None or not p.needed:
         return
@@ -259,46 +269,3 @@ def _check_disk(p: HubNeeds, ckpt: Checkpoint, max_disk: int | None, what: str =
             f"--max-disk {human_bytes(max_disk)}{what} is too small: the scan needs shards "
             f"{', '.join(p.need_shards)} on disk at once ({human_bytes(p.need_at_once)})"
         )
-
-
-def _scan_ranked(
-    repo_id, opts, group, revision, token, endpoint, cache_dir, delete, max_disk
-) -> ScanReport:
-    """One rank of a Hub scan under torchrun: its own whole shards, in the node's shared cache."""
-    import dataclasses
-
-    from .distributed.env import node_share
-    from .distributed.ranked import scan_ranked
-
-    ckpt, repo = group.agree(lambda: open_hub(repo_id, revision, token, endpoint, cache_dir))
-    p = group.agree(lambda: prepare_scan(ckpt, opts))
-    budget = node_share(max_disk, group.ranks)
-    what = (
-        f" (this rank's part of --max-disk {human_bytes(max_disk)} for "
-        f"{group.ranks.local_world} ranks on a node)"
-        if max_disk is not None
-        else ""
-    )
-    sources: list[HubSource] = []
-
-    def source_for(jobs, finished):
-        hp = hub_needs(dataclasses.replace(p, jobs=jobs, finished=finished), repo)
-        _check_disk(hp, ckpt, budget, what)
-        if group.rank == 0:
-            for line in needs_lines(hp, repo, ckpt, "rank 0", None, delete, budget):
-                log.info("rank 0: %s", line)
-            if max_disk is not None:
-                log.info(
-                    "--max-disk %s is per node: each of its %d ranks keeps within %s",
-                    human_bytes(max_disk),
-                    group.ranks.local_world,
-                    human_bytes(budget),
-                )
-        sources.append(HubSource(repo, ckpt, hp.needed, delete, budget))
-        return sources[-1]
-
-    try:
-        return scan_ranked(p, group, opts, source_for, allow_split=False)
-    finally:
-        for source in sources:
-            source.close()

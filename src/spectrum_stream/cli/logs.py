@@ -11,6 +11,10 @@ from ..printable import printable_lines
 
 
 class _BarFriendly(logging.Handler):
+    def __init__(self, rank: str = ""):
+        super().__init__()
+        self.rank = rank  # "[rank R/W] " under torchrun: whose line it is
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = printable_lines(record.getMessage())  # names from strangers' files
@@ -20,19 +24,19 @@ class _BarFriendly(logging.Handler):
                 message = f"warning: {message}"
             from tqdm.auto import tqdm  # imported by the first line logged, not by --help
 
-            tqdm.write(message, file=sys.stderr)
+            tqdm.write(self.rank + message, file=sys.stderr)
         except Exception:  # a log line must never end a scan
             self.handleError(record)
 
 
-def install(quiet: bool = False) -> None:
+def install(quiet: bool = False, rank: str = "") -> None:
     """Show the package's INFO lines (a Hub scan's plan, each download) and its warnings; `quiet`
-    (no progress bar) also drops the line per download."""
+    (no progress bar) also drops the line per download; `rank` starts every line (torchrun)."""
     logger = logging.getLogger("spectrum_stream")
     for handler in list(logger.handlers):
         if isinstance(handler, _BarFriendly):
             logger.removeHandler(handler)
-    logger.addHandler(_BarFriendly())
+    logger.addHandler(_BarFriendly(rank))
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logging.getLogger("spectrum_stream.source.hub.downloads").setLevel(

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,9 +18,9 @@ from . import logs
 from .lazy import LazyGroup
 
 
-def _fail(message: str, code: int = 1):
+def _error(message: object) -> None:
+    """The one error line: control characters escaped, on one line (docs/robustness.md)."""
     click.echo(f"error: {printable(' '.join(str(message).splitlines()))}", err=True)
-    sys.exit(code)
 
 
 def _on_sigterm(signum, frame):
@@ -27,16 +28,23 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def _exit_interrupted() -> None:
-    """Exit 130; at once if a worker thread is still inside a decomposition nobody will journal
-    (the interpreter would wait for it, minutes on a big matrix)."""
-    from ..kernel.workers import workers_busy
+def _lingering() -> bool:
+    """Under torchrun, is anything of torch's (or any thread) still alive after the group's
+    teardown? Then interpreter shutdown could abort in C++ (exit 134): leave by os._exit."""
+    group = sys.modules.get("spectrum_stream.distributed.group")
+    return bool(group is not None and group.lingering())
 
-    if workers_busy():
+
+def _leave(code: int) -> NoReturn:
+    """Every exit of the CLI with `code`: at once (output flushed) if a worker thread is still
+    inside a decomposition nobody will journal (the interpreter would wait for it, minutes on a
+    big matrix), or if torch is still alive under torchrun; else the normal way."""
+    workers = sys.modules.get("spectrum_stream.kernel.workers")  # never imported just for this
+    if (workers is not None and workers.workers_busy()) or _lingering():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
-    sys.exit(130)
+        os._exit(code)
+    sys.exit(code)
 
 
 class _Cli(LazyGroup):
@@ -45,13 +53,13 @@ class _Cli(LazyGroup):
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return super().invoke(ctx)
+            done = super().invoke(ctx)
         except AlreadyReported as quiet:  # another rank printed the line
-            sys.exit(quiet.code)
+            _leave(quiet.code)
         except ScanInterrupted as stop:
             if getattr(stop, "line", None):  # every rank's journal, under torchrun
                 click.echo(stop.line, err=True)
-                _exit_interrupted()
+                _leave(130)
             r = stop.report
             kept = r.skipped + r.scanned
             click.echo(
@@ -59,15 +67,20 @@ class _Cli(LazyGroup):
                 f"{os.path.relpath(r.paths.journal)}; run the same command again to resume",
                 err=True,
             )
-            _exit_interrupted()
+            _leave(130)
         except SpectrumError as exc:
-            _fail(str(exc))
+            _error(exc)
+            _leave(1)
         except KeyboardInterrupt:  # outside a scan's loop (e.g. while reading headers)
             click.echo("error: interrupted", err=True)
-            _exit_interrupted()
+            _leave(130)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}")
+            _error(f"{where}{exc.strerror or exc}")
+            _leave(1)
+        if _lingering():  # a finished torchrun rank
+            _leave(0)
+        return done
 
 
 @click.group(
@@ -230,6 +243,7 @@ def scan(
 
     Under torchrun (`torchrun --nproc-per-node N -m spectrum_stream scan ...`) the ranks split the
     work by cost; `--device cuda` is then each rank's cuda:LOCAL_RANK, `--max-disk` is per node."""
+    import contextlib
     import re
 
     from .. import driver
@@ -238,49 +252,49 @@ def scan(
     from .summary import format_summary
 
     ranks = from_env()
-    group = None
+    life: contextlib.AbstractContextManager = contextlib.nullcontext()
     if ranks is not None:  # one rank of a torchrun job: only rank 0 shows a bar and the summary
         import torch
 
         from ..distributed.env import rank_device
-        from ..distributed.group import Group
+        from ..distributed.group import joined
 
         device = rank_device(device, ranks, torch.cuda.is_available())
         quiet = quiet or ranks.rank != 0
-        group = Group.start(ranks, device, peer_timeout)
-    logs.install(quiet)
-    from ..hub_scan import scan_hub_group
-    from ..source.hub.repo import is_hub_id
-    from ..units import parse_size
+        life = joined(ranks, device, peer_timeout)
+    with life as group:  # under torchrun the group's whole life: built, used, torn down
+        logs.install(quiet, rank=f"[rank {ranks.rank}/{ranks.world}] " if ranks else "")
+        from ..hub_scan import scan_hub_group
+        from ..source.hub.repo import is_hub_id
+        from ..units import parse_size
 
-    def check() -> bool:
-        for flag, rx in (("--include", include), ("--exclude", exclude)):
-            if rx:
-                try:
-                    re.compile(rx)
-                except re.error as exc:
-                    raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
-        hub = is_hub_id(path)
-        hub_only = [
-            flag
-            for flag, value in (
-                ("--revision", revision),
-                ("--token", token),
-                ("--delete-shards", delete_shards),
-                ("--max-disk", max_disk),
-            )
-            if value
-        ]
-        if hub_only and not hub:
-            raise SpectrumError(
-                f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
-                "(ORG/NAME that is not a local path)"
-            )
-        if max_disk is not None:
-            parse_size(max_disk)
-        return hub
+        def check() -> bool:
+            for flag, rx in (("--include", include), ("--exclude", exclude)):
+                if rx:
+                    try:
+                        re.compile(rx)
+                    except re.error as exc:
+                        raise SpectrumError(f"{flag} {rx!r}: not a valid regex ({exc})") from None
+            hub = is_hub_id(path)
+            hub_only = [
+                flag
+                for flag, value in (
+                    ("--revision", revision),
+                    ("--token", token),
+                    ("--delete-shards", delete_shards),
+                    ("--max-disk", max_disk),
+                )
+                if value
+            ]
+            if hub_only and not hub:
+                raise SpectrumError(
+                    f"{path}: {', '.join(hub_only)} only apply to a Hub repo id "
+                    "(ORG/NAME that is not a local path)"
+                )
+            if max_disk is not None:
+                parse_size(max_disk)
+            return hub
 
-    try:
         hub = group.agree(check) if group else check()
         opts = ScanOptions(
             out_dir=out_dir,
@@ -317,9 +331,6 @@ def scan(
             report = driver.scan(path, opts)
         if group is None or group.rank == 0:
             click.echo(format_summary(report))
-    finally:
-        if group is not None:
-            group.close()
 
 
 @main.command()

@@ -26,11 +26,12 @@ from ..driver import ScanSetup, in_job_order, prepare_scan
 from ..errors import (
     AlreadyReported,
     HubDownloadError,
+    PeerFailed,
     RanksInterrupted,
     ScanInterrupted,
     SpectrumError,
 )
-from ..journal.journal import Journal, finished_keys, read_journal
+from ..journal.journal import Journal, finished_keys
 from ..journal.lock import ScanLock
 from ..journal.ranks import (
     merge_records,
@@ -58,22 +59,29 @@ log = logging.getLogger(__name__)
 SourceFor = Callable[[list[TensorJob], set[str]], ShardSource]
 
 
+def _stopped_by(group: Group, failure: str) -> None:
+    """This rank stops because another failed (that rank printed its own line): rank 0 says
+    which and why, in its log; every rank exits 1."""
+    if group.rank == 0:
+        log.warning(
+            "stopped: %s; every rank's finished modules are journaled, run the same command "
+            "again to resume",
+            failure if failure.startswith("rank ") else f"a rank failed: {failure}",
+        )
+    raise AlreadyReported(code=1)
+
+
 def _remove_journals(main) -> None:
     for path in [main, *rank_journals(main)]:
         remove_journal(path)
 
 
-def _tidy(main) -> None:
-    """Remove rank journals whose every finished module is in the main journal (best effort)."""
-    try:
-        _, done, _ = read_journal(main)
-        done = finished_keys(done)
-        for path in rank_journals(main):
-            _, records, _ = read_journal(path)
-            if finished_keys(records) <= done:
-                remove_journal(path)
-    except (OSError, SpectrumError):
-        pass
+def _remove_gathered(paths: list) -> None:
+    """Remove rank journals whose records rank 0 has gathered into its main journal (best
+    effort): those this node read at the start, whose headers all matched this scan."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            remove_journal(path)
 
 
 def scan_ranked(
@@ -94,6 +102,7 @@ def scan_ranked(
         group.agree(lock)
         if opts.fresh:  # every node's first rank clears the journals it sees, before any opens one
             group.agree(lambda: _remove_journals(p.paths.journal), only=group.ranks.local_rank == 0)
+        earlier = rank_journals(p.paths.journal)  # read below: every record in them is sent
         seen = group.agree(lambda: read_all(p.paths.journal, p.header))
         everyone = group.all_gather(sorted(finished_keys(seen)))
         finished = set().union(*map(set, everyone))
@@ -122,7 +131,10 @@ def scan_ranked(
             )
             group.wait_for_peers()
         except (ScanInterrupted, KeyboardInterrupt):  # the loop's, or Ctrl-C while waiting
-            if r != 0 or group.peer_failure() is not None:
+            failure = group.peer_failure()
+            if failure is not None:  # torchrun stopped this rank because a peer failed
+                _stopped_by(group, failure)
+            if r != 0:
                 raise AlreadyReported(code=130) from None
             raise RanksInterrupted(
                 report,
@@ -132,19 +144,22 @@ def scan_ranked(
                     f"{w - 1} more); run the same command again to resume"
                 ),
             ) from None
+        except PeerFailed as exc:
+            _stopped_by(group, exc.message)
         except AlreadyReported:
             raise
         except Exception as exc:
-            group.mark_failed(f"rank {r}: {exc}")
-            if isinstance(exc, (SpectrumError, HubDownloadError, OSError)):
-                what = getattr(exc, "reason", None) or str(exc)
-                if "run the same command again" not in what:
-                    what += (
-                        "; every rank's finished modules are journaled, run the same command "
-                        "again to resume"
-                    )
-                raise SpectrumError(f"rank {r}: {what}") from None
-            raise
+            if not isinstance(exc, (SpectrumError, HubDownloadError, OSError)):
+                group.mark_failed(f"rank {r}: {type(exc).__name__}: {exc}")
+                raise
+            what = getattr(exc, "reason", None) or str(exc)
+            group.mark_failed(f"rank {r}: {what}")
+            if "run the same command again" not in what:
+                what += (
+                    "; every rank's finished modules are journaled, run the same command "
+                    "again to resume"
+                )
+            raise SpectrumError(f"rank {r}: {what}") from None
         finally:
             journal.close()
         mine = dict(journal.records)
@@ -200,15 +215,24 @@ def scan_ranked(
 
             result = write
         results = group.agree(result or (lambda: None))
-        group.agree(lambda: _tidy(p.paths.journal), only=group.ranks.local_rank == 0)
+        # rank 0's main journal now holds every record sent: this rank's journal and those this
+        # node read at the start can go, also on a node whose out-dir rank 0 does not see
+        _remove_gathered([journal.path])
+        if group.ranks.local_rank == 0:
+            _remove_gathered(earlier)
     if r != 0:
         return report
+    assert gathered is not None  # rank 0 gathers
     devices = sorted({part["device"] for part in gathered})
     total = ScanReport(p.name, p.paths, f"{w} ranks ({', '.join(devices)})")
     total.planned = p.matrices
     total.skipped = sum(1 for j in p.jobs for s in j.matrices if s.key in finished)
     total.scanned = sum(part["scanned"] for part in gathered)
-    total.failed = [tuple(f) for part in gathered for f in part["failed"]]
+    total.failed = [
+        (key, f"{reason} (rank {rank})")
+        for rank, part in enumerate(gathered)
+        for key, reason in part["failed"]
+    ]
     total.results = results
     total.seconds = time.perf_counter() - started
     return total

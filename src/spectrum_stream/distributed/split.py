@@ -52,7 +52,7 @@ def _islands(jobs: list[TensorJob], todo: list[int]) -> list[list[int]]:
 def split(
     jobs: list[TensorJob],
     world: int,
-    finished: set[str] = frozenset(),
+    finished: set[str] | frozenset[str] = frozenset(),
     *,
     allow_split: bool = True,
     tolerance: float = TOLERANCE,
