@@ -27,6 +27,7 @@ from .driver import ScanSetup, prepare_scan, run_setup
 from .errors import SpectrumError
 from .journal.ranks import finished_everywhere
 from .kernel.calibrate import calibration_size, svd_rate
+from .layout.cost import job_cost
 from .options import ScanOptions, ScanReport
 from .read.device import resolve_device
 from .source.checkpoint import Checkpoint
@@ -67,12 +68,12 @@ def hub_needs(p: ScanSetup, repo: HubRepo) -> HubNeeds:
     todo = [any(s.key not in done for s in j.matrices) for j in jobs]
     first: dict[str, int] = {}
     last: dict[str, int] = {}
-    for i, (job, needed) in enumerate(zip(jobs, todo)):
+    for i, (job, wanted) in enumerate(zip(jobs, todo)):
         for shard in job.shards:
             last[shard] = i  # the scan releases a shard after the last job that uses it
-            if needed:
+            if wanted:
                 first.setdefault(shard, i)
-    needed = sorted(first, key=first.get)
+    needed = sorted(first, key=first.__getitem__)
     sizes = {s: h.size for s, h in ckpt.shards.items()}
     # A needed shard is on disk from its first needed job to the last job using it: sweep.
     delta = [0] * (len(jobs) + 1)
@@ -85,14 +86,7 @@ def hub_needs(p: ScanSetup, repo: HubRepo) -> HubNeeds:
         if running > need_at_once:
             need_at_once, at = running, i
     need_shards = [s for s in needed if first[s] <= at <= last[s]]
-    flops = sum(
-        float(m * n * min(m, n))
-        for job, t in zip(jobs, todo)
-        if t
-        for spec in job.matrices
-        if spec.key not in done
-        for m, n in [spec.shape]
-    )
+    flops = sum(job_cost(job, done) for job in jobs)
     cached = [s for s in needed if repo.cached(s) is not None]
     return HubNeeds(
         scan=p,
