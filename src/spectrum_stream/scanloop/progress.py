@@ -38,12 +38,18 @@ class Progress:
         self.bar.update(job_cost(job, self.finished))
         if not all(s.key in self.finished for s in job.matrices):
             self.bytes += job.nbytes
+        self._postfix(refresh=False)
+
+    def _postfix(self, refresh: bool) -> None:
         r = self.report
         self.bar.set_postfix_str(
             f"{human_bytes(self.bytes)}/{human_bytes(self.total_bytes)}, "
             f"{r.skipped + r.scanned + len(r.failed)}/{r.planned} modules",
-            refresh=False,
+            refresh=refresh,
         )
 
     def close(self) -> None:
+        """The last line counts every module journaled (the last batch lands after its read)."""
+        if not self.bar.disable:
+            self._postfix(refresh=True)
         self.bar.close()
