@@ -323,6 +323,23 @@ def test_nan_in_a_kept_spectrum_is_that_modules_failure(tmp_path):
     assert rows["model.layers.0.mlp.up_proj"]["stable_rank"] is not None
 
 
+@pytest.mark.parametrize("command", ["metrics", "report"])
+def test_a_spectrum_longer_than_any_real_matrix_is_refused_before_the_fit(tmp_path, command):
+    """The power-law fit is quadratic in the spectrum's length: a 70,000-value spectrum (shape and
+    count consistent) would hold the command for minutes; it is refused at once, in one line."""
+    results = tiny_results(tmp_path)
+    n = 70_000
+    spectra_file(
+        tmp_path / "snr_results_m_spectra.safetensors",
+        {"model.layers.0.mlp.up_proj": np.linspace(3, 1, n).astype(np.float32)},
+        {"model.layers.0.mlp.up_proj": [n, n]},
+    )
+    out = tmp_path / ("t.json" if command == "metrics" else "page")
+    with deadline(30):
+        r = run_cli([command, str(results), "-o", str(out), "--quiet"])
+    assert_one_line_error(r, "more than any real matrix has")
+
+
 def header_file(path: Path, header: dict, data: bytes = b"") -> Path:
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)

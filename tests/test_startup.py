@@ -53,6 +53,19 @@ def test_help_imports_nothing_heavy(args: tuple[str, ...]) -> None:
     assert _heavy_after(*args) == []
 
 
+def test_select_and_report_on_a_results_file_never_import_torch(tmp_path) -> None:
+    """Reading results and drawing the page need no tensor library: torch's seconds of import
+    are paid only by commands that decompose or load a model."""
+    results = tmp_path / "snr_results_m.json"
+    keys = [f"model.layers.{i}.mlp.{p}" for i in range(3) for p in ("up_proj", "down_proj")]
+    results.write_text(
+        json.dumps({k: {"snr": 1.0 + i, "type": k.split(".", 3)[3]} for i, k in enumerate(keys)})
+    )
+    assert "torch" not in _heavy_after("select", str(results))
+    assert "torch" not in _heavy_after("report", str(results), "-o", str(tmp_path / "page"))
+    assert (tmp_path / "page" / "index.html").is_file()
+
+
 def test_the_probe_sees_a_heavy_import() -> None:
     """The check above can fail: a command that runs does import torch."""
     code = "import sys, spectrum_stream; spectrum_stream.scan; print('torch' in sys.modules)"

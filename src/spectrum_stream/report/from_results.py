@@ -23,11 +23,10 @@ from ..results.kept_spectra import load_kept_spectra
 from ..results.paths import RESULTS_PREFIX, ResultPaths
 from ..results.rank_floor import rank_deficient
 from ..results.select import read_results
+from ..results.spectra import MAX_SPECTRUM
 from .build import build_report
 
 log = logging.getLogger(__name__)
-MAX_SPECTRUM = 65_536  # singular values per module: past any real matrix's min(m, n) (a fit of
-# more is refused, so a hostile spectra file cannot make the report's fit run for hours)
 
 
 def model_title(results_path: Path) -> str:

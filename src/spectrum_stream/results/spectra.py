@@ -27,6 +27,9 @@ from .paths import RESULTS_PREFIX, ResultPaths
 
 FORMAT = "spectrum-stream/spectra"
 VERSION = "1"
+# Singular values per module: past any real matrix's min(m, n) (the widest hidden sizes are ~16k),
+# and a cap on the power-law fit's cost (docs/robustness.md).
+MAX_SPECTRUM = 65_536
 RANKS_METADATA = "numerical_ranks"  # optional: older files lack it, readers of version 1 ignore it
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,11 @@ def _shapes(path: Path, text, spectra: dict) -> dict[str, tuple[int, int]]:
                 f"{path}: spectra file without a valid shape for every module ("
                 f"{printable(key, limit=120)!r}: {printable(str(raw[key]), limit=80)}, expected "
                 "[m, n] of integers from 1 to 2**40)"
+            )
+        if s.size > MAX_SPECTRUM:
+            raise SpectrumError(
+                f"{path}: {printable(key, limit=120)!r} holds {s.size} singular values, more than "
+                f"any real matrix has ({MAX_SPECTRUM}); the spectra file is not a scan's"
             )
         if s.ndim != 1 or s.size != min(shapes[key]):
             raise SpectrumError(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where a tensor is made: header and results readers
+    import torch  # (report, select, metrics, plan) need none
 
 # bits per element on disk
 DTYPE_BITS: dict[str, int] = {
@@ -65,5 +68,7 @@ def nbytes_for(dtype: str, shape: tuple[int, ...]) -> int | None:
 
 def torch_dtype(dtype: str) -> torch.dtype | None:
     """The torch dtype for a safetensors dtype, or None when this torch build has none."""
+    import torch
+
     name = _TORCH_NAMES.get(dtype)
     return getattr(torch, name, None) if name else None
