@@ -422,6 +422,11 @@ def test_metrics_and_select_outputs(tmp_path):
     link.symlink_to(results)
     assert_one_line_error(run_cli(["select", str(results), "-o", str(link), "--force"]), "input")
     assert results.read_bytes() == before
+    spectra = out / "snr_results_ckpt_spectra.safetensors"  # select reads it too (the ranks)
+    kept = spectra.read_bytes()
+    r = run_cli(["select", str(results), "-o", str(spectra), "--force"])
+    assert_one_line_error(r, "input")
+    assert spectra.read_bytes() == kept
     table = tmp_path / "t.csv"
     table.write_text("mine\n")
     assert_one_line_error(run_cli(["metrics", str(results), "-o", str(table)]), "--force")

@@ -220,3 +220,32 @@ def test_a_damaged_rank_table_is_a_warning_not_a_crash(tmp_path):
     assert out.exit_code == 0, out.output
     assert "Traceback" not in out.output
     assert "numerical ranks unknown" in out.stderr and "spectra.safetensors" in out.stderr
+
+
+def test_dropping_rank_deficient_modules_keeps_the_head_and_embeddings(tmp_path):
+    """They are ranked against nothing and trained by every selection: dropping deficient
+    modules "from the ranking" must not drop them (as it did: their pattern vanished)."""
+    from spectrum_stream.results.spectra import write_spectra
+
+    keys = {
+        "lm_head": "lm_head",
+        "model.layers.0.mlp.up_proj": "mlp.up_proj",
+        "model.layers.1.mlp.up_proj": "mlp.up_proj",
+        "model.layers.2.mlp.up_proj": "mlp.up_proj",
+    }
+    results = tmp_path / "snr_results_m.json"
+    results.write_text(
+        json.dumps({k: {"snr": 1.0 + i, "type": t} for i, (k, t) in enumerate(keys.items())})
+    )
+    values = {k: np.array([3.0, 2.0, 1.0], dtype=np.float32) for k in keys}
+    ranks = {"lm_head": (2, 3), "model.layers.2.mlp.up_proj": (2, 3)}  # the top up_proj too
+    write_spectra(
+        tmp_path / "snr_results_m_spectra.safetensors", values, {k: (3, 4) for k in keys}, ranks
+    )
+    args = ["select", str(results), "--top-percent", "50", "--format", "json"]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.stdout) == ["^lm_head.weight$", "model.layers.2.mlp.up_proj"]
+    dropped = CliRunner().invoke(main, [*args, "--drop-rank-deficient"])
+    assert dropped.exit_code == 0, dropped.output
+    assert json.loads(dropped.stdout) == ["^lm_head.weight$", "model.layers.1.mlp.up_proj"]

@@ -17,22 +17,26 @@ HEAVY = ("torch", "transformers", "numpy", "matplotlib", "safetensors", "tqdm")
 _PROBE = """
 import json, sys
 from spectrum_stream.cli.main import main
+code = None
 try:
     main(sys.argv[1:], prog_name="spectrum-stream")
-except SystemExit:
-    pass
-print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps([code, sorted(m for m in {heavy!r} if m in sys.modules)]))
 """
 
 
 def _heavy_after(*args: str) -> list[str]:
+    """The heavy modules a command imported; the command must have succeeded (exit 0)."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    return json.loads(out.splitlines()[-1])
+    )
+    code, heavy = json.loads(out.stdout.splitlines()[-1])
+    assert code in (0, None), out.stderr
+    return heavy
 
 
 @pytest.mark.parametrize(

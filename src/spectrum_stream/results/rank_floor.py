@@ -92,8 +92,15 @@ def rank_deficient(
 
 
 def without(results: dict[str, dict], deficient: Ranks) -> dict[str, dict]:
-    """`results` with the rank-deficient modules left out of the ranking (--drop-rank-deficient)."""
-    return {key: info for key, info in results.items() if key not in deficient}
+    """`results` with the rank-deficient modules left out of the ranking (--drop-rank-deficient).
+
+    The embeddings and output head (a type that is its whole key) are ranked against nothing and
+    trained by every selection (results/select.py, `always_unfrozen`): they stay."""
+    return {
+        key: info
+        for key, info in results.items()
+        if key not in deficient or info.get("type") == key
+    }
 
 
 def deficient_line(what: str, keys, deficient: Ranks) -> str | None:
