@@ -50,18 +50,14 @@ def metrics(results, output, force, workers, quiet):
     from ..metrics.compute import compute_rows
     from ..metrics.spectral import write_table
     from ..results.kept_spectra import load_kept_spectra
-    from ..results.outputs import claim_output
+    from ..results.outputs import claim_output, results_inputs
     from ..results.select import load_results
-    from ..results.spectra import spectra_path
     from . import logs
 
     logs.install(quiet)  # the reader's warning about skipped modules
     if output.suffix.lower() not in (".csv", ".json"):
         raise SpectrumError(f"{output}: the metrics table must end in .csv or .json")
-    inputs = [results]
-    if results.name.startswith("snr_results_") and results.suffix == ".json":
-        inputs.append(spectra_path(results))
-    claim_output(output, inputs, force)
+    claim_output(output, results_inputs(results), force)
     data = load_results(results)
     spectra, shapes, _ = load_kept_spectra(results, data)
     rows = compute_rows(data, spectra, shapes, progress=not quiet, workers=workers)

@@ -376,17 +376,13 @@ def select(
 ):
     """Choose the modules to train from a RESULTS file written by `scan`."""
     from ..results.atomic import atomic_write
-    from ..results.outputs import claim_output
+    from ..results.outputs import claim_output, results_inputs
     from ..results.rank_floor import deficient_line, rank_deficient, without
     from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
     from ..results.select import select as chosen_by_type
-    from ..results.spectra import spectra_path
 
     if output:  # never onto the results file, nor the spectra file read beside it
-        inputs = [results]
-        if results.name.startswith("snr_results_") and results.suffix == ".json":
-            inputs.append(spectra_path(results))
-        claim_output(output, inputs, force)
+        claim_output(output, results_inputs(results), force)
     logs.install(True)  # the reader's warning about skipped modules
     read = read_results(results, LISTED_IN_YAML)
     data = read.results

@@ -16,14 +16,11 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SpectrumError
 from ..results.kept_spectra import load_kept_spectra
 from ..results.paths import RESULTS_PREFIX, ResultPaths
 from ..results.rank_floor import rank_deficient
 from ..results.select import read_results
-from ..results.spectra import MAX_SPECTRUM
 from .build import build_report
 
 log = logging.getLogger(__name__)
@@ -94,17 +91,6 @@ def scan_facts(results_path: Path, results: dict) -> tuple[list[tuple[str, str]]
     return facts, shapes
 
 
-def _check_lengths(spectra: dict[str, np.ndarray], shapes: dict) -> None:
-    for key, s in spectra.items():
-        shape = shapes.get(key)
-        longest = min(shape) if shape else MAX_SPECTRUM
-        if np.size(s) > min(longest, MAX_SPECTRUM):
-            raise SpectrumError(
-                f"{key}: {np.size(s)} singular values, more than its shape {shape} or any real "
-                f"matrix ({MAX_SPECTRUM}) has; the spectra file is not this scan's"
-            )
-
-
 def report_from_results(
     results_path,
     out_dir,
@@ -128,7 +114,7 @@ def report_from_results(
     else:  # not a scan's name: no spectra file to look for beside it
         spectra, shapes = {}, {}
         reason = f"{results_path.name} is not named {RESULTS_PREFIX}<model>.json as a scan names it"
-    _check_lengths(spectra, shapes)
+    # read_spectra has checked every spectrum: k values of its shape, at most MAX_SPECTRUM
     deficient = rank_deficient(results_path, results) if spectra else {}
     notes = [] if reason is None else [f"No spectra or alpha: {reason.replace('`', '')}."]
     facts, journal_shapes = scan_facts(results_path, results)

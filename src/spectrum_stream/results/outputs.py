@@ -16,7 +16,7 @@ from ..errors import WouldOverwrite
 from ..journal.ranks import rank_journals
 from ..printable import printable
 from ..source.safe_files import check_name, exists
-from .paths import ResultPaths
+from .paths import RESULTS_PREFIX, ResultPaths
 
 REPORT_MARK = ".spectrum-stream-report"  # left in a report folder: a later report may replace it
 
@@ -26,6 +26,15 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+
+
+def results_inputs(results: Path) -> list[Path]:
+    """What a command reading a results file reads: the file, and the spectra file a scan keeps
+    beside it (only a scan's `snr_results_<model>.json` has one). An output may be neither."""
+    inputs = [results]
+    if results.name.startswith(RESULTS_PREFIX) and results.suffix == ".json":
+        inputs.append(ResultPaths.for_results(results).spectra)
+    return inputs
 
 
 def claim_output(output: Path, inputs: list[Path], force: bool, flag: str = "--force") -> Path:
