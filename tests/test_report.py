@@ -13,8 +13,8 @@ from report_page import check_page, figures, page_patterns
 
 from spectrum_stream.report import ModuleKey, build_report, parse_key
 from spectrum_stream.report.build import MAX_COLUMNS, _entries, _split
-from spectrum_stream.report.figures import mp_threshold, power_law_counts
 from spectrum_stream.report.grid import expert_grids, layer_grid
+from spectrum_stream.report.histograms import mp_threshold, power_law_counts
 from spectrum_stream.report.keys import human_label
 from spectrum_stream.results.select import select, unfrozen_parameters
 

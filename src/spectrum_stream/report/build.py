@@ -19,13 +19,12 @@ from .figures import (
     MAX_COLUMNS,
     MAX_EXPERT_COLUMNS,
     MAX_OUTSIDE,
-    Panel,
     expert_heatmap,
     layer_heatmap,
     outside_strip,
-    spectra_figure,
 )
 from .grid import Entry, ExpertGrid, LayerGrid, expert_grids, finite, layer_grid
+from .histograms import Panel, spectra_figure
 from .keys import human_label, parse_key
 from .page import Figure, PageData, TypeSummary, render
 

@@ -123,3 +123,18 @@ def thin(count: int, cell: float, spacing: float) -> int:
         if nice >= k:
             return nice
     return k
+
+
+def snr_text(x: float) -> str:
+    """An SNR as the pictures print it."""
+    return f"{x:.4g}" if math.isfinite(x) else "none"
+
+
+def legend_row(x: float, y: float, items: list[tuple[str, str]]) -> str:
+    """One line of (swatch svg at the origin, words); returns the drawn group."""
+    parts, cx = [], x
+    for swatch, words in items:
+        parts.append(f'<g transform="translate({cx:.1f},{y - 9:.1f})">{swatch}</g>')
+        parts.append(text(cx + 16, y, words, size=11))
+        cx += 24 + 6.2 * len(words)
+    return "".join(parts)
