@@ -20,8 +20,9 @@ from .keys import human_label
 from .svg import (
     PLASMA,
     VIRIDIS,
+    cell,
+    colourbar,
     colours,
-    gradient,
     legend_row,
     snr_text,
     svg,
@@ -45,41 +46,6 @@ def entry_title(e: Entry) -> str:
         if math.isfinite(e.snr)
         else f"{e.key}\nno SNR"
     )
-
-
-def _cell(x: float, y: float, w: float, h: float, fill: str, title: str = "") -> str:
-    tip = f"<title>{escape(title)}</title>" if title else ""
-    return (
-        f'<rect x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}" fill="{fill}">{tip}</rect>'
-    )
-
-
-def _colourbar(
-    x: float, y: float, height: float, ident: str, stops: list[str], label: str, ticks
-) -> str:
-    """A vertical bar with its scale named, ticks as (position 0..1, label)."""
-    parts = [
-        f"<defs>{gradient(ident, stops)}</defs>",
-        f'<rect x="{x}" y="{y}" width="14" height="{height:.1f}" fill="url(#{ident})" '
-        'stroke="#888" stroke-width="0.5"/>',
-    ]
-    for pos, label_text in ticks:
-        ty = y + height * (1 - pos)
-        parts.append(
-            f'<line x1="{x + 14}" y1="{ty:.1f}" x2="{x + 18}" y2="{ty:.1f}" stroke="#444"/>'
-        )
-        parts.append(text(x + 21, ty + 4, label_text, size=10))
-    parts.append(
-        text(
-            x - 12,
-            y + height / 2,
-            label,
-            size=11,
-            anchor="middle",
-            extra=f'transform="rotate(-90 {x - 12:.1f} {y + height / 2:.1f})"',
-        )
-    )
-    return "".join(parts)
 
 
 DOT_SWATCH = '<circle cx="6" cy="6" r="4.5" fill="white" stroke="black" stroke-width="1"/>'
@@ -167,7 +133,7 @@ def layer_heatmap(
             x, y = left + j * cw, top + i * rh
             fill = fills[i * cols + j]
             parts.append(
-                _cell(
+                cell(
                     x, y, cw, rh, fill, _cell_title(grid.layers[i], grid.columns[j], members, alpha)
                 )
             )
@@ -195,7 +161,7 @@ def layer_heatmap(
         ticks = [(float(_alpha_position(np.array([a]))[0]), f"{a:g}") for a in (1, 2, 4, 6, 8)]
         ticks[-1] = (1.0, ">= 8")
         parts.append(
-            _colourbar(bx, top, bar_h, "alpha-bar", PLASMA, "alpha (power-law exponent)", ticks)
+            colourbar(bx, top, bar_h, "alpha-bar", PLASMA, "alpha (power-law exponent)", ticks)
         )
         lo, hi = (float(_alpha_position(np.array([v]))[0]) for v in (2.0, 6.0))
         y_hi, y_lo = top + bar_h * (1 - hi), top + bar_h * (1 - lo)
@@ -205,7 +171,7 @@ def layer_heatmap(
         parts.append(text(bx + 58, (y_hi + y_lo) / 2 + 4, "2-6: typical", size=10))
     else:
         parts.append(
-            _colourbar(
+            colourbar(
                 bx,
                 top,
                 bar_h,
@@ -254,7 +220,7 @@ def outside_strip(entries: list[Entry]) -> str:
     ]
     for i, (e, fill) in enumerate(zip(shown, fills)):
         x, y = 10 + (i % per_row) * (cw + 6), 24 + (i // per_row) * 52
-        parts.append(_cell(x, y, cw, 24, fill, entry_title(e)))
+        parts.append(cell(x, y, cw, 24, fill, entry_title(e)))
         dark = fill == "url(#missing)" or scaled[i] > 0.55
         parts.append(
             text(
@@ -312,11 +278,11 @@ def expert_heatmap(grid: ExpertGrid, *, top_percent: float, label: str = "") -> 
                         if e
                         else f"layer {grid.layers[i]}, expert {grid.experts[j]}: no such module"
                     )
-                    cells.append(_cell(x, y, cw, rh, fills[i * cols + j], title))
+                    cells.append(cell(x, y, cw, rh, fills[i * cols + j], title))
                 elif missing[i, j]:
-                    cells.append(_cell(x, y, cw, rh, "url(#missing)"))
+                    cells.append(cell(x, y, cw, rh, "url(#missing)"))
                 elif grid.selected[i, j]:
-                    cells.append(_cell(x, y, cw, rh, SELECTED_RED))
+                    cells.append(cell(x, y, cw, rh, SELECTED_RED))
         if p == 1:
             parts.append(
                 f'<rect x="{left}" y="{y0}" width="{gw:.1f}" height="{gh:.1f}" fill="{UNSELECTED_GREY}"/>'
@@ -361,7 +327,7 @@ def expert_heatmap(grid: ExpertGrid, *, top_percent: float, label: str = "") -> 
         parts.append(text(left + gw / 2, y0 + gh + 27, "expert", size=11, anchor="middle"))
     bar_h = max(150.0, min(gh, 220.0))
     parts.append(
-        _colourbar(
+        colourbar(
             left + gw + 34,
             top,
             bar_h,

@@ -138,3 +138,39 @@ def legend_row(x: float, y: float, items: list[tuple[str, str]]) -> str:
         parts.append(text(cx + 16, y, words, size=11))
         cx += 24 + 6.2 * len(words)
     return "".join(parts)
+
+
+def cell(x: float, y: float, w: float, h: float, fill: str, title: str = "") -> str:
+    """One grid cell, its hover text in a `<title>`."""
+    tip = f"<title>{escape(title)}</title>" if title else ""
+    return (
+        f'<rect x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}" fill="{fill}">{tip}</rect>'
+    )
+
+
+def colourbar(
+    x: float, y: float, height: float, ident: str, stops: list[str], label: str, ticks
+) -> str:
+    """A vertical bar with its scale named, ticks as (position 0..1, label)."""
+    parts = [
+        f"<defs>{gradient(ident, stops)}</defs>",
+        f'<rect x="{x}" y="{y}" width="14" height="{height:.1f}" fill="url(#{ident})" '
+        'stroke="#888" stroke-width="0.5"/>',
+    ]
+    for pos, label_text in ticks:
+        ty = y + height * (1 - pos)
+        parts.append(
+            f'<line x1="{x + 14}" y1="{ty:.1f}" x2="{x + 18}" y2="{ty:.1f}" stroke="#444"/>'
+        )
+        parts.append(text(x + 21, ty + 4, label_text, size=10))
+    parts.append(
+        text(
+            x - 12,
+            y + height / 2,
+            label,
+            size=11,
+            anchor="middle",
+            extra=f'transform="rotate(-90 {x - 12:.1f} {y + height / 2:.1f})"',
+        )
+    )
+    return "".join(parts)
