@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .trainer_names import Rules
+    from .rename_rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _pattern(text: str) -> str:
 
 def rules_from_json(value: object) -> Rules:
     """Rules from their JSON form; ValueError (or re.error) on anything else."""
-    from .trainer_names import Fuse, Rename, Rules
+    from .rename_rules import Fuse, Rename, Rules
 
     if not isinstance(value, dict) or set(value) != {"renames", "fuses"}:
         raise ValueError("expected {renames, fuses}")

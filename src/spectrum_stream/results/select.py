@@ -12,7 +12,8 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
-from ..layout.trainer_names import PER_EXPERT_LAYOUTS, TrainerNames
+from ..layout.rename_rules import PER_EXPERT_LAYOUTS
+from ..layout.trainer_names import TrainerNames
 from ..modes import check_top_percent
 from ..source.jsonfile import mapping, number, obj, string
 from .key_grammar import check_results
