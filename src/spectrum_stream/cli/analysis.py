@@ -14,8 +14,8 @@ import click
 
 from ..errors import SpectrumError
 from ..modes import GROUPINGS, TEXT_FORMATS, check_top_percent
+from . import options
 
-_quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers = click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -43,7 +43,7 @@ _top = click.option(
 )
 @click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
 @_workers
-@_quiet
+@options.quiet
 def metrics(results, output, force, workers, quiet):
     """Write WeightWatcher's per-module metrics (alpha, stable rank, entropy, ...) next to each
     module's SNR, from the spectra the scan kept beside RESULTS."""
@@ -96,7 +96,7 @@ def metrics(results, output, force, workers, quiet):
     help="Write into an --output folder that holds other files (same-named ones are replaced).",
 )
 @_workers
-@_quiet
+@options.quiet
 def report(results, out_dir, top_percent, expert_grouping, metrics_file, force, workers, quiet):
     """Write an offline HTML report of a scan: SNR heatmaps, expert grids, spectra, alpha and the
     modules chosen for training."""

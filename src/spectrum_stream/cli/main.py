@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from ..errors import AlreadyReported, ScanInterrupted, SpectrumError
-from ..modes import GROUPINGS, METHODS, NAMES, SELECT_FORMATS, SVD_DRIVERS
+from ..modes import METHODS, SVD_DRIVERS
 from ..printable import printable
-from . import logs
+from . import logs, options
 from .lazy import LazyGroup
 
 
@@ -90,6 +88,9 @@ class _Cli(LazyGroup):
         "report": ".analysis:report",
         "compare": ".analysis:compare",
         "plan": ".plan_cmd:plan_command",
+        "select": ".results_cmds:select",
+        "rebuild": ".results_cmds:rebuild",
+        "demo": ".demo_cmd:demo",
     },
 )
 @click.version_option(package_name="spectrum-stream")
@@ -97,43 +98,10 @@ def main():
     """Scan LLM checkpoints for Spectrum fine-tuning, one tensor at a time."""
 
 
-_device = click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto (the GPU when there is one), cpu, cuda or cuda:N.",
-)
-_out_dir = click.option(
-    "--out-dir",
-    type=click.Path(path_type=Path),
-    default=Path("model_snr_results"),
-    show_default=True,
-    help="Where results, journal and lock go (axolotl looks in ./model_snr_results).",
-)
-_quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
-_names = click.option(
-    "--names",
-    type=click.Choice(NAMES),
-    default="trainer",
-    show_default=True,
-    help="Results keys: trainer = the parameters of the model as transformers 5 "
-    "loads it (fused experts as rows, experts.gate_up_proj$[N]); checkpoint = "
-    "the checkpoint's module names (transformers 4, other trainers).",
-)
-_grouping = click.option(
-    "--expert-grouping",
-    type=click.Choice(GROUPINGS),
-    default="pooled",
-    show_default=True,
-    help="Results types: pooled = all experts of a projection rank together; "
-    "per-expert = one type per expert index (the original tool).",
-)
-
-
 @main.command()
 @click.argument("path")
-@_device
-@_out_dir
+@options.device
+@options.out_dir
 @click.option(
     "--name",
     help="Model name for the results file name (default: config.json's "
@@ -212,9 +180,9 @@ _grouping = click.option(
     help="Under torchrun: how long a rank waits for a silent peer, "
     "and for each exchange between ranks, before it stops the run.",
 )
-@_names
-@_grouping
-@_quiet
+@options.names
+@options.grouping
+@options.quiet
 def scan(
     path,
     device,
@@ -331,130 +299,3 @@ def scan(
             report = driver.scan(path, opts)
         if group is None or group.rank == 0:
             click.echo(format_summary(report))
-
-
-@main.command()
-@click.argument("results", type=click.Path(path_type=Path))
-@click.option(
-    "--top-percent",
-    type=float,
-    default=25.0,
-    show_default=True,
-    help="Share of each type to unfreeze, highest SNR first.",
-)
-@click.option(
-    "--expert-grouping",
-    type=click.Choice(GROUPINGS),
-    help="Regroup before ranking: per-expert = one type per expert index; pooled = all "
-    "experts of a projection together (default: the file's types, which `scan "
-    "--expert-grouping` wrote and axolotl's Spectrum plugin ranks within).",
-)
-@click.option(
-    "--fused-experts",
-    is_flag=True,
-    help="For results written with --names checkpoint: name per-expert modules "
-    "(experts.N.w1 ...) as the fused parameters of transformers >= 5.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(SELECT_FORMATS),
-    default="yaml",
-    show_default=True,
-    help="yaml: axolotl's unfrozen_parameters; json: a plain list.",
-)
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, not stdout.")
-@click.option(
-    "--drop-rank-deficient",
-    is_flag=True,
-    help="Leave numerically rank-deficient modules (SNR from rounding error; docs/spec.md) "
-    "out of the ranking. Off by default: the selection then equals the original tool's.",
-)
-@click.option("--force", is_flag=True, help="Replace the --output file if it exists.")
-def select(
-    results, top_percent, expert_grouping, fused_experts, fmt, output, drop_rank_deficient, force
-):
-    """Choose the modules to train from a RESULTS file written by `scan`."""
-    from ..results.atomic import atomic_write
-    from ..results.outputs import claim_output, results_inputs
-    from ..results.rank_floor import deficient_line, rank_deficient, without
-    from ..results.select import LISTED_IN_YAML, read_results, to_yaml, unfrozen_parameters
-    from ..results.select import select as chosen_by_type
-
-    if output:  # never onto the results file, nor the spectra file read beside it
-        claim_output(output, results_inputs(results), force)
-    logs.install(True)  # the reader's warning about skipped modules
-    read = read_results(results, LISTED_IN_YAML)
-    data = read.results
-    deficient = rank_deficient(results, data, lambda line: click.echo(f"warning: {line}", err=True))
-    if drop_rank_deficient:
-        data = without(data, deficient)
-        if deficient:
-            click.echo(
-                f"left {len(deficient)} rank-deficient module(s) out of the ranking", err=True
-            )
-    else:
-        by_type = chosen_by_type(data, top_percent, expert_grouping)
-        chosen = [k for keys in by_type.values() for k in keys]
-        warning = deficient_line("selected", chosen, deficient)
-        if warning:
-            click.echo(f"warning: {warning}; --drop-rank-deficient leaves them out", err=True)
-    if fmt == "yaml":
-        text = to_yaml(data, top_percent, expert_grouping, fused_experts, read.skipped)
-    else:
-        patterns = unfrozen_parameters(data, top_percent, expert_grouping, fused_experts)
-        text = json.dumps(patterns, indent=2) + "\n"
-    if output:
-        atomic_write(output, text.encode())
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
-
-
-@main.command()
-@click.argument("journal", type=click.Path(path_type=Path))
-@_names
-@_grouping
-def rebuild(journal, names, expert_grouping):
-    """Write the results files again from a scan's JOURNAL (*.journal.jsonl), e.g. mid-scan, or
-    under other --names / --expert-grouping (no rescan)."""
-    from ..results.files import rebuild_results
-
-    paths, results, failed = rebuild_results(journal, names, expert_grouping)
-    click.echo(
-        f"wrote {os.path.relpath(paths.results)}, {os.path.relpath(paths.sorted)} and "
-        f"{os.path.relpath(paths.spectra)}: {len(results)} modules, {len(failed)} failed"
-    )
-
-
-@main.command()
-@_device
-@_out_dir
-@click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo checkpoint here.")
-@_quiet
-def demo(device, out_dir, keep, quiet):
-    """Scan a small built-in Llama checkpoint with planted signal, and write its HTML report to
-    OUT_DIR/report; no network needed."""
-    from ..examples.demo import run_demo
-    from .summary import format_summary
-
-    logs.install(quiet)
-    click.echo(
-        "Writing a 4-layer Llama-layout checkpoint with planted signal, then scanning it.", err=True
-    )
-    report, verdicts = run_demo(out_dir, device=device, progress=not quiet, keep=keep)
-    click.echo(format_summary(report))
-    hits = sum(v.lstrip().startswith("ok") for v in verdicts)
-    click.echo(
-        f"Planted-signal check: {hits} of {len(verdicts)} types rank the planted module first"
-    )
-    click.echo("\n".join(verdicts))
-    from ..report.from_results import report_from_results
-    from ..results.outputs import mark_report_folder
-
-    (out_dir / "report").mkdir(parents=True, exist_ok=True)
-    mark_report_folder(out_dir / "report")
-    page = report_from_results(report.paths.results, out_dir / "report", progress=False)
-    click.echo(f"Report: {page}  (open {page.resolve().as_uri()})")
-    if hits != len(verdicts):
-        sys.exit(1)
