@@ -180,32 +180,35 @@ def scan_hub(
     The plan is logged at INFO level (logger `spectrum_stream`), warnings at WARNING.
     Other keyword arguments override fields of `opts`, as in `scan`: `scan_hub(r, opts, device="cpu")`.
     """
+    hub = HubRequest(repo_id, revision, token, delete_shards, max_disk, endpoint, cache_dir)
     return scan_hub_group(
-        repo_id,
-        dataclasses.replace(opts or ScanOptions(), **overrides),
-        None,
-        revision=revision,
-        token=token,
-        delete_shards=delete_shards,
-        max_disk=max_disk,
-        endpoint=endpoint,
-        cache_dir=cache_dir,
-        estimate=estimate,
+        hub, dataclasses.replace(opts or ScanOptions(), **overrides), None, estimate
     )
 
 
+@dataclass(frozen=True)
+class HubRequest:
+    """Which Hub repo to scan and how to keep its shards: what `scan_hub`'s keywords say, as one
+    value for the plain scan and a torchrun rank's (distributed/hub.py)."""
+
+    repo_id: str
+    revision: str | None = None
+    token: str | None = None
+    delete_shards: bool = False
+    max_disk: int | None = None  # bytes; implies delete_shards
+    endpoint: str | None = None
+    cache_dir: str | Path | None = None
+
+    @property
+    def delete(self) -> bool:
+        return self.delete_shards or self.max_disk is not None
+
+    def open(self) -> tuple[Checkpoint, HubRepo]:
+        return open_hub(self.repo_id, self.revision, self.token, self.endpoint, self.cache_dir)
+
+
 def scan_hub_group(
-    repo_id: str,
-    opts: ScanOptions,
-    group: Group | None,
-    *,
-    revision: str | None = None,
-    token: str | None = None,
-    delete_shards: bool = False,
-    max_disk: int | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | Path | None = None,
-    estimate: bool = True,
+    hub: HubRequest, opts: ScanOptions, group: Group | None, estimate: bool = True
 ) -> ScanReport:
     """`scan_hub` for one rank of a torchrun job (the CLI's): with `group`, this rank scans its
     share of whole shards, downloading only those (distributed/hub.py); `max_disk` is then per
@@ -213,21 +216,11 @@ def scan_hub_group(
     if group is not None:
         from .distributed.hub import scan_hub_ranked
 
-        return scan_hub_ranked(
-            repo_id,
-            opts,
-            group,
-            revision=revision,
-            token=token,
-            delete_shards=delete_shards,
-            max_disk=max_disk,
-            endpoint=endpoint,
-            cache_dir=cache_dir,
-        )
-    delete = delete_shards or max_disk is not None
+        return scan_hub_ranked(hub, opts, group)
+    delete, max_disk = hub.delete, hub.max_disk
     with quiet_library_logs():
         device = resolve_device(opts.device)
-        ckpt, repo = open_hub(repo_id, revision, token, endpoint, cache_dir)
+        ckpt, repo = hub.open()
         p = hub_needs(prepare_scan(ckpt, opts), repo)
         check_disk(p, ckpt, max_disk)
         rate = None

@@ -232,7 +232,7 @@ def scan(
         life = joined(ranks, device, peer_timeout)
     with life as group:  # under torchrun the group's whole life: built, used, torn down
         logs.install(quiet, rank=f"[rank {ranks.rank}/{ranks.world}] " if ranks else "")
-        from ..hub_scan import scan_hub_group
+        from ..hub_scan import HubRequest, scan_hub_group
         from ..source.hub.repo import is_hub_id
         from ..units import parse_size
 
@@ -282,15 +282,9 @@ def scan(
             grouping=expert_grouping,
         )
         if hub:
-            report = scan_hub_group(
-                path,
-                opts,
-                group,
-                revision=revision,
-                token=token,
-                delete_shards=delete_shards,
-                max_disk=parse_size(max_disk) if max_disk is not None else None,
-            )
+            size = parse_size(max_disk) if max_disk is not None else None
+            request = HubRequest(path, revision, token, delete_shards, size)
+            report = scan_hub_group(request, opts, group)
         elif group is not None:
             from ..distributed.ranked import scan_local_ranked
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 from ..driver import prepare_scan
-from ..hub_scan import check_disk, hub_needs, needs_lines, quiet_library_logs
+from ..hub_scan import HubRequest, check_disk, hub_needs, needs_lines, quiet_library_logs
 from ..layout.specs import TensorJob
 from ..options import ScanOptions, ScanReport
 from ..source.hub.downloads import HubSource
-from ..source.hub.headers import open_hub
 from ..units import human_bytes
 from .env import node_share
 from .group import Group
@@ -24,23 +22,12 @@ from .ranked import scan_ranked
 log = logging.getLogger(__name__)
 
 
-def scan_hub_ranked(
-    repo_id: str,
-    opts: ScanOptions,
-    group: Group,
-    *,
-    revision: str | None = None,
-    token: str | None = None,
-    delete_shards: bool = False,
-    max_disk: int | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | Path | None = None,
-) -> ScanReport:
+def scan_hub_ranked(hub: HubRequest, opts: ScanOptions, group: Group) -> ScanReport:
     """This rank's share of whole shards (the split never cuts one), only those downloaded;
     `max_disk` is per node, split evenly between its ranks (`node_share`)."""
-    delete = delete_shards or max_disk is not None
+    delete, max_disk = hub.delete, hub.max_disk
     with quiet_library_logs():
-        ckpt, repo = group.agree(lambda: open_hub(repo_id, revision, token, endpoint, cache_dir))
+        ckpt, repo = group.agree(hub.open)
         p = group.agree(lambda: prepare_scan(ckpt, opts))
         budget = node_share(max_disk, group.ranks)
         what = (
