@@ -12,8 +12,8 @@ import torch
 from report_page import check_page, figures, page_patterns
 
 from spectrum_stream.report import ModuleKey, build_report, parse_key
-from spectrum_stream.report.build import MAX_COLUMNS, _entries, _split
-from spectrum_stream.report.grid import expert_grids, layer_grid
+from spectrum_stream.report.build import MAX_COLUMNS, _entries
+from spectrum_stream.report.grid import expert_grids, layer_grid, split_columns
 from spectrum_stream.report.histograms import mp_threshold, power_law_counts
 from spectrum_stream.report.keys import human_label
 from spectrum_stream.results.select import select, unfrozen_parameters
@@ -373,7 +373,7 @@ def test_wide_layer_grids_are_split():
         for i in range(2)
         for j in range(100)
     }
-    grids = _split(layer_grid(_entries(results, 25, None)), MAX_COLUMNS)
+    grids = split_columns(layer_grid(_entries(results, 25, None)), MAX_COLUMNS)
     assert [len(g.columns) for g in grids] == [48, 48, 4]
 
 

@@ -23,7 +23,14 @@ from .figures import (
     layer_heatmap,
     outside_strip,
 )
-from .grid import Entry, ExpertGrid, LayerGrid, expert_grids, finite, layer_grid
+from .grid import (
+    Entry,
+    expert_grids,
+    finite,
+    layer_grid,
+    split_columns,
+    split_experts,
+)
 from .histograms import Panel, spectra_figure
 from .keys import human_label, parse_key
 from .page import Figure, PageData, TypeSummary, render
@@ -85,48 +92,6 @@ def _type_summaries(entries: list[Entry], patterns: set[str]) -> list[TypeSummar
             )
         )
     return out
-
-
-def _split(grid: LayerGrid, most: int) -> list[LayerGrid]:
-    """A grid with more than `most` columns as several grids of at most `most` columns."""
-    if len(grid.columns) <= most:
-        return [grid]
-    parts = []
-    for start in range(0, len(grid.columns), most):
-        stop = min(start + most, len(grid.columns))
-        members = {(i, j - start): v for (i, j), v in grid.members.items() if start <= j < stop}
-        parts.append(
-            LayerGrid(
-                grid.layers,
-                grid.columns[start:stop],
-                grid.values[:, start:stop],
-                grid.marks[:, start:stop],
-                grid.pooled[start:stop],
-                members,
-                grid.outside if start == 0 else [],
-            )
-        )
-    return parts
-
-
-def _split_experts(grid: ExpertGrid, most: int) -> list[ExpertGrid]:
-    if len(grid.experts) <= most:
-        return [grid]
-    parts = []
-    for start in range(0, len(grid.experts), most):
-        stop = min(start + most, len(grid.experts))
-        members = {(i, j - start): v for (i, j), v in grid.members.items() if start <= j < stop}
-        parts.append(
-            ExpertGrid(
-                f"{grid.projection} (experts {grid.experts[start]}-{grid.experts[stop - 1]})",
-                grid.layers,
-                grid.experts[start:stop],
-                grid.values[:, start:stop],
-                grid.selected[:, start:stop],
-                members,
-            )
-        )
-    return parts
 
 
 def _spectra_panels(
@@ -234,7 +199,7 @@ def build_report(
     figures: list[Figure] = []
 
     grid = layer_grid(entries)
-    for n, part in enumerate(_split(grid, MAX_COLUMNS)):
+    for n, part in enumerate(split_columns(grid, MAX_COLUMNS)):
         if part.values.size == 0:
             break
         suffix = f" ({n + 1})" if len(grid.columns) > MAX_COLUMNS else ""
@@ -275,7 +240,7 @@ def build_report(
             if isinstance(m, dict) and math.isfinite(finite(m.get("num_pl_spikes")))
         }
         agrid = layer_grid(entries, alpha)
-        for part in _split(agrid, MAX_COLUMNS):
+        for part in split_columns(agrid, MAX_COLUMNS):
             if part.values.size == 0:
                 break
             figures.append(
@@ -292,7 +257,7 @@ def build_report(
             )
 
     for eg in expert_grids(entries):
-        for piece in _split_experts(eg, MAX_EXPERT_COLUMNS):
+        for piece in split_experts(eg, MAX_EXPERT_COLUMNS):
             figures.append(
                 Figure(
                     f"Experts: {human_label(piece.projection)}",

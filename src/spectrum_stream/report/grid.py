@@ -135,3 +135,46 @@ def expert_grids(entries: Iterable[Entry]) -> list[ExpertGrid]:
             members[(i, j)] = e
         grids.append(ExpertGrid(proj, layers, experts, values, selected, members))
     return grids
+
+
+def split_columns(grid: LayerGrid, most: int) -> list[LayerGrid]:
+    """A grid with more than `most` columns as several grids of at most `most` columns."""
+    if len(grid.columns) <= most:
+        return [grid]
+    parts = []
+    for start in range(0, len(grid.columns), most):
+        stop = min(start + most, len(grid.columns))
+        members = {(i, j - start): v for (i, j), v in grid.members.items() if start <= j < stop}
+        parts.append(
+            LayerGrid(
+                grid.layers,
+                grid.columns[start:stop],
+                grid.values[:, start:stop],
+                grid.marks[:, start:stop],
+                grid.pooled[start:stop],
+                members,
+                grid.outside if start == 0 else [],
+            )
+        )
+    return parts
+
+
+def split_experts(grid: ExpertGrid, most: int) -> list[ExpertGrid]:
+    """An expert grid with more than `most` experts as several grids, each naming its experts."""
+    if len(grid.experts) <= most:
+        return [grid]
+    parts = []
+    for start in range(0, len(grid.experts), most):
+        stop = min(start + most, len(grid.experts))
+        members = {(i, j - start): v for (i, j), v in grid.members.items() if start <= j < stop}
+        parts.append(
+            ExpertGrid(
+                f"{grid.projection} (experts {grid.experts[start]}-{grid.experts[stop - 1]})",
+                grid.layers,
+                grid.experts[start:stop],
+                grid.values[:, start:stop],
+                grid.selected[:, start:stop],
+                members,
+            )
+        )
+    return parts
